@@ -1,0 +1,13 @@
+"""NitroGen Finetuner: fine-tune NVIDIA's NitroGen and export checkpoints the official player runs."""
+
+from .actions.layout import BUTTON_ORDERS, ActionLayout, UniversalVectorProcessor
+from .policy import NitroGenPolicy, __version__, load_policy
+
+__all__ = [
+    "BUTTON_ORDERS",
+    "ActionLayout",
+    "NitroGenPolicy",
+    "UniversalVectorProcessor",
+    "__version__",
+    "load_policy",
+]

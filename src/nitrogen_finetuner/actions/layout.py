@@ -1,0 +1,150 @@
+"""The universal gamepad action layout and the one component that packs and unpacks it.
+
+A NitroGen action is one vector per game frame. With the released layout (``old_layout=False``)
+it is ``[buttons..., left_x, left_y, right_x, right_y]``; with ``old_layout=True`` it is
+``[left_x, left_y, right_x, right_y, buttons...]``. Sticks are in [-1, 1] outside the model
+(y > 0 is down) and (v + 1) / 2 in [0, 1] inside it; buttons are 0/1 and decode as pressed
+above 0.5.
+
+Which button sits in which slot is not stored in ``ng.pt``. It is a named, versioned setting
+(``BUTTON_ORDERS``); checkpoints we write record the order they were trained with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+Array = Union[np.ndarray, torch.Tensor]
+
+BUTTON_ORDERS: dict[str, tuple[str, ...]] = {
+    # The order the official NitroGen player decodes with (nitrogen/shared.py, commit 3260844):
+    # alphabetical, including four right-stick directions that no dataset column fills.
+    "nitrogen-v1": (
+        "BACK", "DPAD_DOWN", "DPAD_LEFT", "DPAD_RIGHT", "DPAD_UP", "EAST", "GUIDE",
+        "LEFT_SHOULDER", "LEFT_THUMB", "LEFT_TRIGGER", "NORTH", "RIGHT_BOTTOM", "RIGHT_LEFT",
+        "RIGHT_RIGHT", "RIGHT_SHOULDER", "RIGHT_THUMB", "RIGHT_TRIGGER", "RIGHT_UP", "SOUTH",
+        "START", "WEST",
+    ),
+}
+DEFAULT_BUTTON_ORDER = "nitrogen-v1"
+STICK_SLOTS = ("LEFT_X", "LEFT_Y", "RIGHT_X", "RIGHT_Y")
+N_STICK_VALUES = len(STICK_SLOTS)
+
+
+class LayoutError(ValueError):
+    """The checkpoint and the requested action layout do not fit together."""
+
+
+@dataclass(frozen=True)
+class ActionLayout:
+    """Where each button and stick axis lives in the model's action vector."""
+
+    buttons: tuple[str, ...]
+    old_layout: bool = False
+    button_order: str = "custom"
+    slot_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self):
+        if len(set(self.buttons)) != len(self.buttons):
+            raise LayoutError(f"button names repeat: {list(self.buttons)}")
+        slots = (STICK_SLOTS + self.buttons) if self.old_layout else (self.buttons + STICK_SLOTS)
+        object.__setattr__(self, "slot_names", slots)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.buttons) + N_STICK_VALUES
+
+    @property
+    def n_buttons(self) -> int:
+        return len(self.buttons)
+
+    @property
+    def button_slice(self) -> slice:
+        return slice(N_STICK_VALUES, None) if self.old_layout else slice(0, self.n_buttons)
+
+    @property
+    def stick_slice(self) -> slice:
+        return slice(0, N_STICK_VALUES) if self.old_layout else slice(self.n_buttons, None)
+
+    @classmethod
+    def resolve(
+        cls,
+        action_dim: int,
+        old_layout: bool,
+        button_order: Optional[str] = None,
+        buttons: Optional[Sequence[str]] = None,
+    ) -> "ActionLayout":
+        """The layout for a checkpoint's ``action_dim``: explicit ``buttons`` win, then a named
+        ``button_order``, then the default order when it has the right length."""
+        if buttons is not None:
+            layout = cls(tuple(buttons), old_layout, button_order or "custom")
+        else:
+            name = button_order or DEFAULT_BUTTON_ORDER
+            if name not in BUTTON_ORDERS:
+                raise LayoutError(f"unknown button order {name!r}; known: {sorted(BUTTON_ORDERS)}")
+            layout = cls(BUTTON_ORDERS[name], old_layout, name)
+            if layout.action_dim != action_dim and button_order is None:
+                raise LayoutError(
+                    f"the checkpoint's action_dim is {action_dim}, which has no built-in layout "
+                    f"(the {name} order gives {layout.action_dim}); give the {action_dim - N_STICK_VALUES} "
+                    "button names in slot order"
+                )
+        if layout.action_dim != action_dim:
+            raise LayoutError(
+                f"layout has {layout.n_buttons} buttons + {N_STICK_VALUES} stick values = {layout.action_dim}, "
+                f"but the checkpoint's action_dim is {action_dim}"
+            )
+        return layout
+
+    def to_dict(self) -> dict:
+        return {"buttons": list(self.buttons), "old_layout": self.old_layout, "button_order": self.button_order}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ActionLayout":
+        return cls(tuple(raw["buttons"]), bool(raw["old_layout"]), raw.get("button_order", "custom"))
+
+    def describe(self) -> str:
+        buttons = f"{self.n_buttons} buttons ({self.button_order} order)"
+        sticks = "left stick x,y + right stick x,y"
+        parts = f"{sticks} + {buttons}" if self.old_layout else f"{buttons} + {sticks}"
+        return f"{self.action_dim} = {parts}" + (" [old_layout]" if self.old_layout else "")
+
+
+def _concat(parts: list[Array]) -> Array:
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat([p.to(torch.float32) for p in parts], dim=-1)
+    return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=-1)
+
+
+class UniversalVectorProcessor:
+    """Packs gamepad state into the model's action vectors and unpacks predictions.
+
+    Works on numpy arrays and torch tensors with any leading shape (..., slots).
+    """
+
+    def __init__(self, layout: ActionLayout):
+        self.layout = layout
+
+    def pack(self, buttons: Array, j_left: Array, j_right: Array) -> Array:
+        """buttons (..., n_buttons) in {0, 1}; sticks (..., 2) in [-1, 1] -> (..., action_dim)."""
+        if buttons.shape[-1] != self.layout.n_buttons:
+            raise LayoutError(f"expected {self.layout.n_buttons} buttons, got {buttons.shape[-1]}")
+        sticks = [(j_left + 1) / 2, (j_right + 1) / 2]
+        parts = sticks + [buttons] if self.layout.old_layout else [buttons] + sticks
+        return _concat(parts)
+
+    def unpack(self, actions: Array) -> dict[str, Array]:
+        """(..., action_dim) model-space vectors -> buttons {0, 1}, sticks clipped to [-1, 1]."""
+        if actions.shape[-1] != self.layout.action_dim:
+            raise LayoutError(f"expected {self.layout.action_dim} action values, got {actions.shape[-1]}")
+        sticks = actions[..., self.layout.stick_slice] * 2 - 1
+        buttons = (actions[..., self.layout.button_slice] > 0.5) * 1.0
+        return {
+            "j_left": sticks[..., 0:2].clip(-1, 1),
+            "j_right": sticks[..., 2:4].clip(-1, 1),
+            "buttons": buttons,
+        }

@@ -1,0 +1,167 @@
+"""Reading and writing official-format NitroGen checkpoints.
+
+The format is a ``torch.save`` dict: ``model`` (state dict), ``ckpt_config`` (plain dicts),
+``step`` and ``epoch``. We read it with ``weights_only=True``; we write the same keys plus a
+``nitrogen_finetuner`` entry of plain values (the action layout), which the official loader
+ignores. Writes go to a temporary file first and are renamed into place, so an interrupted
+save never leaves a broken checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from pydantic import ValidationError
+
+from .configuration import CheckpointConfig
+from .modeling import NitroGenModel
+from .vision import (
+    VISION_PREFIX,
+    ImagePreprocessor,
+    resolve_tower_config,
+)
+
+EXTRA_KEY = "nitrogen_finetuner"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message says what to do."""
+
+
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
+    """Load a checkpoint dict safely; ``trust_pickle`` allows arbitrary unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)  # pre-zip format
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refused to load, it needs arbitrary unpickling ({reason[:200]}); "
+            "only if you trust where it came from, pass --trust-pickle (trust_pickle=True)"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(err).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "ckpt_config" not in ckpt:
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not an official-format NitroGen checkpoint (expected 'model' and 'ckpt_config', found {keys})")
+    return ckpt
+
+
+def parse_config(raw: dict, source: str = "ckpt_config") -> CheckpointConfig:
+    try:
+        return CheckpointConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CheckpointError(f"{source}: invalid config at {where}: {first['msg']}") from None
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: NitroGenModel
+    config: CheckpointConfig
+    raw_config: dict
+    preprocessor: ImagePreprocessor
+    extra: dict
+    step: int = 0
+    epoch: int = 0
+
+
+def build_model(config: CheckpointConfig, state_dict: Optional[dict] = None) -> NitroGenModel:
+    """Build the architecture a config describes, taking the tower's shape from a local
+    transformers folder or else from the tensors in ``state_dict``."""
+    try:
+        vision_config = resolve_tower_config(config.model_cfg.vision_encoder_name, state_dict)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    num_games = state_dict["game_embedding.weight"].shape[0] if state_dict and "game_embedding.weight" in state_dict else None
+    return NitroGenModel(
+        config.model_cfg, vision_config, config.tokenizer_cfg.max_sequence_length, num_games=num_games
+    )
+
+
+def _restore_nonpersistent_buffers(model: NitroGenModel) -> None:
+    """Buffers outside the state dict (the tower's position ids) after building on 'meta'."""
+    for module in model.modules():
+        ids = getattr(module, "position_ids", None)
+        if isinstance(ids, torch.Tensor):
+            module.position_ids = torch.arange(ids.shape[-1]).expand(1, -1)
+
+
+def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> LoadedCheckpoint:
+    """Read, validate and build the model of an official-format checkpoint (on CPU)."""
+    ckpt = read_checkpoint(path, trust_pickle)
+    config = parse_config(ckpt["ckpt_config"], f"{path}: ckpt_config")
+    state_dict = ckpt["model"]
+    if not any(k.startswith(VISION_PREFIX) for k in state_dict):
+        raise CheckpointError(f"{path}: the state dict holds no vision_encoder.* weights")
+    with torch.device("meta"):
+        model = build_model(config, state_dict)
+    result = model.load_state_dict(state_dict, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not match the architecture in its ckpt_config "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    _restore_nonpersistent_buffers(model)
+    model.apply_tune_switches()
+    tower = config.model_cfg.vision_encoder_name
+    return LoadedCheckpoint(
+        model=model.eval(),
+        config=config,
+        raw_config=ckpt["ckpt_config"],
+        preprocessor=ImagePreprocessor.for_tower(tower, model.vision_encoder.config),
+        extra=ckpt.get(EXTRA_KEY) or {},
+        step=int(ckpt.get("step", 0) or 0),
+        epoch=int(ckpt.get("epoch", 0) or 0),
+    )
+
+
+def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous float32 CPU copies of exactly the tensors the official model class holds."""
+    return {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    ckpt_config: dict,
+    extra: Optional[dict] = None,
+    step: int = 0,
+    epoch: int = 0,
+) -> Path:
+    """Write an official-format checkpoint atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": official_state_dict(model),
+        "ckpt_config": ckpt_config,
+        "step": step,
+        "epoch": epoch,
+        EXTRA_KEY: extra or {},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

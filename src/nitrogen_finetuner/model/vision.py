@@ -1,0 +1,186 @@
+"""The SigLIP vision tower, built offline from a checkpoint's own tensors.
+
+The released checkpoint names its tower (``google/siglip2-large-patch16-256``) but carries all of
+its weights, so nothing needs downloading: widths, depth, patch and image size are read off the
+tensors, and the few numbers tensors cannot show (head count, norm epsilon) come from a table of
+known SigLIP/SigLIP2 towers. A ``vision_encoder_name`` that is a local folder holding a
+transformers ``config.json`` is read from there instead (how small test towers are made).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from transformers import SiglipVisionConfig, SiglipVisionModel
+
+VISION_PREFIX = "vision_encoder."
+
+# Numbers a state dict cannot show, per known tower width. All SigLIP and SigLIP2 fixed-resolution
+# towers use 64-wide heads except the so400m shape (1152 wide, 16 heads of 72).
+_HEADS_BY_WIDTH = {768: 12, 1024: 16, 1152: 16, 1536: 16}
+KNOWN_TOWERS = {
+    name: {"layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh"}
+    for name in (
+        "google/siglip-base-patch16-224",
+        "google/siglip-base-patch16-256",
+        "google/siglip-base-patch16-384",
+        "google/siglip-base-patch16-512",
+        "google/siglip-large-patch16-256",
+        "google/siglip-large-patch16-384",
+        "google/siglip-so400m-patch14-224",
+        "google/siglip-so400m-patch14-384",
+        "google/siglip2-base-patch16-224",
+        "google/siglip2-base-patch16-256",
+        "google/siglip2-base-patch16-384",
+        "google/siglip2-base-patch16-512",
+        "google/siglip2-large-patch16-256",
+        "google/siglip2-large-patch16-384",
+        "google/siglip2-large-patch16-512",
+        "google/siglip2-so400m-patch14-224",
+        "google/siglip2-so400m-patch14-384",
+        "google/siglip2-so400m-patch16-256",
+        "google/siglip2-so400m-patch16-384",
+        "google/siglip2-so400m-patch16-512",
+        "google/siglip2-giant-opt-patch16-256",
+        "google/siglip2-giant-opt-patch16-384",
+    )
+}
+
+# Whole tower configs by name, so a model can be built with no weights at hand (random-weight
+# benchmarks, presets). The first is the released NitroGen tower.
+TOWER_CONFIGS = {
+    "google/siglip2-large-patch16-256": dict(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+        image_size=256, patch_size=16, num_channels=3, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+    ),
+    # A 12-layer (the official code freezes layer 11 by index) 64-wide tower for CPU presets.
+    "nitrogen-finetuner/tiny-siglip-64": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=12, num_attention_heads=2,
+        image_size=64, patch_size=16, num_channels=3, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+    ),
+}
+
+
+def tower_config_from_state_dict(name: str, state_dict: dict[str, torch.Tensor]) -> SiglipVisionConfig:
+    """Reconstruct the tower's config from its tensors (``vision_encoder.*``) and its name."""
+    patch = state_dict[VISION_PREFIX + "embeddings.patch_embedding.weight"]
+    width, channels, patch_size, _ = patch.shape
+    num_positions = state_dict[VISION_PREFIX + "embeddings.position_embedding.weight"].shape[0]
+    side = int(round(num_positions**0.5))
+    layer_ids = {
+        int(m.group(1))
+        for key in state_dict
+        if (m := re.match(re.escape(VISION_PREFIX) + r"encoder\.layers\.(\d+)\.", key))
+    }
+    fc1 = state_dict[VISION_PREFIX + "encoder.layers.0.mlp.fc1.weight"]
+    known = KNOWN_TOWERS.get(name, {"layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh"})
+    heads = _HEADS_BY_WIDTH.get(width, max(1, width // 64))
+    return SiglipVisionConfig(
+        hidden_size=width,
+        intermediate_size=fc1.shape[0],
+        num_hidden_layers=len(layer_ids),
+        num_attention_heads=heads,
+        num_channels=channels,
+        image_size=side * patch_size,
+        patch_size=patch_size,
+        vision_use_head=any(k.startswith(VISION_PREFIX + "head.") for k in state_dict),
+        **known,
+    )
+
+
+def _local_tower_config(name: str) -> SiglipVisionConfig | None:
+    config_file = Path(name) / "config.json"
+    if not config_file.is_file():
+        return None
+    raw = json.loads(config_file.read_text())
+    if raw.get("model_type") == "siglip" and "vision_config" in raw:
+        raw = raw["vision_config"]
+    skip = {"model_type", "architectures", "transformers_version", "torch_dtype", "dtype"}
+    return SiglipVisionConfig(**{k: v for k, v in raw.items() if not k.startswith("_") and k not in skip})
+
+
+def resolve_tower_config(name: str, state_dict: dict[str, torch.Tensor] | None = None) -> SiglipVisionConfig:
+    """The tower config: a local transformers folder first, then the checkpoint's own tensors,
+    then the table of whole configs. Never the network."""
+    config = _local_tower_config(name)
+    if config is not None:
+        return config
+    if state_dict is not None:
+        return tower_config_from_state_dict(name, state_dict)
+    if name in TOWER_CONFIGS:
+        return SiglipVisionConfig(**TOWER_CONFIGS[name])
+    raise ValueError(
+        f"vision tower {name!r}: not a local folder with a config.json, not a known tower "
+        f"({', '.join(sorted(TOWER_CONFIGS))}), and no weights to read its shape from"
+    )
+
+
+def build_vision_tower(config: SiglipVisionConfig) -> nn.Module:
+    """A randomly initialised SigLIP tower whose parameter names match the official model.
+
+    transformers 4.x nests the transformer under ``SiglipVisionModel.vision_model``; 5.x puts the
+    parts on the model itself. Either way the returned module has ``embeddings``, ``encoder``,
+    ``post_layernorm`` and ``head`` at its top level, as the official ``vision_encoder`` does.
+    """
+    config._attn_implementation = "sdpa"
+    model = SiglipVisionModel(config)
+    return getattr(model, "vision_model", model)
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """The SigLIP image processor: stretch to ``size`` x ``size`` (bicubic), scale to [-1, 1].
+
+    Matches ``SiglipImageProcessor`` (the processor the official player uses) to float rounding,
+    without its per-call overhead.
+    """
+
+    size: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    resample: int = Image.Resampling.BICUBIC
+
+    @classmethod
+    def for_tower(cls, name: str, config: SiglipVisionConfig) -> "ImagePreprocessor":
+        """Read a local ``preprocessor_config.json`` when there is one, else SigLIP defaults."""
+        processor_file = Path(name) / "preprocessor_config.json"
+        if processor_file.is_file():
+            raw = json.loads(processor_file.read_text())
+            size = raw.get("size", {}).get("height", config.image_size)
+            return cls(
+                size=size,
+                mean=tuple(raw.get("image_mean", cls.mean)),
+                std=tuple(raw.get("image_std", cls.std)),
+                resample=raw.get("resample", cls.resample),
+            )
+        return cls(size=config.image_size)
+
+    def resize(self, image: np.ndarray | Image.Image) -> np.ndarray:
+        """An RGB uint8 array or PIL image to a ``size`` x ``size`` x 3 uint8 array."""
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected an RGB uint8 HxWx3 image, got {image.dtype} array of shape {image.shape}")
+            image = Image.fromarray(image)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), resample=self.resample, reducing_gap=None)
+        return np.asarray(image)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, size, size, 3) uint8 to (B, 3, size, size) float32 pixel values."""
+        x = images.permute(0, 3, 1, 2).float() * (1.0 / 255.0)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def __call__(self, images: list) -> torch.Tensor:
+        """A list of frames to (B, 3, size, size) float32 pixel values."""
+        return self.normalize(torch.from_numpy(np.stack([self.resize(im) for im in images])))

@@ -1,0 +1,157 @@
+"""A NitroGen policy: game frames in, gamepad action chunks out.
+
+    from nitrogen_finetuner import load_policy
+    policy = load_policy("ng.pt", device="cpu")
+    out = policy.predict(frame)          # frame: RGB uint8 HxWx3 array or PIL image
+    out["buttons"], out["j_left"], out["j_right"], out["raw"]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .actions.layout import ActionLayout, UniversalVectorProcessor
+from .model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from .model.configuration import CheckpointConfig
+from .model.modeling import NitroGenModel
+from .model.sampling import CudaGraphSampler
+from .model.vision import ImagePreprocessor
+
+try:
+    __version__ = version("nitrogen-finetuner")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "unknown"
+
+
+
+@dataclass
+class NitroGenPolicy:
+    model: NitroGenModel
+    config: CheckpointConfig
+    raw_config: dict
+    preprocessor: ImagePreprocessor
+    layout: ActionLayout
+    step: int = 0
+    epoch: int = 0
+
+    def __post_init__(self):
+        self.processor = UniversalVectorProcessor(self.layout)
+        self._graphs: dict[int, CudaGraphSampler] = {}
+        self.use_cuda_graphs = False
+
+    # --------------------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return self.model.action_encoder.W1.W.device
+
+    @property
+    def horizon(self) -> int:
+        return self.config.model_cfg.action_horizon
+
+    @property
+    def action_dim(self) -> int:
+        return self.config.model_cfg.action_dim
+
+    # ---------------------------------------------------------------------------- inference
+    def preprocess(self, images: Sequence) -> torch.Tensor:
+        """Frames -> (B, 3, S, S) float32 pixel values on the policy's device."""
+        return self.preprocessor(list(images)).to(self.device)
+
+    def sample(self, pixel_values: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Model-space action chunks (B, horizon, action_dim) for preprocessed frames."""
+        batch = pixel_values.shape[0]
+        if noise is None:
+            noise = torch.randn(batch, self.horizon, self.action_dim)
+        expected = (batch, self.horizon, self.action_dim)
+        if tuple(noise.shape) != expected:
+            raise ValueError(f"noise must have shape {expected}, got {tuple(noise.shape)}")
+        noise = noise.to(self.device, torch.float32)
+        if self.use_cuda_graphs:
+            if batch not in self._graphs:
+                self._graphs[batch] = CudaGraphSampler(self.model, pixel_values, noise)
+            return self._graphs[batch](pixel_values, noise)
+        return self.model.sample_actions(pixel_values, noise)
+
+    def predict_batch(self, images: Sequence, noise: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
+        """One action chunk per frame: ``raw`` (B, horizon, action_dim), ``j_left``/``j_right``
+        (B, horizon, 2) in [-1, 1], ``buttons`` (B, horizon, n_buttons) in {0, 1}."""
+        raw = self.sample(self.preprocess(images), noise).cpu()
+        decoded = self.processor.unpack(raw)
+        return {"raw": raw.numpy(), **{k: v.numpy() for k, v in decoded.items()}}
+
+    def predict(self, image, noise: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
+        """The action chunk for one frame; ``noise`` (horizon, action_dim) is the Euler start."""
+        out = self.predict_batch([image], None if noise is None else noise.unsqueeze(0))
+        return {k: v[0] for k, v in out.items()}
+
+    def enable_cuda_graphs(self) -> "NitroGenPolicy":
+        """Replay each batch size's whole sampler as one captured CUDA graph (GPU only)."""
+        if self.device.type != "cuda":
+            raise ValueError("CUDA graphs need the policy on a CUDA device")
+        self.use_cuda_graphs = True
+        return self
+
+    # ------------------------------------------------------------------------------ output
+    def save(self, path: str | os.PathLike, step: Optional[int] = None, epoch: Optional[int] = None) -> Path:
+        """Write an official-format checkpoint (the official loader accepts it strictly)."""
+        extra = {"version": __version__, "action_layout": self.layout.to_dict()}
+        return save_checkpoint(
+            path, self.model, self.raw_config, extra,
+            step=self.step if step is None else step, epoch=self.epoch if epoch is None else epoch,
+        )
+
+    def summary(self) -> str:
+        cfg, tok, mod = self.config.model_cfg, self.config.tokenizer_cfg, self.config.modality_cfg
+        tower = self.model.vision_encoder.config
+        n_params = sum(p.numel() for p in self.model.parameters())
+        n_visual = tok.num_visual_tokens_per_frame * mod.frame_per_sample
+        return "\n".join([
+            f"NitroGen '{self.config.experiment_name}': {n_params:,} parameters",
+            f"  action layout   {self.layout.describe()}",
+            f"  action chunk    horizon {cfg.action_horizon}, {cfg.num_inference_timesteps} Euler steps, "
+            f"action_shift {mod.action_shift}",
+            f"  VL sequence     max_sequence_length {tok.max_sequence_length} ({n_visual} visual tokens"
+            + (f", {tok.max_sequence_length - n_visual} padding)" if tok.max_sequence_length > n_visual else ")"),
+            f"  vision tower    {cfg.vision_encoder_name}: {tower.num_hidden_layers} layers x {tower.hidden_size}, "
+            f"{tower.image_size}px, patch {tower.patch_size}",
+        ])
+
+
+def load_policy(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    button_order: Optional[str] = None,
+    buttons: Optional[Sequence[str]] = None,
+    trust_pickle: bool = False,
+    verbose: bool = True,
+) -> NitroGenPolicy:
+    """Load an official-format checkpoint (``ng.pt`` or one we wrote) as a policy.
+
+    The action layout comes from the checkpoint: the layout recorded by this tool when present,
+    else the checkpoint's ``action_dim`` and ``old_layout`` with the default button order;
+    ``button_order`` (a name in ``BUTTON_ORDERS``) or ``buttons`` (names in slot order) override it.
+    """
+    loaded: LoadedCheckpoint = load_checkpoint(path, trust_pickle=trust_pickle)
+    cfg = loaded.config
+    recorded = loaded.extra.get("action_layout")
+    if recorded and buttons is None and button_order is None:
+        buttons, button_order = recorded["buttons"], recorded.get("button_order")
+    layout = ActionLayout.resolve(cfg.model_cfg.action_dim, cfg.tokenizer_cfg.old_layout, button_order, buttons)
+    loaded.model.to(device=device, dtype=dtype)
+    policy = NitroGenPolicy(
+        model=loaded.model, config=cfg, raw_config=loaded.raw_config, preprocessor=loaded.preprocessor,
+        layout=layout, step=loaded.step, epoch=loaded.epoch,
+    )
+    if verbose:
+        print(f"Loaded {path}\n{policy.summary()}", file=sys.stderr)
+    return policy
+
