@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,29 +35,43 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message says what to do."""
 
 
+def _torch_load(path: Path, weights_only: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=weights_only)  # pre-zip format
+
+
 def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
     """Load a checkpoint dict safely; ``trust_pickle`` allows arbitrary unpickling."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (b"PK"); very old files are a bare pickle (b"\x80").
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        what = "an empty file" if not head else "neither a zip archive nor a pickle"
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({what})")
     try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)  # pre-zip format
+        ckpt = _torch_load(path, weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if not blocked:
+            raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt pickle data)") from None
         raise CheckpointError(
-            f"{path}: refused to load, it needs arbitrary unpickling ({reason[:200]}); "
+            f"{path}: refused to load, it needs arbitrary unpickling (it stores a {blocked.group(1)} object); "
             "only if you trust where it came from, pass --trust-pickle (trust_pickle=True)"
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(err).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "ckpt_config" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: not an official-format NitroGen checkpoint (expected 'model' and 'ckpt_config', found {keys})")
+        raise CheckpointError(
+            f"{path}: not an official-format NitroGen checkpoint (expected 'model' and 'ckpt_config', found {keys})"
+        )
     return ckpt
 
 

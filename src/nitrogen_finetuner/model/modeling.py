@@ -198,7 +198,9 @@ class NitroGenModel(nn.Module):
         vl_kv = self.model.context_key_values(self.vl_tokens(pixel_values, game_ids))
         steps = cfg.num_inference_timesteps
         step_times = [int(i / float(steps) * cfg.num_timestep_buckets) for i in range(steps)]
-        conditioning = self.model.conditioning(torch.tensor(step_times, device=device))
+        # Built with fill kernels, not a host copy, so the sampler can be captured in a CUDA graph.
+        all_steps = torch.cat([torch.full((1,), t, dtype=torch.long, device=device) for t in step_times])
+        conditioning = self.model.conditioning(all_steps)
         dtype = self.action_encoder.W1.W.dtype
         actions = noise.to(device=device, dtype=torch.float32)
         for i, t in enumerate(step_times):

@@ -14,9 +14,14 @@ from .modeling import NitroGenModel
 
 
 class CudaGraphSampler:
-    def __init__(self, model: NitroGenModel, pixel_values: torch.Tensor, noise: torch.Tensor, warmup: int = 2):
+    def __init__(
+        self, model: NitroGenModel, pixel_values: torch.Tensor, noise: torch.Tensor, warmup: int = 3, compile: bool = False
+    ):
         if pixel_values.device.type != "cuda":
             raise ValueError("CudaGraphSampler needs CUDA tensors")
+        if compile:
+            for module in (model.action_encoder, model.model, model.action_decoder):
+                module.compile(dynamic=False)
         self.model = model
         self.pixel_values = pixel_values.detach().clone()
         self.noise = noise.detach().clone()

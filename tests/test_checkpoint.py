@@ -1,0 +1,95 @@
+"""Checkpoint files: safe loading, clear refusals, atomic writes, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from golden.cases import make_images, make_noise
+from nitrogen_finetuner import load_policy
+from nitrogen_finetuner.cli import main
+from nitrogen_finetuner.model import checkpoint as checkpoint_module
+from nitrogen_finetuner.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from nitrogen_finetuner.model.presets import build_preset
+
+
+def test_file_needing_arbitrary_unpickling_is_refused_unless_trusted(case_checkpoints, tmp_path):
+    ckpt = read_checkpoint(case_checkpoints["interleaved_sinusoidal"])
+    ckpt["trainer_state"] = argparse.Namespace(lr=1e-4)  # not a plain type: needs full unpickling
+    path = tmp_path / "pickled.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="refused to load.*--trust-pickle"):
+        load_policy(path, verbose=False)
+    policy = load_policy(path, trust_pickle=True, verbose=False)
+    assert policy.predict(make_images("interleaved_sinusoidal")[0], noise=make_noise("interleaved_sinusoidal")[0])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a readable torch checkpoint"),
+        (b"PAR1 definitely not a torch file", "not a readable torch checkpoint"),
+    ],
+)
+def test_unreadable_files_are_named_in_the_error(tmp_path, content, message):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as err:
+        read_checkpoint(path)
+    assert str(path) in str(err.value)
+
+
+def test_wrong_contents_are_explained(tmp_path, case_checkpoints):
+    path = tmp_path / "weights_only.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="expected 'model' and 'ckpt_config'"):
+        read_checkpoint(path)
+    ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
+    del ckpt["model"]["action_decoder.layer2.b"]
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"missing \['action_decoder.layer2.b'\]"):
+        load_policy(path, verbose=False)
+    ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
+    ckpt["ckpt_config"]["model_cfg"]["action_horizon"] = "many"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="model_cfg.action_horizon"):
+        load_policy(path, verbose=False)
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model, raw = build_preset("tiny")
+    path = save_checkpoint(tmp_path / "model.pt", model, raw, step=1)
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model, raw, step=2)
+    assert read_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_cli_info_and_init(tmp_path, capsys):
+    out = tmp_path / "tiny.pt"
+    assert main(["init", str(out), "--preset", "tiny"]) == 0
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "action layout   25 = 21 buttons (nitrogen-v1 order) + left stick x,y + right stick x,y" in printed
+    assert "horizon 18, 16 Euler steps" in printed
+    assert "SOUTH, START, WEST, LEFT_X" in printed
+
+
+def test_cli_user_errors_are_one_line_with_status_2(tmp_path):
+    missing = tmp_path / "nope.pt"
+    result = subprocess.run(
+        [sys.executable, "-m", "nitrogen_finetuner.cli", "info", str(missing)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"nitrogen-finetune: error: {missing}: no such checkpoint file"
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,45 @@
+"""GPU checks (skipped without CUDA; run them on a GPU machine): exactness on the device,
+and the captured CUDA-graph sampler against the plain one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import golden
+from golden.cases import CASES, make_images, make_noise
+from nitrogen_finetuner import load_policy
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_predict_on_gpu_equals_official(case, case_checkpoints):
+    policy = load_policy(case_checkpoints[case], device="cuda", verbose=False)
+    out = policy.predict_batch(make_images(case), noise=make_noise(case))
+    assert np.abs(out["raw"] - np.array(golden(case)["action_tensor"])).max() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cuda_graph_sampler_equals_plain_sampler(case, dtype, case_checkpoints):
+    policy = load_policy(case_checkpoints[case], device="cuda", dtype=dtype, verbose=False)
+    frames, noise = make_images(case), make_noise(case)
+    plain = policy.predict_batch(frames, noise=noise)["raw"]
+    policy.enable_cuda_graphs()
+    graphed = policy.predict_batch(frames, noise=noise)["raw"]
+    again = policy.predict_batch(frames, noise=noise * 0.5)["raw"]  # replay with new inputs
+    atol = 1e-5 if dtype == torch.float32 else 2e-2
+    np.testing.assert_allclose(graphed, plain, atol=atol, rtol=0)
+    assert np.abs(again - graphed).max() > 10 * atol
+    policy.use_cuda_graphs = False
+    np.testing.assert_allclose(again, policy.predict_batch(frames, noise=noise * 0.5)["raw"], atol=atol, rtol=0)
