@@ -18,6 +18,7 @@ Variants (each is checked against the plain path of the same dtype, max abs diff
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -115,6 +116,7 @@ def bench_device(args, device: torch.device) -> list[dict]:
     official = official_runner(Path(args.official_src), model, raw, device) if args.official_src else None
     name = torch.cuda.get_device_name(device) if is_cuda else f"CPU ({torch.get_num_threads()} threads)"
     inputs, outputs, rows = {}, {}, []
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16) if is_cuda else None
 
     def run(batch, variant, fn, reference):
         times, out = time_fn(fn, device, warmup, iters)
@@ -131,7 +133,6 @@ def bench_device(args, device: torch.device) -> list[dict]:
         torch.manual_seed(1)
         noise = torch.randn(batch, cfg.action_horizon, cfg.action_dim, device=device)
         inputs[batch] = pixels, noise
-        model.to(torch.float32)
         run(batch, "naive", lambda: naive_sample(model, pixels, noise), "naive")
         run(batch, "cached", lambda: model.sample_actions(pixels, noise), "naive")
         if official is not None:
@@ -145,19 +146,17 @@ def bench_device(args, device: torch.device) -> list[dict]:
                     return official(pixels, autocast=True)
                 run(batch, "official bf16", official_bf16, "naive")
         if is_cuda:
-            model.to(torch.bfloat16)
-            run(batch, "bf16", lambda: model.sample_actions(pixels, noise), "naive")
-            graph = CudaGraphSampler(model, pixels, noise)
+            run(batch, "bf16", lambda: model_bf16.sample_actions(pixels, noise), "naive")
+            graph = CudaGraphSampler(model_bf16, pixels, noise)
             run(batch, "bf16+graph", lambda: graph(pixels, noise), "bf16")
             del graph
     if is_cuda and args.compile:
         # Last, because compiling changes the modules in place for the rest of the process.
-        model.to(torch.bfloat16)
         for batch in args.batch_sizes:
             pixels, noise = inputs[batch]
             try:
                 start = time.perf_counter()
-                compiled = CudaGraphSampler(model, pixels, noise, compile=True)
+                compiled = CudaGraphSampler(model_bf16, pixels, noise, compile=True)
                 print(f"  compiled and captured in {time.perf_counter() - start:.0f} s", flush=True)
                 run(batch, "bf16+compile+graph", lambda: compiled(pixels, noise), "bf16")
             except Exception as err:  # report and go on: the other rows are still valid

@@ -43,3 +43,12 @@ def test_cuda_graph_sampler_equals_plain_sampler(case, dtype, case_checkpoints):
     assert np.abs(again - graphed).max() > 10 * atol
     policy.use_cuda_graphs = False
     np.testing.assert_allclose(again, policy.predict_batch(frames, noise=noise * 0.5)["raw"], atol=atol, rtol=0)
+
+
+def test_compiled_cuda_graph_sampler_matches_plain_sampler(case_checkpoints):
+    case = "interleaved_sinusoidal"
+    policy = load_policy(case_checkpoints[case], device="cuda", verbose=False)
+    frames, noise = make_images(case), make_noise(case)
+    plain = policy.predict_batch(frames, noise=noise)["raw"]
+    compiled = policy.enable_cuda_graphs(compile=True).predict_batch(frames, noise=noise)["raw"]
+    np.testing.assert_allclose(compiled, plain, atol=1e-4, rtol=0)
