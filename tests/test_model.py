@@ -139,3 +139,18 @@ def test_loss_ignores_masked_slots_and_samples_without_real_actions():
     assert no_real.item() == pytest.approx(both.item(), rel=1e-6)
     unmasked = model.compute_loss(pixels, actions2, noise=noise, flow_time=t)
     assert unmasked.item() != pytest.approx(both.item(), rel=1e-3)
+
+
+def test_preset_checkpoint_round_trip_keeps_the_tower_and_the_outputs(tmp_path):
+    """The tiny tower has 2 heads of 32, which its tensors alone cannot show: the tower's
+    hyper-parameters must travel with the checkpoint."""
+    from nitrogen_finetuner.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model, raw = build_preset("tiny")
+    model.eval()
+    path = save_checkpoint(tmp_path / "tiny.pt", model, raw)
+    policy = load_policy(path, verbose=False)
+    assert policy.model.vision_encoder.config.num_attention_heads == 2
+    pixels, noise = torch.randn(2, 3, 64, 64), torch.randn(2, 18, 25)
+    torch.testing.assert_close(policy.model.sample_actions(pixels, noise), model.sample_actions(pixels, noise))

@@ -2,8 +2,8 @@
 
 The format is a ``torch.save`` dict: ``model`` (state dict), ``ckpt_config`` (plain dicts),
 ``step`` and ``epoch``. We read it with ``weights_only=True``; we write the same keys plus a
-``nitrogen_finetuner`` entry of plain values (the action layout), which the official loader
-ignores. Writes go to a temporary file first and are renamed into place, so an interrupted
+``nitrogen_finetuner`` entry of plain values (the action layout, the vision tower's
+hyper-parameters), which the official loader ignores. Writes go to a temporary file first and are renamed into place, so an interrupted
 save never leaves a broken checkpoint behind.
 """
 
@@ -26,6 +26,7 @@ from .vision import (
     VISION_PREFIX,
     ImagePreprocessor,
     resolve_tower_config,
+    tower_record,
 )
 
 EXTRA_KEY = "nitrogen_finetuner"
@@ -95,11 +96,13 @@ class LoadedCheckpoint:
     epoch: int = 0
 
 
-def build_model(config: CheckpointConfig, state_dict: Optional[dict] = None) -> NitroGenModel:
-    """Build the architecture a config describes, taking the tower's shape from a local
-    transformers folder or else from the tensors in ``state_dict``."""
+def build_model(
+    config: CheckpointConfig, state_dict: Optional[dict] = None, tower: Optional[dict] = None
+) -> NitroGenModel:
+    """Build the architecture a config describes (the tower as ``resolve_tower_config`` finds it,
+    ``tower`` being the hyper-parameters a checkpoint of ours recorded)."""
     try:
-        vision_config = resolve_tower_config(config.model_cfg.vision_encoder_name, state_dict)
+        vision_config = resolve_tower_config(config.model_cfg.vision_encoder_name, state_dict, tower)
     except ValueError as err:
         raise CheckpointError(str(err)) from None
     num_games = state_dict["game_embedding.weight"].shape[0] if state_dict and "game_embedding.weight" in state_dict else None
@@ -123,8 +126,9 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Load
     state_dict = ckpt["model"]
     if not any(k.startswith(VISION_PREFIX) for k in state_dict):
         raise CheckpointError(f"{path}: the state dict holds no vision_encoder.* weights")
+    extra = ckpt.get(EXTRA_KEY) or {}
     with torch.device("meta"):
-        model = build_model(config, state_dict)
+        model = build_model(config, state_dict, extra.get("vision_tower"))
     result = model.load_state_dict(state_dict, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
@@ -139,7 +143,7 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Load
         config=config,
         raw_config=ckpt["ckpt_config"],
         preprocessor=ImagePreprocessor.for_tower(tower, model.vision_encoder.config),
-        extra=ckpt.get(EXTRA_KEY) or {},
+        extra=extra,
         step=int(ckpt.get("step", 0) or 0),
         epoch=int(ckpt.get("epoch", 0) or 0),
     )
@@ -153,7 +157,7 @@ def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(
     path: str | os.PathLike,
-    model: torch.nn.Module,
+    model: NitroGenModel,
     ckpt_config: dict,
     extra: Optional[dict] = None,
     step: int = 0,
@@ -167,7 +171,7 @@ def save_checkpoint(
         "ckpt_config": ckpt_config,
         "step": step,
         "epoch": epoch,
-        EXTRA_KEY: extra or {},
+        EXTRA_KEY: {**(extra or {}), "vision_tower": tower_record(model.vision_encoder.config)},
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

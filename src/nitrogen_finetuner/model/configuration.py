@@ -16,8 +16,8 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
 
-class DiTConfig(_Config):
-    """The flow-matching Diffusion Transformer (``model.*`` in the state dict)."""
+class TransformerConfig(_Config):
+    """Fields shared by the DiT and the VL mixer configs."""
 
     num_attention_heads: int = 8
     attention_head_dim: int = 64
@@ -28,42 +28,28 @@ class DiTConfig(_Config):
     activation_fn: str = "gelu-approximate"
     num_embeds_ada_norm: Optional[int] = 1000
     upcast_attention: bool = False
+    max_num_positional_embeddings: int = 512
+    compute_dtype: str = "float32"
+    final_dropout: bool = True
+    positional_embeddings: Optional[str] = "sinusoidal"
+    interleave_self_attention: bool = False
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+
+class DiTConfig(TransformerConfig):
+    """The flow-matching Diffusion Transformer (``model.*`` in the state dict)."""
+
     norm_type: str = "ada_norm"
     norm_elementwise_affine: bool = False
     norm_eps: float = 1e-5
-    max_num_positional_embeddings: int = 512
-    compute_dtype: str = "float32"
-    final_dropout: bool = True
-    positional_embeddings: Optional[str] = "sinusoidal"
-    interleave_self_attention: bool = False
     cross_attention_dim: Optional[int] = None
 
-    @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
 
-
-class VLMixerConfig(_Config):
+class VLMixerConfig(TransformerConfig):
     """The self-attention stack over the vision tokens (``vl_self_attention_model.*``)."""
-
-    num_attention_heads: int = 8
-    attention_head_dim: int = 64
-    output_dim: int = 26
-    num_layers: int = 12
-    dropout: float = 0.1
-    attention_bias: bool = True
-    activation_fn: str = "gelu-approximate"
-    num_embeds_ada_norm: Optional[int] = 1000
-    upcast_attention: bool = False
-    max_num_positional_embeddings: int = 512
-    compute_dtype: str = "float32"
-    final_dropout: bool = True
-    positional_embeddings: Optional[str] = "sinusoidal"
-    interleave_self_attention: bool = False
-
-    @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
 
 
 class NitroGenConfig(_Config):

@@ -22,48 +22,30 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 
 VISION_PREFIX = "vision_encoder."
 
-# Numbers a state dict cannot show, per known tower width. All SigLIP and SigLIP2 fixed-resolution
-# towers use 64-wide heads except the so400m shape (1152 wide, 16 heads of 72).
-_HEADS_BY_WIDTH = {768: 12, 1024: 16, 1152: 16, 1536: 16}
-KNOWN_TOWERS = {
-    name: {"layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh"}
-    for name in (
-        "google/siglip-base-patch16-224",
-        "google/siglip-base-patch16-256",
-        "google/siglip-base-patch16-384",
-        "google/siglip-base-patch16-512",
-        "google/siglip-large-patch16-256",
-        "google/siglip-large-patch16-384",
-        "google/siglip-so400m-patch14-224",
-        "google/siglip-so400m-patch14-384",
-        "google/siglip2-base-patch16-224",
-        "google/siglip2-base-patch16-256",
-        "google/siglip2-base-patch16-384",
-        "google/siglip2-base-patch16-512",
-        "google/siglip2-large-patch16-256",
-        "google/siglip2-large-patch16-384",
-        "google/siglip2-large-patch16-512",
-        "google/siglip2-so400m-patch14-224",
-        "google/siglip2-so400m-patch14-384",
-        "google/siglip2-so400m-patch16-256",
-        "google/siglip2-so400m-patch16-384",
-        "google/siglip2-so400m-patch16-512",
-        "google/siglip2-giant-opt-patch16-256",
-        "google/siglip2-giant-opt-patch16-384",
-    )
+# The one number a state dict cannot show is the head count. Known SigLIP/SigLIP2 towers by name;
+# any other tower falls back to 64-wide heads.
+KNOWN_TOWER_HEADS = {
+    f"google/{family}-{size}-patch{patch}": heads
+    for family in ("siglip", "siglip2")
+    for size, heads in (("base", 12), ("large", 16), ("so400m", 16), ("giant-opt", 16))
+    for patch in ("14-224", "14-384", "16-224", "16-256", "16-384", "16-512")
 }
+SIGLIP_LAYER_NORM_EPS = 1e-6
+SIGLIP_HIDDEN_ACT = "gelu_pytorch_tanh"
 
 # Whole tower configs by name, so a model can be built with no weights at hand (random-weight
 # benchmarks, presets). The first is the released NitroGen tower.
 TOWER_CONFIGS = {
     "google/siglip2-large-patch16-256": dict(
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=256, patch_size=16, num_channels=3, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+        image_size=256, patch_size=16, num_channels=3, layer_norm_eps=SIGLIP_LAYER_NORM_EPS,
+        hidden_act=SIGLIP_HIDDEN_ACT,
     ),
     # A 12-layer (the official code freezes layer 11 by index) 64-wide tower for CPU presets.
     "nitrogen-finetuner/tiny-siglip-64": dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=12, num_attention_heads=2,
-        image_size=64, patch_size=16, num_channels=3, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+        image_size=64, patch_size=16, num_channels=3, layer_norm_eps=SIGLIP_LAYER_NORM_EPS,
+        hidden_act=SIGLIP_HIDDEN_ACT,
     ),
 }
 
@@ -80,18 +62,17 @@ def tower_config_from_state_dict(name: str, state_dict: dict[str, torch.Tensor])
         if (m := re.match(re.escape(VISION_PREFIX) + r"encoder\.layers\.(\d+)\.", key))
     }
     fc1 = state_dict[VISION_PREFIX + "encoder.layers.0.mlp.fc1.weight"]
-    known = KNOWN_TOWERS.get(name, {"layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh"})
-    heads = _HEADS_BY_WIDTH.get(width, max(1, width // 64))
     return SiglipVisionConfig(
         hidden_size=width,
         intermediate_size=fc1.shape[0],
         num_hidden_layers=len(layer_ids),
-        num_attention_heads=heads,
+        num_attention_heads=KNOWN_TOWER_HEADS.get(name, max(1, width // 64)),
         num_channels=channels,
         image_size=side * patch_size,
         patch_size=patch_size,
         vision_use_head=any(k.startswith(VISION_PREFIX + "head.") for k in state_dict),
-        **known,
+        layer_norm_eps=SIGLIP_LAYER_NORM_EPS,
+        hidden_act=SIGLIP_HIDDEN_ACT,
     )
 
 
@@ -106,16 +87,31 @@ def _local_tower_config(name: str) -> SiglipVisionConfig | None:
     return SiglipVisionConfig(**{k: v for k, v in raw.items() if not k.startswith("_") and k not in skip})
 
 
-def resolve_tower_config(name: str, state_dict: dict[str, torch.Tensor] | None = None) -> SiglipVisionConfig:
-    """The tower config: a local transformers folder first, then the checkpoint's own tensors,
-    then the table of whole configs. Never the network."""
+TOWER_FIELDS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+    "image_size", "patch_size", "layer_norm_eps", "hidden_act",
+)
+
+
+def tower_record(config: SiglipVisionConfig) -> dict:
+    """The tower's hyper-parameters as plain values, stored in the checkpoints we write."""
+    return {field: getattr(config, field) for field in TOWER_FIELDS}
+
+
+def resolve_tower_config(
+    name: str, state_dict: dict[str, torch.Tensor] | None = None, recorded: dict | None = None
+) -> SiglipVisionConfig:
+    """The tower config, never from the network: a local transformers folder, else the record a
+    checkpoint of ours carries, else the table of whole configs, else the checkpoint's tensors."""
     config = _local_tower_config(name)
     if config is not None:
         return config
-    if state_dict is not None:
-        return tower_config_from_state_dict(name, state_dict)
+    if recorded:
+        return SiglipVisionConfig(**recorded)
     if name in TOWER_CONFIGS:
         return SiglipVisionConfig(**TOWER_CONFIGS[name])
+    if state_dict is not None:
+        return tower_config_from_state_dict(name, state_dict)
     raise ValueError(
         f"vision tower {name!r}: not a local folder with a config.json, not a known tower "
         f"({', '.join(sorted(TOWER_CONFIGS))}), and no weights to read its shape from"
