@@ -31,9 +31,10 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "unknown"
 
 
-
 @dataclass
 class NitroGenPolicy:
+    """A loaded checkpoint with its preprocessing and action layout: frames in, actions out."""
+
     model: NitroGenModel
     config: CheckpointConfig
     raw_config: dict
