@@ -1,6 +1,6 @@
 """NitroGen Finetuner: fine-tune NVIDIA's NitroGen and export checkpoints the official player runs."""
 
-from .actions.layout import BUTTON_ORDERS, ActionLayout, UniversalVectorProcessor
+from .actions import BUTTON_ORDERS, ActionLayout, UniversalVectorProcessor
 from .policy import NitroGenPolicy, __version__, load_policy
 
 __all__ = [

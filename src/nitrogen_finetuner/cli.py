@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
+from pydantic import ValidationError
+
 from .actions.layout import LayoutError
+from .data.errors import DataError, user_message
 from .model.checkpoint import CheckpointError, save_checkpoint
 from .model.presets import PRESETS, build_preset
 from .policy import __version__, load_policy
 
-USER_ERRORS = (CheckpointError, LayoutError, FileNotFoundError, IsADirectoryError, PermissionError)
+USER_ERRORS = (CheckpointError, LayoutError, DataError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -29,6 +33,37 @@ def cmd_init(args: argparse.Namespace) -> int:
     model, raw = build_preset(args.preset)
     path = save_checkpoint(args.output, model, raw)
     print(f"wrote a randomly initialised '{args.preset}' NitroGen ({sum(p.numel() for p in model.parameters()):,} parameters) to {path}")
+    return 0
+
+
+def _mapping(items: list[str]) -> dict[str, Optional[str]]:
+    out = {}
+    for item in items:
+        column, sep, slot = item.partition("=")
+        if not sep or not column:
+            raise DataError(f"--map expects COLUMN=SLOT (or COLUMN= to ignore a column), got '{item}'")
+        out[column] = slot or None
+    return out
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from .data.config import DataConfig  # noqa: PLC0415 - keep `info` fast
+    from .data.inspect import inspect_dataset
+    from .data.pipeline import ModelInputs, prepare_data
+
+    try:
+        config = DataConfig(
+            dataset_name=args.dataset, split=args.split, profile=args.profile, mapping=_mapping(args.map),
+            stick_range=args.stick_range, analog_deadzone=args.analog_deadzone,
+            trigger_threshold=args.trigger_threshold, episode_column=args.episode_column,
+            image_column=args.image_column, image_fit=args.image_fit, skip_bad_rows=args.skip_bad_rows,
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise DataError(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    model = ModelInputs.of_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle)
+    _, text = inspect_dataset(prepare_data(config, model), Path(args.output), check_all_images=not args.no_image_check)
+    print(text)
     return 0
 
 
@@ -46,6 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("output", help="where to write the .pt file")
     init.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     init.set_defaults(func=cmd_init)
+
+    data = sub.add_parser("data", help="look at a dataset before training on it")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_sub.add_parser("inspect", help="episodes, profile, press rates, stick stats, windows, contact sheet")
+    inspect.add_argument("dataset", help="parquet file or folder, save_to_disk folder, frames folder, or hub id")
+    inspect.add_argument("--profile", default="auto", help="console profile (default: detect from the columns)")
+    inspect.add_argument("--checkpoint", help="take layout, horizon and frame size from this checkpoint "
+                         "(default: the released NitroGen's)")
+    inspect.add_argument("--output", default="data_inspect", help="folder for report.json and contact_sheet.png")
+    inspect.add_argument("--map", action="append", default=[], metavar="COLUMN=SLOT",
+                         help="map a column to an action slot (repeatable; COLUMN= ignores it)")
+    inspect.add_argument("--stick-range", default="auto", help="auto, float_pm1, float_01, int8, uint8, int16")
+    inspect.add_argument("--analog-deadzone", type=float, default=0.05)
+    inspect.add_argument("--trigger-threshold", type=float, default=0.5)
+    inspect.add_argument("--episode-column")
+    inspect.add_argument("--image-column")
+    inspect.add_argument("--image-fit", default="pad", choices=("pad", "crop", "stretch"))
+    inspect.add_argument("--split", default="train")
+    inspect.add_argument("--skip-bad-rows", action="store_true", help="count bad rows instead of stopping at the first")
+    inspect.add_argument("--no-image-check", action="store_true", help="do not decode every frame")
+    inspect.add_argument("--trust-pickle", action="store_true")
+    inspect.set_defaults(func=cmd_data_inspect)
     return parser
 
 
@@ -54,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as err:
-        print(f"nitrogen-finetune: error: {err}", file=sys.stderr)
+        print(f"nitrogen-finetune: error: {user_message(err)}", file=sys.stderr)
         return 2
 
 

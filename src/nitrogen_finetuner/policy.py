@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .actions.layout import ActionLayout, UniversalVectorProcessor
+from .actions import ActionLayout, UniversalVectorProcessor
 from .model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from .model.configuration import CheckpointConfig
 from .model.modeling import NitroGenModel
@@ -132,6 +132,20 @@ class NitroGenPolicy:
         ])
 
 
+def checkpoint_layout(
+    config: CheckpointConfig,
+    extra: dict,
+    button_order: Optional[str] = None,
+    buttons: Optional[Sequence[str]] = None,
+) -> ActionLayout:
+    """The action layout of a checkpoint: the one this tool recorded in it, else its
+    ``action_dim`` and ``old_layout`` with the default button order; arguments override."""
+    recorded = extra.get("action_layout")
+    if recorded and buttons is None and button_order is None:
+        buttons, button_order = recorded["buttons"], recorded.get("button_order")
+    return ActionLayout.resolve(config.model_cfg.action_dim, config.tokenizer_cfg.old_layout, button_order, buttons)
+
+
 def load_policy(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -149,10 +163,7 @@ def load_policy(
     """
     loaded: LoadedCheckpoint = load_checkpoint(path, trust_pickle=trust_pickle)
     cfg = loaded.config
-    recorded = loaded.extra.get("action_layout")
-    if recorded and buttons is None and button_order is None:
-        buttons, button_order = recorded["buttons"], recorded.get("button_order")
-    layout = ActionLayout.resolve(cfg.model_cfg.action_dim, cfg.tokenizer_cfg.old_layout, button_order, buttons)
+    layout = checkpoint_layout(cfg, loaded.extra, button_order, buttons)
     loaded.model.to(device=device, dtype=dtype)
     policy = NitroGenPolicy(
         model=loaded.model, config=cfg, raw_config=loaded.raw_config, preprocessor=loaded.preprocessor,

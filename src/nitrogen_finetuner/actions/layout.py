@@ -1,4 +1,4 @@
-"""The universal gamepad action layout and the one component that packs and unpacks it.
+"""The universal gamepad action layout: which slot of the model's action vector holds what.
 
 A NitroGen action is one vector per game frame. With the released layout (``old_layout=False``)
 it is ``[buttons..., left_x, left_y, right_x, right_y]``; with ``old_layout=True`` it is
@@ -13,12 +13,7 @@ Which button sits in which slot is not stored in ``ng.pt``. It is a named, versi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
-
-import numpy as np
-import torch
-
-Array = Union[np.ndarray, torch.Tensor]
+from typing import Optional, Sequence
 
 BUTTON_ORDERS: dict[str, tuple[str, ...]] = {
     # The order the official NitroGen player decodes with (nitrogen/shared.py, commit 3260844):
@@ -113,38 +108,3 @@ class ActionLayout:
         parts = f"{sticks} + {buttons}" if self.old_layout else f"{buttons} + {sticks}"
         return f"{self.action_dim} = {parts}" + (" [old_layout]" if self.old_layout else "")
 
-
-def _concat(parts: list[Array]) -> Array:
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat([p.to(torch.float32) for p in parts], dim=-1)
-    return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=-1)
-
-
-class UniversalVectorProcessor:
-    """Packs gamepad state into the model's action vectors and unpacks predictions.
-
-    Works on numpy arrays and torch tensors with any leading shape (..., slots).
-    """
-
-    def __init__(self, layout: ActionLayout):
-        self.layout = layout
-
-    def pack(self, buttons: Array, j_left: Array, j_right: Array) -> Array:
-        """buttons (..., n_buttons) in {0, 1}; sticks (..., 2) in [-1, 1] -> (..., action_dim)."""
-        if buttons.shape[-1] != self.layout.n_buttons:
-            raise LayoutError(f"expected {self.layout.n_buttons} buttons, got {buttons.shape[-1]}")
-        sticks = [(j_left + 1) / 2, (j_right + 1) / 2]
-        parts = sticks + [buttons] if self.layout.old_layout else [buttons] + sticks
-        return _concat(parts)
-
-    def unpack(self, actions: Array) -> dict[str, Array]:
-        """(..., action_dim) model-space vectors -> buttons {0, 1}, sticks clipped to [-1, 1]."""
-        if actions.shape[-1] != self.layout.action_dim:
-            raise LayoutError(f"expected {self.layout.action_dim} action values, got {actions.shape[-1]}")
-        sticks = actions[..., self.layout.stick_slice] * 2 - 1
-        buttons = (actions[..., self.layout.button_slice] > 0.5) * 1.0
-        return {
-            "j_left": sticks[..., 0:2].clip(-1, 1),
-            "j_right": sticks[..., 2:4].clip(-1, 1),
-            "buttons": buttons,
-        }

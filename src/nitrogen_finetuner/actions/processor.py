@@ -1,0 +1,508 @@
+"""UniversalVectorProcessor: the one place where gamepad data becomes model action vectors.
+
+Two directions. ``pack``/``unpack`` move between gamepad state (buttons 0/1, sticks [-1, 1]) and
+model-space vectors. ``bind``/``ColumnBinding.convert`` turn a recording's columns into
+model-space vectors: a console profile (or the user's mapping) says which column drives which
+slot, so the slots keep their meaning whatever console recorded the data.
+
+Stick ranges, and how "auto" picks one per column (first match wins; the first ``convert`` of a
+binding fixes the pick, so one file reads one way throughout):
+
+1. the column's own type: int8 -> int8, uint8 -> uint8, int16 -> int16;
+2. every value within [-1, 1], or any value that is not a whole number: float_01 when none is
+   negative and the most frequent value (the neutral a resting stick leaves behind) is 0.5, else
+   float_pm1 (values beyond the range are reported as bad rows);
+3. whole numbers within 0..255 whose most frequent value is not 0 (128 is uint8's neutral, 0 a
+   signed stick's) -> uint8;
+4. within -128..127 -> int8; otherwise int16 (values beyond it are reported as bad rows).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, replace
+from itertools import repeat
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..data.errors import DataError
+from .layout import STICK_SLOTS, ActionLayout, LayoutError
+from .profiles import PROFILES, STICK_SIDES, ConsoleProfile, column_player, detect_profile, normalize_column
+
+Array = Union[np.ndarray, torch.Tensor]
+FLOAT_TOLERANCE = 1e-3  # how far a float stick may overshoot its range (rounding in recorders)
+
+
+@dataclass(frozen=True)
+class StickRange:
+    """How one stick encoding maps raw numbers onto [-1, 1]."""
+
+    name: str
+    low: float
+    high: float
+    center: float
+    scale: float
+    integral: bool
+
+    def to_unit(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values mapped to [-1, 1] (clipped), and where a raw value lies outside this range."""
+        tolerance = 0.0 if self.integral else FLOAT_TOLERANCE
+        outside = ~((values >= self.low - tolerance) & (values <= self.high + tolerance))
+        if self.integral:
+            outside |= values != np.round(values)
+        return np.clip((values - self.center) / self.scale, -1.0, 1.0), outside
+
+    def describe(self) -> str:
+        kind = "integers" if self.integral else "floats"
+        return f"the {self.name} stick range ({kind} {self.low:g}..{self.high:g})"
+
+
+STICK_RANGES: dict[str, StickRange] = {r.name: r for r in (
+    StickRange("float_pm1", -1.0, 1.0, 0.0, 1.0, False),
+    StickRange("float_01", 0.0, 1.0, 0.5, 0.5, False),
+    StickRange("int8", -128.0, 127.0, 0.0, 127.0, True),
+    StickRange("uint8", 0.0, 255.0, 128.0, 127.0, True),
+    StickRange("int16", -32768.0, 32767.0, 0.0, 32767.0, True),
+)}
+_DTYPE_RANGES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.int16): "int16"}
+
+
+def _most_frequent(values: np.ndarray) -> float:
+    uniques, counts = np.unique(values, return_counts=True)
+    return float(uniques[np.argmax(counts)])
+
+
+def detect_stick_range(values: np.ndarray, dtype: np.dtype) -> str:
+    """The stick range of a column from its type and its valid values (rules: module docstring)."""
+    if dtype in _DTYPE_RANGES:
+        return _DTYPE_RANGES[dtype]
+    low, high = float(values.min()), float(values.max())
+    if max(-low, high) <= 1.0 + FLOAT_TOLERANCE or np.any(values != np.round(values)):
+        return "float_01" if low >= -FLOAT_TOLERANCE and _most_frequent(values) == 0.5 else "float_pm1"
+    if low >= 0 and high <= 255 and _most_frequent(values) != 0:
+        return "uint8"
+    return "int8" if low >= -128 and high <= 127 else "int16"
+
+
+# ------------------------------------------------------------------------------------ targets
+@dataclass(frozen=True)
+class _Target:
+    """What one column drives: kind "button", "axis", "pair" ([x, y]) or "stick_button"."""
+
+    kind: str
+    slots: tuple[str, ...]
+    factor: float = 1.0  # axis sign, or the value a stick button pushes its axis to
+    analog: bool = False  # a button column that may hold analog trigger values
+
+    def label(self) -> str:
+        if self.kind == "pair":
+            return self.slots[0].split("_")[0]
+        if self.kind == "axis":
+            return ("-" if self.factor < 0 else "") + self.slots[0]
+        if self.kind == "stick_button":
+            return f"{self.slots[0]}={self.factor:+g}"
+        return self.slots[0] + (" (analog)" if self.analog else "")
+
+
+def _profile_target(profile: ConsoleProfile, name: str) -> _Target:
+    if name in profile.buttons:
+        return _Target("button", (profile.buttons[name],), analog=name in profile.analog_triggers)
+    if name in profile.stick_axes:
+        axis, sign = profile.stick_axes[name]
+        return _Target("axis", (axis,), float(sign))
+    if name in profile.stick_pairs:
+        side = profile.stick_pairs[name]
+        return _Target("pair", (f"{side}_X", f"{side}_Y"))
+    axis, value = profile.stick_buttons[name]
+    return _Target("stick_button", (axis,), float(value))
+
+
+_Targets = dict[str, tuple[_Target, tuple[int, ...]]]  # column -> (what it drives, slot indices)
+_MAPPING_ONLY = ConsoleProfile("custom", "No profile knows the columns; only the user's mapping applies.")
+_MAPPING_HINT = ("a target is a slot name, LEFT/RIGHT for an [x, y] column, a stick axis with a leading '-' "
+                 "to flip it, or null to ignore the column")
+
+
+# ------------------------------------------------------------------------------- raw columns
+_HINT_NULL = "fill or drop these rows, or set skip_bad_rows to leave them out"
+_HINT_BUTTON = ("a button holds 0/1 or true/false; map an analog column to LEFT_TRIGGER or RIGHT_TRIGGER, "
+                "or set skip_bad_rows")
+_HINT_TRIGGER = "an analog trigger holds 0..1 or whole numbers 0..255; or set skip_bad_rows"
+_HINT_RANGE = f"give stick_range for this column ({', '.join(STICK_RANGES)}), or set skip_bad_rows"
+_HINT_PAIR = "each row of an [x, y] column holds two numbers; or set skip_bad_rows"
+
+
+def _is_none(values: np.ndarray) -> np.ndarray:
+    return np.fromiter(map(operator.is_, values, repeat(None)), bool, len(values))
+
+
+def _show(value) -> str:
+    return repr(value.tolist() if hasattr(value, "tolist") else value)
+
+
+def _first_unreadable(values: np.ndarray, convert) -> int:
+    """The first row a conversion fails on (only called to locate an error)."""
+    for i, value in enumerate(values):
+        try:
+            if value is not None:
+                convert(value)
+        except (TypeError, ValueError):
+            return i
+    return 0
+
+
+def _numbers(raw, column: str, source: str, first_row: int) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+    """One number per row: float64 values (0 where null), where null, and the column's dtype."""
+    arr = np.asarray(raw)
+    if arr.ndim != 1:
+        raise DataError("holds several values per row where one number is expected", file=source,
+                        column=column, hint="map an [x, y] column to LEFT or RIGHT")
+    if arr.dtype == object:
+        missing = _is_none(arr)
+        values = np.zeros(len(arr))
+        try:
+            values[~missing] = arr[~missing].astype(np.float64)
+        except (TypeError, ValueError):
+            i = _first_unreadable(arr, float)
+            raise DataError(f"{_show(arr[i])} is not a number", file=source, row=first_row + i, column=column,
+                            hint="map an [x, y] column to LEFT or RIGHT, or ignore the column with null") from None
+        return values, missing, arr.dtype
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"holds {arr.dtype} values, not numbers", file=source, column=column,
+                        hint="map the column to null in `mapping` to ignore it")
+    return arr.astype(np.float64), np.zeros(len(arr), bool), arr.dtype
+
+
+def _pairs(raw, column: str, source: str, first_row: int):
+    """[x, y] per row: float64 (n, 2) values, where null, where not two numbers, and the dtype."""
+    arr = raw if isinstance(raw, np.ndarray) else np.fromiter(raw, dtype=object, count=len(raw))
+    n = len(arr)
+    if arr.ndim == 2 and arr.dtype != object:
+        values = arr.astype(np.float64)
+        wrong = np.full(n, arr.shape[1] != 2)
+        return (values if arr.shape[1] == 2 else np.zeros((n, 2))), np.zeros(n, bool), wrong, arr.dtype
+    if arr.ndim == 2:  # rows of Python objects: read them one row each, like a list column
+        arr = np.fromiter(arr, dtype=object, count=n)
+    missing = _is_none(arr)
+    try:
+        lengths = np.fromiter(map(len, arr[~missing]), np.int64, int((~missing).sum()))
+    except TypeError:
+        i = _first_unreadable(arr, len)
+        raise DataError(f"holds {_show(arr[i])} where an [x, y] pair is expected", file=source,
+                        row=first_row + i, column=column,
+                        hint="map separate x and y columns to LEFT_X/LEFT_Y or RIGHT_X/RIGHT_Y") from None
+    good = ~missing
+    good[good] = lengths == 2
+    values = np.zeros((n, 2))
+    dtype = np.dtype(np.float64)
+    if good.any():
+        flat = np.concatenate(arr[good])
+        dtype = flat.dtype
+        if dtype == object:  # lists with a None inside: flagged as non-finite below
+            flat = np.where(_is_none(flat), np.nan, flat)
+        try:
+            values[good] = flat.astype(np.float64).reshape(-1, 2)
+        except (TypeError, ValueError):
+            i = _first_unreadable(arr, lambda v: np.asarray(v, dtype=np.float64))
+            raise DataError(f"[x, y] value {_show(arr[i])} is not two numbers", file=source, row=first_row + i,
+                            column=column, hint="ignore the column with null in `mapping`") from None
+    return values, missing, ~good & ~missing, dtype
+
+
+@dataclass
+class _Decoded:
+    """One column's contribution (n, len(slots)), 0 on bad rows, and its problems in check order."""
+
+    values: np.ndarray
+    problems: list[tuple[np.ndarray, str, str]]  # (rows, what is wrong with {value}, hint)
+
+    @property
+    def bad(self) -> np.ndarray:
+        return np.logical_or.reduce([rows for rows, _, _ in self.problems])
+
+
+# ------------------------------------------------------------------------------------ binding
+class ColumnBinding:
+    """How one file's columns fill the layout's slots; ``convert`` applies it to the data."""
+
+    def __init__(self, layout: ActionLayout, profile: ConsoleProfile, targets: _Targets, slot_mask: np.ndarray,
+                 stick_ranges: dict[str, str], analog_deadzone: float, trigger_threshold: float):
+        self.layout = layout
+        self.profile = profile
+        self.columns = list(targets)
+        self.slot_mask = slot_mask  # (action_dim,) bool: where the loss applies
+        self.stick_ranges = stick_ranges  # column -> range name; "auto" columns appear after convert
+        self.analog_deadzone = analog_deadzone
+        self.trigger_threshold = trigger_threshold
+        self._targets = targets
+        self._neutral = np.zeros(layout.action_dim, np.float32)
+        self._neutral[layout.stick_slice] = 0.5
+
+    def describe(self) -> str:
+        parts = []
+        for column, (target, _) in self._targets.items():
+            text = f"{column!r}->{target.label()}"
+            if target.kind in ("axis", "pair"):
+                text += f" [{self.stick_ranges.get(column, 'auto')}]"
+            parts.append(text)
+        return (f"profile {self.profile.name}: {', '.join(parts)}; "
+                f"loss on {int(self.slot_mask.sum())}/{self.layout.action_dim} slots")
+
+    def convert(self, data: Mapping[str, Union[np.ndarray, list]], source: str, first_row: int = 0,
+                skip_bad_rows: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the bound columns -> (float32 (N, action_dim) model-space actions, bool (N,) bad rows).
+
+        A bad row raises a DataError for the first one, or with ``skip_bad_rows`` becomes a neutral
+        vector (buttons 0, sticks 0.5) flagged in the second array.
+        """
+        for column in self.columns:
+            if column not in data:
+                raise DataError("column is missing from the data", file=source, column=column,
+                                hint="bind again for this file's columns")
+        lengths = {len(data[c]) for c in self.columns}
+        if len(lengths) > 1:
+            raise DataError(f"the columns {self.columns} have different lengths {sorted(lengths)}", file=source)
+        n = lengths.pop()
+        actions = np.zeros((n, self.layout.action_dim), np.float32)  # sticks in [-1, 1] until the end
+        bad = np.zeros(n, bool)
+        first = None  # (row, column, message, hint) of the earliest bad row
+        for column, (target, slots) in self._targets.items():
+            decoded = self._decode(column, target, data[column], source, first_row)
+            if target.kind == "button":
+                np.maximum(actions[:, slots[0]], decoded.values[:, 0], out=actions[:, slots[0]])
+            else:
+                actions[:, list(slots)] += decoded.values
+            column_bad = decoded.bad
+            bad |= column_bad
+            if not skip_bad_rows and column_bad.any():
+                row = int(np.argmax(column_bad))
+                if first is None or row < first[0]:
+                    what, hint = next((w, h) for rows, w, h in decoded.problems if rows[row])
+                    first = (row, column, what.format(value=_show(data[column][row])), hint)
+        if first is not None:
+            row, column, what, hint = first
+            raise DataError(what, file=source, row=first_row + row, column=column, hint=hint)
+        sticks = self.layout.stick_slice
+        actions[:, sticks] = (np.clip(actions[:, sticks], -1.0, 1.0) + 1.0) / 2.0
+        actions[bad] = self._neutral
+        return actions, bad
+
+    def _decode(self, column: str, target: _Target, raw, source: str, first_row: int) -> _Decoded:
+        if target.kind == "pair":
+            return self._decode_stick(column, target, *_pairs(raw, column, source, first_row))
+        values, missing, dtype = _numbers(raw, column, source, first_row)
+        if target.kind == "axis":
+            wrong = np.zeros(len(values), bool)
+            return self._decode_stick(column, target, values[:, None], missing, wrong, dtype)
+        return self._decode_button(target, values, missing)
+
+    def _decode_button(self, target: _Target, values: np.ndarray, missing: np.ndarray) -> _Decoded:
+        infinite = ~np.isfinite(values)
+        valid = ~missing & ~infinite
+        if target.analog:
+            # Normalised to 0..1: whole numbers 0..255 when any value exceeds 1, else as they are.
+            scale = 255.0 if valid.any() and values[valid].max() > 1 else 1.0
+            wrong = valid & ((values < 0) | (values > scale) | ((scale > 1) & (values != np.round(values))))
+            pressed = values / scale > self.trigger_threshold
+            check = ("trigger value {value} is neither in 0..1 nor a whole number in 0..255", _HINT_TRIGGER)
+        else:
+            wrong = valid & (values != 0) & (values != 1)
+            pressed = values == 1
+            check = ("button value {value} is not 0/1 or true/false", _HINT_BUTTON)
+        problems = [(missing, "missing value (null)", _HINT_NULL),
+                    (infinite, "value {value} is NaN or infinite", _HINT_NULL), (wrong, *check)]
+        ok = valid & ~wrong
+        return _Decoded(np.where(ok & pressed, target.factor, 0.0)[:, None], problems)
+
+    def _decode_stick(self, column: str, target: _Target, values: np.ndarray, missing: np.ndarray,
+                      wrong_shape: np.ndarray, dtype: np.dtype) -> _Decoded:
+        infinite = ~missing & ~wrong_shape & ~np.isfinite(values).all(axis=1)
+        valid = ~missing & ~wrong_shape & ~infinite
+        name = self.stick_ranges.get(column)
+        if name is None and valid.any():
+            name = self.stick_ranges[column] = detect_stick_range(values[valid].ravel(), dtype)
+        stick_range = STICK_RANGES[name or "float_pm1"]  # no valid row to detect from: every row is bad
+        unit, outside = stick_range.to_unit(np.where(valid[:, None], values, stick_range.center))
+        outside = outside.any(axis=1)
+        unit = np.where(np.abs(unit) < self.analog_deadzone, 0.0, unit) * target.factor
+        problems = [(missing, "missing value (null)", _HINT_NULL),
+                    (wrong_shape, "expected [x, y], got {value}", _HINT_PAIR),
+                    (infinite, "stick value {value} holds NaN, inf or null", _HINT_NULL),
+                    (outside, f"stick value {{value}} is outside {stick_range.describe()}", _HINT_RANGE)]
+        unit[~valid | outside] = 0.0
+        return _Decoded(unit, problems)
+
+
+# ---------------------------------------------------------------------------------- processor
+def _concat(parts: list[Array]) -> Array:
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat([p.to(torch.float32) for p in parts], dim=-1)
+    return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=-1)
+
+
+class UniversalVectorProcessor:
+    """Packs gamepad state into the model's action vectors and unpacks predictions; binds
+    recording columns to the layout's slots.
+
+    ``pack``/``unpack`` work on numpy arrays and torch tensors with any leading shape (..., slots).
+    ``profile`` is a name from ``PROFILES``, a ``ConsoleProfile`` or "auto" (detected per file from
+    its column names). ``mapping`` (source column -> slot, "-LEFT_Y", "LEFT"/"RIGHT" or None to
+    ignore) extends and overrides the profile. ``stick_range`` is "auto", one of ``STICK_RANGES``
+    for every stick column, or a dict column -> range (unlisted columns: auto).
+    """
+
+    def __init__(self, layout: ActionLayout, profile: Union[str, ConsoleProfile] = "auto",
+                 mapping: Optional[dict[str, Optional[str]]] = None,
+                 stick_range: Union[str, Mapping[str, str]] = "auto",
+                 analog_deadzone: float = 0.05, trigger_threshold: float = 0.5):
+        self.layout = layout
+        if isinstance(profile, str) and profile != "auto" and profile not in PROFILES:
+            raise DataError(f"unknown console profile {profile!r}", hint=f"use auto or one of {', '.join(PROFILES)}")
+        self.profile = profile
+        ranges = stick_range.values() if isinstance(stick_range, Mapping) else [stick_range]
+        for name in ranges:
+            if name != "auto" and name not in STICK_RANGES:
+                raise DataError(f"unknown stick_range {name!r}", hint=f"use auto or one of {', '.join(STICK_RANGES)}")
+        self.stick_range = stick_range
+        for label, value in (("analog_deadzone", analog_deadzone), ("trigger_threshold", trigger_threshold)):
+            if not 0.0 <= value < 1.0:
+                raise DataError(f"{label} is {value}", hint="give a value in [0, 1)")
+        self.analog_deadzone = analog_deadzone
+        self.trigger_threshold = trigger_threshold
+        self._slot_index = {name.upper(): i for i, name in enumerate(layout.slot_names)}
+        self._mapping = {key: None if target is None else self._parse_target(key, target)
+                         for key, target in (mapping or {}).items()}
+
+    # ------------------------------------------------------------------------ gamepad state
+    def pack(self, buttons: Array, j_left: Array, j_right: Array) -> Array:
+        """buttons (..., n_buttons) in {0, 1}; sticks (..., 2) in [-1, 1] -> (..., action_dim)."""
+        if buttons.shape[-1] != self.layout.n_buttons:
+            raise LayoutError(f"expected {self.layout.n_buttons} buttons, got {buttons.shape[-1]}")
+        sticks = [(j_left + 1) / 2, (j_right + 1) / 2]
+        parts = sticks + [buttons] if self.layout.old_layout else [buttons] + sticks
+        return _concat(parts)
+
+    def unpack(self, actions: Array) -> dict[str, Array]:
+        """(..., action_dim) model-space vectors -> buttons {0, 1}, sticks clipped to [-1, 1]."""
+        if actions.shape[-1] != self.layout.action_dim:
+            raise LayoutError(f"expected {self.layout.action_dim} action values, got {actions.shape[-1]}")
+        sticks = actions[..., self.layout.stick_slice] * 2 - 1
+        buttons = (actions[..., self.layout.button_slice] > 0.5) * 1.0
+        return {
+            "j_left": sticks[..., 0:2].clip(-1, 1),
+            "j_right": sticks[..., 2:4].clip(-1, 1),
+            "buttons": buttons,
+        }
+
+    # ------------------------------------------------------------------------- recordings
+    def bind(self, columns: Sequence[str], source: str) -> ColumnBinding:
+        """Which of a file's columns fill which slots: the profile's (detected from the column
+        names with "auto"), then the user's mapping on top."""
+        columns = list(columns)
+        groups: dict[str, list[str]] = {}
+        for column in columns:
+            groups.setdefault(normalize_column(column), []).append(column)
+
+        def pick(name: str) -> str:
+            # "P1 A" and "P2 A" both read as "a": player 1 (or no prefix) wins, else the lowest player.
+            candidates = groups[name]
+            lowest = min(column_player(c) for c in candidates)
+            chosen = [c for c in candidates if column_player(c) == lowest]
+            if len(chosen) > 1:
+                raise DataError(f"columns {chosen} all read as {name!r}", file=source,
+                                hint="map the one to use in `mapping` and the others to null")
+            return chosen[0]
+
+        mapped: dict[str, Optional[_Target]] = {}
+        for key, target in self._mapping.items():
+            name = normalize_column(key)
+            column = key if key in groups.get(name, ()) else pick(name) if name in groups else None
+            if column is not None:
+                mapped[column] = target
+        profile = self._resolve_profile([c for c in columns if c not in mapped], source)
+        chosen: dict[str, _Target] = {}
+        for name in (n for n in groups if n in profile.columns):
+            column = pick(name)
+            if column not in mapped:
+                chosen[column] = _profile_target(profile, name)
+        for column, target in mapped.items():
+            if target is not None:
+                analog = target.analog or normalize_column(column) in profile.analog_triggers
+                chosen[column] = replace(target, analog=analog)
+        if not chosen:
+            raise DataError(f"none of the columns {columns} maps to a slot (profile {profile.name})", file=source,
+                            hint=f"choose a profile ({', '.join(PROFILES)}) or map columns to slots with `mapping`")
+        targets = {c: (chosen[c], self._slots(c, chosen[c], profile, source)) for c in columns if c in chosen}
+        self._check_one_source_per_axis(targets, source)
+        ranges = {c: self._user_range(c) for c, (t, _) in targets.items() if t.kind in ("axis", "pair")}
+        return ColumnBinding(self.layout, profile, targets, self._slot_mask(profile, targets),
+                             {c: r for c, r in ranges.items() if r != "auto"}, self.analog_deadzone,
+                             self.trigger_threshold)
+
+    def _slot_mask(self, profile: ConsoleProfile, targets: _Targets) -> np.ndarray:
+        """The bound slots; without ``masks_unexpressed`` also every other slot the profile knows
+        (a column NitroGen's format leaves out means "never pressed"). Slots no column drives in any
+        source, such as RIGHT_UP, stay out of the loss either way: nothing says what they should be."""
+        mask = np.zeros(self.layout.action_dim, bool)
+        for _, slots in targets.values():
+            mask[list(slots)] = True
+        if not profile.masks_unexpressed:
+            mask[[self._slot_index[s] for s in profile.expressed_slots if s in self._slot_index]] = True
+        return mask
+
+    def _parse_target(self, key: str, target: str) -> _Target:
+        text = target.strip()
+        flip = text.startswith("-")
+        name = text.lstrip("+-").strip().upper()
+        if name in STICK_SIDES and not flip:
+            return _Target("pair", (f"{name}_X", f"{name}_Y"))
+        if name in STICK_SLOTS:
+            return _Target("axis", (name,), -1.0 if flip else 1.0)
+        if name in self._slot_index and not flip:
+            return _Target("button", (name,), analog=name.endswith("_TRIGGER"))
+        raise DataError(f"mapping {key!r} -> {target!r}: this checkpoint's layout has no such slot",
+                        hint=f"{_MAPPING_HINT}; slots: {', '.join(self.layout.slot_names)}")
+
+    def _resolve_profile(self, columns: list[str], source: str) -> ConsoleProfile:
+        if isinstance(self.profile, ConsoleProfile):
+            return self.profile
+        if self.profile != "auto":
+            return PROFILES[self.profile]
+        try:
+            return detect_profile(columns, source)
+        except DataError:
+            if any(target is not None for target in self._mapping.values()):
+                return _MAPPING_ONLY
+            raise
+
+    def _slots(self, column: str, target: _Target, profile: ConsoleProfile, source: str) -> tuple[int, ...]:
+        missing = [s for s in target.slots if s.upper() not in self._slot_index]
+        if missing:  # a profile's button that a custom layout lacks (mapping targets are checked up front)
+            raise DataError(f"the {profile.name} profile maps this column to {missing[0]}, which this checkpoint's "
+                            "layout has no slot for", file=source, column=column,
+                            hint=f"map the column to a slot or to null in `mapping`; "
+                                 f"slots: {', '.join(self.layout.slot_names)}")
+        return tuple(self._slot_index[s.upper()] for s in target.slots)
+
+    def _check_one_source_per_axis(self, targets: _Targets, source: str) -> None:
+        """Two analog columns on one stick axis is a mapping mistake (stick buttons add up, by design)."""
+        owner: dict[int, str] = {}
+        for column, (target, slots) in targets.items():
+            if target.kind not in ("axis", "pair"):
+                continue
+            for slot in slots:
+                if slot in owner:
+                    both = f"columns {owner[slot]!r} and {column!r} both drive {self.layout.slot_names[slot]}"
+                    raise DataError(both, file=source, hint="map one of them to null in `mapping`")
+                owner[slot] = column
+
+    def _user_range(self, column: str) -> str:
+        if not isinstance(self.stick_range, Mapping):
+            return self.stick_range
+        exact = self.stick_range.get(column)
+        if exact is not None:
+            return exact
+        by_name = {normalize_column(k): v for k, v in self.stick_range.items()}
+        return by_name.get(normalize_column(column), "auto")

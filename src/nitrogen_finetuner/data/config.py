@@ -1,0 +1,33 @@
+"""The ``data`` section of a run's configuration."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DataConfig(BaseModel):
+    """How recordings become training windows. Unset values come from the checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_name: str = Field(description="local parquet file or folder, save_to_disk folder, frames folder, or hub id")
+    split: str = Field("train", description="split of a hub or save_to_disk dataset")
+    profile: str = Field("auto", description="console profile naming the columns (auto: detect from the columns)")
+    mapping: dict[str, Optional[str]] = Field(
+        default_factory=dict, description="source column -> action slot (LEFT_X, -LEFT_Y, LEFT for [x, y]) or null"
+    )
+    stick_range: str = Field("auto", description="auto, float_pm1, float_01, int8, uint8 or int16")
+    analog_deadzone: float = Field(0.05, ge=0.0, lt=1.0, description="|stick| below this becomes 0")
+    trigger_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="analog trigger above this is a press")
+    prediction_horizon: Optional[int] = Field(None, ge=1, description="action rows per window (checkpoint's horizon)")
+    action_shift: Optional[int] = Field(None, ge=0, description="rows between a frame and its first action")
+    episode_column: Optional[str] = Field(None, description="column whose values split files into episodes")
+    image_column: Optional[str] = Field(None, description="column holding the frames (auto: image, frame, ...)")
+    image_fit: Literal["pad", "crop", "stretch"] = "pad"
+    augment: bool = False
+    augment_crop_scale: float = Field(0.9, gt=0.0, le=1.0)
+    augment_jitter: float = Field(0.1, ge=0.0, lt=1.0)
+    skip_bad_rows: bool = Field(False, description="skip and count bad rows instead of stopping")
+    shuffle_buffer: int = Field(1024, ge=1, description="windows mixed across blocks when shuffling")

@@ -1,0 +1,35 @@
+"""Bad input is reported, never silently turned into training data."""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+
+class DataError(ValueError):
+    """A problem in the user's data, located by file, row and column, with what to do about it.
+
+    The message is one line. It is built once, so the exception survives being re-raised by a
+    DataLoader worker (which reconstructs it from its message).
+    """
+
+    def __init__(self, message: str, *, file: Optional[str] = None, row: Optional[int] = None,
+                 column: Optional[str] = None, hint: Optional[str] = None):
+        where = [str(file)] if file is not None else []
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column '{column}'")
+        text = ", ".join(where) + ": " + message if where else message
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+        self.file, self.row, self.column = file, row, column
+
+
+def user_message(err: BaseException) -> str:
+    """The one-line message of a DataError, also when a DataLoader worker re-raised it with the
+    worker's traceback folded into the text."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    return re.sub(rf"^[\w.]*\b{type(err).__name__}: ", "", last)

@@ -1,0 +1,104 @@
+"""Frames: decode whatever the dataset stores, make them square, resize, optionally augment.
+
+Everything here works on uint8 and runs in DataLoader workers; normalisation to the vision
+tower's range happens on the training device (``ImagePreprocessor.normalize``).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+IMAGE_FITS = ("pad", "crop", "stretch")
+
+
+class ImageDecodeError(ValueError):
+    """The stored value is not an image we can read; the caller adds file, row and column."""
+
+
+def decode_image(value: Any, base_dir: Optional[Path] = None) -> Image.Image:
+    """An RGB PIL image from an HF Image struct ({"bytes", "path"}), raw PNG/JPEG bytes or a path.
+
+    Relative paths are resolved against ``base_dir`` (the folder of the table that names them).
+    """
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if value is None:
+        raise ImageDecodeError("the image is missing (null)")
+    try:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            image = Image.open(io.BytesIO(value))
+        elif isinstance(value, str):
+            path = Path(value)
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            if not path.is_file():
+                raise ImageDecodeError(f"image file {path} does not exist")
+            image = Image.open(path)
+        else:
+            raise ImageDecodeError(f"expected image bytes, a path or an Image struct, got {type(value).__name__}")
+        image.load()
+    except ImageDecodeError:
+        raise
+    except Exception as err:  # PIL raises many types for corrupt data
+        raise ImageDecodeError(f"cannot decode the image ({type(err).__name__}: {str(err)[:120]})") from None
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def fit_square(image: Image.Image, fit: str) -> Image.Image:
+    """Make a frame square: ``pad`` (centred, black borders: how the BizHawk converter stores
+    frames), ``crop`` (centre crop) or ``stretch`` (left to the resize, as the official player)."""
+    w, h = image.size
+    if w == h or fit == "stretch":
+        return image
+    side = max(w, h) if fit == "pad" else min(w, h)
+    if fit == "pad":
+        canvas = Image.new("RGB", (side, side))
+        canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+        return canvas
+    if fit == "crop":
+        left, top = (w - side) // 2, (h - side) // 2
+        return image.crop((left, top, left + side, top + side))
+    raise ValueError(f"image_fit must be one of {IMAGE_FITS}, got {fit!r}")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Train-time jitter: a random crop keeping ``crop_scale`` to 1 of each side, then
+    brightness, contrast and saturation each scaled by a factor in [1 - jitter, 1 + jitter]."""
+
+    crop_scale: float = 0.9
+    jitter: float = 0.1
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        w, h = image.size
+        scale = rng.uniform(self.crop_scale, 1.0)
+        cw, ch = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        image = image.crop((left, top, left + cw, top + ch))
+        for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+            image = enhance(image).enhance(float(rng.uniform(1 - self.jitter, 1 + self.jitter)))
+        return image
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    """Decoded frame -> square -> (augment) -> ``size`` x ``size`` uint8 RGB array."""
+
+    size: int
+    fit: str = "pad"
+    augmentation: Optional[Augmentation] = None
+    resample: int = Image.Resampling.BICUBIC
+
+    def __call__(self, image: Image.Image, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        image = fit_square(image, self.fit)
+        if self.augmentation is not None and rng is not None:
+            image = self.augmentation(image, rng)
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), resample=self.resample, reducing_gap=None)
+        return np.array(image, dtype=np.uint8)  # a writable copy: collated into tensors

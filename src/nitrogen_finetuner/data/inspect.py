@@ -1,0 +1,169 @@
+"""``nitrogen-finetune data inspect``: what a dataset holds, before any GPU hour is spent.
+
+Reports episodes and frames, the detected profile and stick ranges, per-button press rates,
+stick statistics, the windows that would be padded or dropped and why, bad rows, and draws a
+contact sheet of sample frames with their decoded actions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..actions.layout import N_STICK_VALUES
+from .errors import DataError
+from .images import ImageDecodeError, decode_image
+from .pipeline import PreparedData
+
+STICK_NAMES = ("LEFT_X", "LEFT_Y", "RIGHT_X", "RIGHT_Y")
+
+
+def check_images(data: PreparedData) -> dict:
+    """Decode every frame that belongs to an episode; stop at the first bad one unless skipping."""
+    index, bad, first_bad = data.index, 0, []
+    for s, source in enumerate(index.sources):
+        column, (episode_of, _) = index.image_columns[s], index.row_lookup[s]
+        for block in source.blocks():
+            for first_row, values in source.iter_column(column, block):
+                for offset, value in enumerate(values):
+                    row = first_row + offset
+                    if episode_of[row] < 0:
+                        continue
+                    try:
+                        decode_image(value, source.base_dir)
+                    except ImageDecodeError as err:
+                        if not data.config.skip_bad_rows:
+                            raise DataError(str(err), file=source.name, row=row, column=column,
+                                            hint="fix or remove the row, or pass --skip-bad-rows") from None
+                        bad += 1
+                        if len(first_bad) < 5:
+                            first_bad.append(f"{source.name} row {row}: {err}")
+    return {"bad_images": bad, "first_bad_images": first_bad}
+
+
+def summarize(data: PreparedData) -> dict:
+    """Every number of the report, as plain values."""
+    index, spec, layout = data.index, data.spec, data.spec.layout
+    actions = np.concatenate([e.actions[~e.bad] for e in index.episodes]) if index.episodes else np.zeros((0, layout.action_dim))
+    expressed = np.any([e.slot_mask for e in index.episodes], axis=0)
+    buttons = actions[:, layout.button_slice]
+    sticks = actions[:, layout.stick_slice] * 2 - 1
+    windows = {k: 0 for k in ("windows", "padded", "dropped_at_end", "dropped_bad_actions")}
+    for episode in index.episodes:
+        for k, v in spec.summary(episode).items():
+            if k in windows:
+                windows[k] += v
+    button_mask = expressed[layout.button_slice]
+    stick_mask = expressed[layout.stick_slice]
+    return {
+        "dataset": data.config.dataset_name,
+        "files": len(index.sources),
+        "episodes": len(index.episodes),
+        "frames": index.num_frames,
+        "shortest_episode": min((len(e) for e in index.episodes), default=0),
+        "profiles": sorted({b.describe() for b in index.bindings}),
+        "action_shift": spec.action_shift,
+        "horizon": spec.horizon,
+        "bad_action_rows": index.bad_action_rows,
+        "button_press_rate": {
+            name: (round(float(buttons[:, i].mean()), 4) if button_mask[i] and len(buttons) else None)
+            for i, name in enumerate(layout.buttons)
+        },
+        "sticks": {
+            name: (
+                {
+                    "mean": round(float(sticks[:, i].mean()), 4),
+                    "std": round(float(sticks[:, i].std()), 4),
+                    "min": round(float(sticks[:, i].min()), 4),
+                    "max": round(float(sticks[:, i].max()), 4),
+                    "moved": round(float((sticks[:, i] != 0).mean()), 4),
+                }
+                if stick_mask[i] and len(sticks) else None
+            )
+            for i, name in enumerate(STICK_NAMES[:N_STICK_VALUES])
+        },
+        **windows,
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"dataset      {report['dataset']}",
+        f"episodes     {report['episodes']} in {report['files']} file(s), {report['frames']} frames "
+        f"(shortest episode {report['shortest_episode']})",
+    ]
+    lines += [f"profile      {p}" for p in report["profiles"]]
+    lines.append(
+        f"windows      {report['windows']} (frame t -> action rows t+{report['action_shift']} .. "
+        f"t+{report['action_shift'] + report['horizon'] - 1}); {report['padded']} run past their episode's end "
+        "(padded, masked out of the loss)"
+    )
+    lines.append(
+        f"dropped      {report['dropped_at_end']} frames with no action row after them in their episode, "
+        f"{report['dropped_bad_actions']} whose action rows are all bad"
+    )
+    lines.append(f"bad rows     {report['bad_action_rows']} action rows" +
+                 (f", {report['bad_images']} images" if "bad_images" in report else ""))
+    lines.append("buttons      press rate (- : the source cannot express it, masked out of the loss)")
+    rates = [f"{k:<15}{'-' if v is None else f'{v:.3f}':>7}" for k, v in report["button_press_rate"].items()]
+    lines += ["  " + "   ".join(rates[i:i + 3]) for i in range(0, len(rates), 3)]
+    lines.append("sticks       mean / std / min / max / moved (in [-1, 1], y > 0 is down)")
+    for name, st in report["sticks"].items():
+        lines.append(f"  {name:<8}" + ("-" if st is None else
+                     f"{st['mean']:+.3f} / {st['std']:.3f} / {st['min']:+.3f} / {st['max']:+.3f} / {st['moved']:.1%}"))
+    return "\n".join(lines)
+
+
+def contact_sheet(data: PreparedData, path: Path, count: int = 12, columns: int = 4, tile: int = 192) -> Optional[Path]:
+    """Sample frames (as the model will see them) with the first action row they predict."""
+    index, spec, layout = data.index, data.spec, data.spec.layout
+    candidates = [(e, int(t)) for e, episode in enumerate(index.episodes) for t in spec.starts(episode)]
+    if not candidates:
+        return None
+    picks = [candidates[i] for i in np.linspace(0, len(candidates) - 1, min(count, len(candidates))).astype(int)]
+    rows = (len(picks) + columns - 1) // columns
+    text_h = 58
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + text_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (e, t) in enumerate(picks):
+        episode = index.episodes[e]
+        source = index.sources[episode.source]
+        value = source.read_value(index.image_columns[episode.source], int(episode.rows[t]))
+        try:
+            frame = Image.fromarray(data.transform(decode_image(value, source.base_dir))).resize((tile, tile))
+        except ImageDecodeError:
+            frame = Image.new("RGB", (tile, tile), "gray")
+        x, y = (k % columns) * tile, (k // columns) * (tile + text_h)
+        sheet.paste(frame.resize((tile - 4, tile - 4)), (x + 2, y + 2))
+        actions, mask = spec.window(episode, t)
+        row = actions[0] if mask[0].any() else spec.neutral
+        pressed = [b for b, v in zip(layout.buttons, row[layout.button_slice]) if v > 0.5]
+        sticks = row[layout.stick_slice] * 2 - 1
+        label = [
+            f"ep {e} frame {t} -> row {t + spec.action_shift}",
+            " ".join(pressed)[:34] or "(no buttons)",
+            f"L {sticks[0]:+.2f},{sticks[1]:+.2f} R {sticks[2]:+.2f},{sticks[3]:+.2f}",
+        ]
+        for i, text in enumerate(label):
+            draw.text((x + 4, y + tile + 3 + 17 * i), text, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def inspect_dataset(data: PreparedData, output: Path, check_all_images: bool = True) -> tuple[dict, str]:
+    """The report (also written to ``output/report.json``) and its text."""
+    report = summarize(data)
+    if check_all_images:
+        report.update(check_images(data))
+    sheet = contact_sheet(data, output / "contact_sheet.png")
+    report["contact_sheet"] = str(sheet) if sheet else None
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "report.json").write_text(json.dumps(report, indent=2))
+    text = format_report(report)
+    text += f"\nwritten      {output / 'report.json'}" + (f", {sheet}" if sheet else "")
+    return report, text

@@ -1,0 +1,105 @@
+"""source -> UniversalVectorProcessor -> windows: the data pipeline in one call.
+
+    data = prepare_data(DataConfig(dataset_name="recordings/"), policy)
+    loader = make_loader(data.dataset(), batch_size=32, num_workers=2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..actions.layout import ActionLayout
+from ..model.checkpoint import EXTRA_KEY, parse_config, read_checkpoint
+from ..model.presets import preset_config
+from ..model.vision import ImagePreprocessor, resolve_tower_config
+from ..policy import checkpoint_layout
+from ..actions.processor import UniversalVectorProcessor
+from .config import DataConfig
+from .episodes import DatasetIndex, build_index
+from .images import Augmentation, FrameTransform
+from .loader import WindowDataset
+from .sources import open_sources
+from .windows import WindowSpec
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the checkpoint decides about the data: its action layout, chunk and frame size."""
+
+    layout: ActionLayout
+    horizon: int
+    action_shift: int
+    image_size: int
+
+    @classmethod
+    def of_policy(cls, policy) -> "ModelInputs":
+        cfg = policy.config
+        return cls(policy.layout, cfg.model_cfg.action_horizon, cfg.modality_cfg.action_shift, policy.preprocessor.size)
+
+    @classmethod
+    def of_checkpoint(cls, path: Optional[str] = None, trust_pickle: bool = False) -> "ModelInputs":
+        """From a checkpoint's config and tensor shapes (memory-mapped, no model is built);
+        without a path, the released NitroGen's."""
+        if path is None:
+            raw, extra, state_dict = preset_config("released"), {}, None
+        else:
+            ckpt = read_checkpoint(path, trust_pickle)
+            raw, extra, state_dict = ckpt["ckpt_config"], ckpt.get(EXTRA_KEY) or {}, ckpt["model"]
+        cfg = parse_config(raw, f"{path}: ckpt_config")
+        tower = resolve_tower_config(cfg.model_cfg.vision_encoder_name, state_dict, extra.get("vision_tower"))
+        size = ImagePreprocessor.for_tower(cfg.model_cfg.vision_encoder_name, tower).size
+        return cls(checkpoint_layout(cfg, extra), cfg.model_cfg.action_horizon, cfg.modality_cfg.action_shift, size)
+
+
+@dataclass
+class PreparedData:
+    config: DataConfig
+    index: DatasetIndex
+    spec: WindowSpec
+    transform: FrameTransform
+
+    def dataset(
+        self,
+        episodes: Optional[Sequence[int]] = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        train: bool = True,
+    ) -> WindowDataset:
+        """Windows of the chosen episodes; augmentation (when configured) only with ``train``."""
+        transform = self.transform
+        if not train and transform.augmentation is not None:
+            transform = FrameTransform(transform.size, transform.fit)
+        return WindowDataset(
+            self.index, self.spec, transform, episodes=episodes, shuffle=shuffle, seed=seed,
+            shuffle_buffer=self.config.shuffle_buffer, skip_bad_rows=self.config.skip_bad_rows,
+            rank=rank, world_size=world_size,
+        )
+
+
+def prepare_data(config: DataConfig, model: ModelInputs) -> PreparedData:
+    """Open the sources, convert their actions to the checkpoint's layout, index the windows."""
+    processor = UniversalVectorProcessor(
+        model.layout,
+        profile=config.profile,
+        mapping=config.mapping or None,
+        stick_range=config.stick_range,
+        analog_deadzone=config.analog_deadzone,
+        trigger_threshold=config.trigger_threshold,
+    )
+    index = build_index(
+        open_sources(config.dataset_name, config.split),
+        processor,
+        image_column=config.image_column,
+        episode_column=config.episode_column,
+        skip_bad_rows=config.skip_bad_rows,
+    )
+    spec = WindowSpec(
+        horizon=config.prediction_horizon or model.horizon,
+        action_shift=model.action_shift if config.action_shift is None else config.action_shift,
+        layout=model.layout,
+    )
+    augmentation = Augmentation(config.augment_crop_scale, config.augment_jitter) if config.augment else None
+    return PreparedData(config, index, spec, FrameTransform(model.image_size, config.image_fit, augmentation))

@@ -1,0 +1,215 @@
+"""Where recordings come from: parquet files and folders, ``save_to_disk`` folders, Hugging Face
+hub datasets, and folders of frames with an actions table (CSV, JSONL or parquet).
+
+Every kind becomes a list of ``Source`` objects: one table of rows (one row per game frame) that
+can hand over its small action columns whole and its image column in blocks, so a dataset
+larger than memory streams. Sources are cheap to pickle: workers reopen files themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.json
+import pyarrow.parquet as pq
+
+from .errors import DataError
+
+TABLE_SUFFIXES = (".csv", ".jsonl")
+ARROW_BLOCK_ROWS = 512
+
+
+class Source:
+    """One table of frames and action rows."""
+
+    name: str
+    base_dir: Optional[Path] = None
+
+    def column_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def num_rows(self) -> int:
+        raise NotImplementedError
+
+    def read_columns(self, columns: list[str]) -> dict[str, np.ndarray]:
+        """Whole columns (the action columns: a few bytes per row) as numpy arrays."""
+        raise NotImplementedError
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """Row ranges to stream the images in (parquet row groups, Arrow slices)."""
+        raise NotImplementedError
+
+    def iter_column(self, column: str, block: tuple[int, int]) -> Iterator[tuple[int, list]]:
+        """(first row, values) chunks of one column over a block, in row order."""
+        raise NotImplementedError
+
+    def read_value(self, column: str, row: int):
+        """One cell, for previews; training streams whole blocks with ``iter_column``."""
+        for block in self.blocks():
+            if block[0] <= row < block[1]:
+                for first, values in self.iter_column(column, block):
+                    if row < first + len(values):
+                        return values[row - first]
+        raise IndexError(f"{self.name}: no row {row}")
+
+
+def _to_numpy(array: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return array.to_numpy(zero_copy_only=False)
+
+
+class ParquetSource(Source):
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.name = str(path)
+        self.base_dir = self.path.parent
+        self._file: Optional[pq.ParquetFile] = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None}
+
+    @property
+    def file(self) -> pq.ParquetFile:
+        if self._file is None:
+            try:
+                self._file = pq.ParquetFile(self.path)
+            except (pa.ArrowInvalid, OSError) as err:
+                raise DataError(f"not a readable parquet file ({str(err).splitlines()[0][:150]})", file=self.name,
+                                hint="check that the file is a complete parquet file") from None
+        return self._file
+
+    def column_names(self) -> list[str]:
+        return list(self.file.schema_arrow.names)
+
+    def num_rows(self) -> int:
+        return self.file.metadata.num_rows
+
+    def read_columns(self, columns: list[str]) -> dict[str, np.ndarray]:
+        table = self.file.read(columns=columns)
+        return {c: _to_numpy(table.column(c)) for c in columns}
+
+    def blocks(self) -> list[tuple[int, int]]:
+        sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
+        ends = np.cumsum(sizes).tolist()
+        return [(end - size, end) for size, end in zip(sizes, ends)]
+
+    def iter_column(self, column: str, block: tuple[int, int]) -> Iterator[tuple[int, list]]:
+        group = self.blocks().index(block)
+        row = block[0]
+        for batch in self.file.iter_batches(batch_size=256, row_groups=[group], columns=[column]):
+            yield row, batch.column(0).to_pylist()
+            row += batch.num_rows
+
+
+class TableSource(Source):
+    """An in-memory Arrow table: an actions table (CSV/JSONL) whose image column holds paths."""
+
+    def __init__(self, name: str, table: pa.Table, base_dir: Optional[Path] = None):
+        self.name, self.table, self.base_dir = name, table, base_dir
+
+    def column_names(self) -> list[str]:
+        return list(self.table.column_names)
+
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def read_columns(self, columns: list[str]) -> dict[str, np.ndarray]:
+        return {c: _to_numpy(self.table.column(c)) for c in columns}
+
+    def blocks(self) -> list[tuple[int, int]]:
+        n = self.num_rows()
+        return [(s, min(s + ARROW_BLOCK_ROWS, n)) for s in range(0, n, ARROW_BLOCK_ROWS)]
+
+    def iter_column(self, column: str, block: tuple[int, int]) -> Iterator[tuple[int, list]]:
+        start, stop = block
+        yield start, self.table.column(column).slice(start, stop - start).to_pylist()
+
+
+class ArrowFileSource(TableSource):
+    """A memory-mapped Arrow file from the ``datasets`` cache or a ``save_to_disk`` folder.
+
+    Only the path is pickled; each worker maps the file again, so nothing is copied.
+    """
+
+    def __init__(self, path: Path, base_dir: Optional[Path] = None):
+        self.path = Path(path)
+        self.name, self.base_dir = str(path), base_dir
+        self._table: Optional[pa.Table] = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_table": None}
+
+    @property
+    def table(self) -> pa.Table:
+        if self._table is None:
+            with pa.memory_map(str(self.path)) as source:
+                self._table = pa.ipc.open_stream(source).read_all()
+        return self._table
+
+
+def _read_table(path: Path) -> pa.Table:
+    try:
+        if path.suffix == ".csv":
+            return pyarrow.csv.read_csv(path)
+        return pyarrow.json.read_json(path)
+    except pa.ArrowInvalid as err:
+        raise DataError(f"cannot parse the actions table ({str(err).splitlines()[0][:150]})", file=str(path)) from None
+
+
+def _datasets_sources(dataset, base_dir: Optional[Path]) -> list[Source]:
+    if dataset._indices is not None:  # a selected/shuffled view: materialise its rows first
+        dataset = dataset.flatten_indices()
+    return [ArrowFileSource(Path(f["filename"]), base_dir) for f in dataset.cache_files]
+
+
+def _load_from_disk(folder: Path, split: str) -> list[Source]:
+    import datasets  # noqa: PLC0415 - heavy import, only for this source kind
+
+    loaded = datasets.load_from_disk(str(folder))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"no split '{split}' (splits: {', '.join(loaded)})", file=str(folder),
+                            hint="set split to one of them")
+        loaded = loaded[split]
+    return _datasets_sources(loaded, folder)
+
+
+def load_hub_dataset(name: str, split: str) -> list[Source]:
+    """A dataset on the Hugging Face hub (downloaded once into the local ``datasets`` cache)."""
+    import datasets  # noqa: PLC0415
+
+    try:
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as err:  # network, authentication, unknown repository, unknown split
+        raise DataError(f"cannot load '{name}' from the Hugging Face hub ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200]})", hint="check the id, the split and your network") from None
+    return _datasets_sources(dataset, None)
+
+
+def open_sources(dataset_name: str, split: str = "train") -> list[Source]:
+    """All sources of a dataset: a path on disk (file or folder), else a hub dataset id."""
+    path = Path(dataset_name).expanduser()
+    if path.is_file():
+        if path.suffix == ".parquet":
+            return [ParquetSource(path)]
+        if path.suffix in TABLE_SUFFIXES:
+            return [TableSource(str(path), _read_table(path), path.parent)]
+        raise DataError("not a dataset file: expected .parquet, .csv or .jsonl", file=str(path))
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            return _load_from_disk(path, split)
+        parquet = sorted(path.rglob("*.parquet"))
+        if parquet:
+            return [ParquetSource(p) for p in parquet]
+        tables = sorted(p for p in path.rglob("*") if p.suffix in TABLE_SUFFIXES)
+        if tables:
+            return [TableSource(str(p), _read_table(p), p.parent) for p in tables]
+        raise DataError("no recordings found: expected .parquet files, a save_to_disk folder, or frames with an "
+                        "actions table (.csv/.jsonl)", file=str(path))
+    if path.is_absolute() or dataset_name.startswith((".", "~")) or dataset_name.count("/") != 1:
+        raise DataError("no such file or folder", file=dataset_name,
+                        hint="give a local path, or a Hugging Face dataset id such as user/name")
+    return load_hub_dataset(dataset_name, split)

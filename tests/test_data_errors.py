@@ -1,0 +1,149 @@
+"""Bad input stops with one line naming file, row and column (exit status 2, no traceback), or,
+with --skip-bad-rows, is skipped and counted in the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nitrogen_finetuner.cli import main
+from recordings import image_structs, nitrogen_rows, write_nitrogen_parquet
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def inspect(path, tmp_path, *flags, capsys=None):
+    """Run ``nitrogen-finetune data inspect`` in this process (fast), or as a real process."""
+    argv = ["data", "inspect", str(path), "--output", str(tmp_path / "report"), *flags]
+    if capsys is None:
+        done = subprocess.run([sys.executable, "-m", "nitrogen_finetuner.cli", *argv], capture_output=True, text=True)
+        return Result(done.returncode, done.stdout, done.stderr)
+    code = main(argv)
+    out = capsys.readouterr()
+    return Result(code, out.out, out.err)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def write(path, n=8, **overrides):
+    columns = {"image": image_structs(n), **nitrogen_rows(n)}
+    columns.update(overrides)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_missing_image_column(tmp_path, capsys):
+    path = write(tmp_path / "run.parquet")
+    pq.write_table(pq.read_table(path).drop(["image"]), path)
+    assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path), "no image column", "image_column")
+
+
+def test_missing_configured_episode_column(tmp_path, capsys):
+    path = write(tmp_path / "run.parquet")
+    assert_one_line_error(inspect(path, tmp_path, "--episode-column", "take", capsys=capsys), str(path), "no episode column 'take'")
+
+
+def test_stick_of_the_wrong_length(tmp_path, capsys):
+    j_left = nitrogen_rows(8)["j_left"]
+    j_left[3] = [0.1, 0.2, 0.3]
+    path = write(tmp_path / "run.parquet", j_left=j_left)
+    assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path), "row 3", "column 'j_left'")
+
+
+def test_nan_stick_value(tmp_path, capsys):
+    j_left = nitrogen_rows(8)["j_left"]
+    j_left[4] = [float("nan"), 0.0]
+    path = write(tmp_path / "run.parquet", j_left=j_left)
+    assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path), "row 4", "column 'j_left'")
+
+
+def test_out_of_range_values(tmp_path, capsys):
+    j_left = nitrogen_rows(8)["j_left"]
+    j_left[2] = [1.7, 0.0]
+    path = write(tmp_path / "run.parquet", j_left=j_left)
+    assert_one_line_error(inspect(path, tmp_path, "--stick-range", "float_pm1", capsys=capsys), str(path), "row 2", "column 'j_left'")
+    south = [0, 1, 0, 1, 0, 3, 0, 1]
+    path = write(tmp_path / "buttons.parquet", south=south)
+    assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path), "row 5", "column 'south'")
+
+
+def test_undecodable_image(tmp_path):  # as a real process: the exit status of the command itself
+    images = image_structs(8)
+    images[5] = {"bytes": b"definitely not a png", "path": None}
+    path = write(tmp_path / "run.parquet", image=images)
+    assert_one_line_error(inspect(path, tmp_path), str(path), "row 5", "column 'image'", "cannot decode")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, this is not parquet at all"])
+def test_empty_or_non_parquet_file(tmp_path, content, capsys):
+    path = tmp_path / "run.parquet"
+    path.write_bytes(content)
+    assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path), "not a readable parquet file")
+
+
+def test_parquet_file_without_rows(tmp_path, capsys):
+    path = write_nitrogen_parquet(tmp_path / "run.parquet", n=4)
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
+    assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path), "no rows")
+
+
+def test_missing_dataset(tmp_path, capsys):
+    assert_one_line_error(inspect(tmp_path / "nowhere", tmp_path, capsys=capsys), "nowhere", "no such file or folder")
+
+
+def test_bad_rows_are_skipped_and_counted_when_asked(tmp_path, capsys):
+    j_left = nitrogen_rows(8)["j_left"]
+    j_left[4] = [float("nan"), 0.0]
+    images = image_structs(8)
+    images[1] = {"bytes": b"broken", "path": None}
+    path = write(tmp_path / "run.parquet", j_left=j_left, image=images)
+    result = inspect(path, tmp_path, "--skip-bad-rows", capsys=capsys)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["bad_action_rows"] == 1 and report["bad_images"] == 1
+    assert "row 1" in report["first_bad_images"][0]
+    assert "bad rows     1 action rows, 1 images" in result.stdout
+
+
+def test_error_raised_in_a_dataloader_worker_stays_one_line(tmp_path):
+    from nitrogen_finetuner.actions.layout import ActionLayout
+    from nitrogen_finetuner.data.config import DataConfig
+    from nitrogen_finetuner.data.errors import DataError, user_message
+    from nitrogen_finetuner.data.loader import make_loader
+    from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
+
+    images = image_structs(8)
+    images[2] = {"bytes": b"broken", "path": None}
+    path = write(tmp_path / "run.parquet", image=images)
+    model = ModelInputs(ActionLayout.resolve(25, False), horizon=4, action_shift=1, image_size=16)
+    data = prepare_data(DataConfig(dataset_name=str(path)), model)
+    with pytest.raises(DataError) as err:
+        list(make_loader(data.dataset(shuffle=False), batch_size=2, num_workers=1))
+    message = user_message(err.value)
+    assert message.startswith(f"{path}, row 2, column 'image': cannot decode the image")
+    assert "\n" not in message
+
+
+def test_unreachable_hub_dataset_is_one_line(tmp_path, capsys, monkeypatch):
+    """A name that is no local path is a hub id; offline (as in CI) it fails cleanly."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    result = inspect("nobody/no-such-dataset", tmp_path, capsys=capsys)
+    assert_one_line_error(result, "cannot load 'nobody/no-such-dataset' from the Hugging Face hub")

@@ -1,0 +1,174 @@
+"""The data pipeline on every source kind: episodes, alignment, padding, images, loading."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from nitrogen_finetuner.actions.layout import ActionLayout
+from nitrogen_finetuner.data.config import DataConfig
+from nitrogen_finetuner.data.images import FrameTransform, fit_square
+from nitrogen_finetuner.data.loader import make_loader
+from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
+from nitrogen_finetuner.data.sources import _datasets_sources
+from recordings import frame, frame_index, image_structs, nitrogen_rows, png_bytes, write_frames_folder, write_nitrogen_parquet
+
+LAYOUT = ActionLayout.resolve(25, old_layout=False)
+SOUTH = LAYOUT.slot_names.index("SOUTH")
+LEFT_X = LAYOUT.slot_names.index("LEFT_X")
+MODEL = ModelInputs(layout=LAYOUT, horizon=4, action_shift=2, image_size=32)
+
+
+def prepared(path, **config):
+    return prepare_data(DataConfig(dataset_name=str(path), analog_deadzone=0.0, **config), MODEL)
+
+
+def all_windows(data, **kwargs):
+    return list(data.dataset(shuffle=False, **kwargs))
+
+
+def check_alignment(window):
+    """Frame t predicts rows t+2 .. t+5: SOUTH on even rows, left x = row / 100."""
+    t = frame_index(window["image"])
+    for h in range(4):
+        row = t + 2 + h
+        if window["actions_mask"][h].any():
+            assert window["actions"][h, SOUTH] == (1.0 if row % 2 == 0 else 0.0)
+            assert window["actions"][h, LEFT_X] == pytest.approx((row / 100 + 1) / 2, abs=1e-6)
+    return t
+
+
+def test_parquet_file_is_one_episode_with_aligned_padded_windows(tmp_path):
+    data = prepared(write_nitrogen_parquet(tmp_path / "run.parquet", n=10))
+    assert len(data.index.episodes) == 1 and data.index.num_frames == 10
+    windows = all_windows(data)
+    # frames 0..7 have at least one action row after them (t + 2 < 10); 8 and 9 do not
+    assert [check_alignment(w) for w in windows] == list(range(8))
+    last = windows[-1]  # frame 7 -> rows 9, 10, 11, 12: one real row, three padded
+    assert last["actions_mask"][:, SOUTH].tolist() == [True, False, False, False]
+    np.testing.assert_array_equal(last["actions"][1:, :21], 0.0)
+    np.testing.assert_array_equal(last["actions"][1:, 21:], 0.5)
+    # the four right-stick direction buttons have no column in any source: masked everywhere
+    for name in ("RIGHT_UP", "RIGHT_BOTTOM", "RIGHT_LEFT", "RIGHT_RIGHT"):
+        assert not last["actions_mask"][:, LAYOUT.slot_names.index(name)].any()
+    assert windows[0]["image"].shape == (32, 32, 3) and windows[0]["image"].dtype == np.uint8
+
+
+def test_folder_of_parquet_files_gives_one_episode_per_file_and_windows_never_cross(tmp_path):
+    write_nitrogen_parquet(tmp_path / "data" / "a.parquet", n=6, start=0)
+    write_nitrogen_parquet(tmp_path / "data" / "b.parquet", n=6, start=50)
+    data = prepared(tmp_path / "data")
+    assert [len(e) for e in data.index.episodes] == [6, 6]
+    frames = sorted(check_alignment(w) for w in all_windows(data))
+    assert frames == [0, 1, 2, 3, 50, 51, 52, 53]
+
+
+def test_episode_column_splits_a_file(tmp_path):
+    path = write_nitrogen_parquet(tmp_path / "run.parquet", n=12, extra={"episode_id": [0] * 5 + [1] * 7})
+    data = prepared(path)
+    assert [len(e) for e in data.index.episodes] == [5, 7]
+    by_episode = Counter(w["episode"] for w in all_windows(data))
+    assert by_episode == {0: 3, 1: 5}
+    for w in all_windows(data):
+        t = check_alignment(w)
+        if w["episode"] == 0:  # frame 2 -> rows 4, 5, 6, 7: only row 4 is in episode 0
+            assert t <= 2
+            if t == 2:
+                assert w["actions_mask"][:, SOUTH].tolist() == [True, False, False, False]
+
+
+def test_save_to_disk_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    columns = {"image": image_structs(7), **nitrogen_rows(7)}
+    features = datasets.Features({
+        "image": datasets.Image(),
+        **{k: datasets.Value("bool") for k in nitrogen_rows(1) if k not in ("j_left", "j_right")},
+        "j_left": datasets.Sequence(datasets.Value("float32")),
+        "j_right": datasets.Sequence(datasets.Value("float32")),
+    })
+    datasets.Dataset.from_dict(columns, features=features).save_to_disk(str(tmp_path / "saved"))
+    data = prepared(tmp_path / "saved")
+    assert [check_alignment(w) for w in all_windows(data)] == [0, 1, 2, 3, 4]
+
+
+def test_datasets_cache_path_used_for_hub_ids(tmp_path):
+    """Hub ids go through datasets.load_dataset into its Arrow cache; the same cache files come
+    out of a local load (the download itself needs the network, which tests never use)."""
+    datasets = pytest.importorskip("datasets")
+    path = write_nitrogen_parquet(tmp_path / "run.parquet", n=6)
+    loaded = datasets.load_dataset("parquet", data_files=[str(path)], split="train", cache_dir=str(tmp_path / "cache"))
+    sources = _datasets_sources(loaded, None)
+    assert sum(s.num_rows() for s in sources) == 6
+    assert set(sources[0].column_names()) >= {"image", "south", "j_left"}
+
+
+@pytest.mark.parametrize("table_format", ["csv", "jsonl"])
+def test_frames_folder_with_actions_table(tmp_path, table_format):
+    folder = write_frames_folder(tmp_path / "frames_run", n=9, table_format=table_format)
+    data = prepared(folder)
+    assert [check_alignment(w) for w in all_windows(data)] == list(range(7))
+
+
+@pytest.mark.parametrize("kind", ["raw_bytes", "path_struct", "plain_path"])
+def test_image_column_formats(tmp_path, kind):
+    n = 5
+    for t in range(n):
+        frame(t).save(tmp_path / f"{t}.png")
+    values = {
+        "raw_bytes": [png_bytes(frame(t)) for t in range(n)],
+        "path_struct": [{"bytes": None, "path": f"{t}.png"} for t in range(n)],
+        "plain_path": [f"{t}.png" for t in range(n)],
+    }[kind]
+    pq.write_table(pa.table({"image": values, **nitrogen_rows(n)}), tmp_path / "run.parquet")
+    data = prepared(tmp_path / "run.parquet")
+    assert [check_alignment(w) for w in all_windows(data)] == [0, 1, 2]
+
+
+def test_workers_and_ranks_partition_the_same_windows(tmp_path):
+    for name, start in (("a", 0), ("b", 50)):
+        write_nitrogen_parquet(tmp_path / "data" / f"{name}.parquet", n=20, start=start, row_group_size=4)
+    data = prepared(tmp_path / "data")
+    expected = sorted(frame_index(w["image"]) for w in all_windows(data))
+    assert len(expected) == 36
+
+    def frames_of(loader):
+        return sorted(int(x) for batch in loader for x in batch["image"][:, 16, 16, 0])
+
+    assert frames_of(make_loader(data.dataset(seed=3), batch_size=5, num_workers=2)) == expected
+    ranks = [frames_of(make_loader(data.dataset(seed=3, rank=r, world_size=2), batch_size=4)) for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == expected and not set(ranks[0]) & set(ranks[1])
+    batch = next(iter(make_loader(data.dataset(), batch_size=6)))
+    assert batch["image"].dtype == torch.uint8 and batch["actions"].shape == (6, 4, 25)
+
+
+def test_shuffle_depends_only_on_seed_and_epoch(tmp_path):
+    data = prepared(write_nitrogen_parquet(tmp_path / "run.parquet", n=40, row_group_size=5))
+
+    def order(seed, epoch):
+        dataset = data.dataset(seed=seed)
+        dataset.set_epoch(epoch)
+        return [frame_index(w["image"]) for w in dataset]
+
+    assert order(1, 0) == order(1, 0)
+    assert order(1, 0) != order(1, 1) and order(1, 0) != order(2, 0)
+    assert sorted(order(1, 0)) == list(range(38))
+
+
+def test_image_fits_and_augmentation(tmp_path):
+    wide = frame(9, size=(40, 20))
+    padded = np.asarray(fit_square(wide, "pad"))
+    assert padded.shape == (40, 40, 3) and padded[0, 0].tolist() == [0, 0, 0] and padded[20, 20, 0] == 9
+    assert np.asarray(fit_square(wide, "crop")).shape == (20, 20, 3)
+    assert fit_square(wide, "stretch").size == (40, 20)
+    stretched = FrameTransform(32, "stretch")(wide)
+    assert stretched.shape == (32, 32, 3) and (stretched[..., 0] == 9).all()
+    data = prepared(write_nitrogen_parquet(tmp_path / "run.parquet", n=6), augment=True, augment_jitter=0.5)
+    plain = [w["image"] for w in data.dataset(shuffle=False, train=False)]
+    augmented = [w["image"] for w in data.dataset(shuffle=False)]
+    assert all(not np.array_equal(a, b) for a, b in zip(plain, augmented))
+    assert [w["image"] for w in data.dataset(shuffle=False, train=False)][0].tolist() == plain[0].tolist()
