@@ -172,3 +172,11 @@ def test_image_fits_and_augmentation(tmp_path):
     augmented = [w["image"] for w in data.dataset(shuffle=False)]
     assert all(not np.array_equal(a, b) for a, b in zip(plain, augmented))
     assert [w["image"] for w in data.dataset(shuffle=False, train=False)][0].tolist() == plain[0].tolist()
+
+
+def test_columns_no_profile_reads_are_reported(tmp_path):
+    path = write_nitrogen_parquet(tmp_path / "run.parquet", n=6, extra={"score": list(range(6))})
+    assert prepared(path).index.unused_columns == [["score"]]
+    forced = prepared(path, profile="nes").index
+    assert {"south", "j_left", "score"} <= set(forced.unused_columns[0])
+    assert forced.episodes[0].slot_mask.sum() == 5  # start and the four d-pad directions

@@ -42,6 +42,7 @@ class DatasetIndex:
     episodes: list[Episode]
     image_columns: list[str]  # per source
     bindings: list[ColumnBinding]  # per source
+    unused_columns: list[list[str]]  # per source: columns no profile or mapping entry reads
     bad_action_rows: int = 0
     row_lookup: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
@@ -87,7 +88,7 @@ def build_index(
     skip_bad_rows: bool = False,
 ) -> DatasetIndex:
     """Read every source's action columns and cut them into episodes."""
-    episodes, image_columns, bindings, bad_total = [], [], [], 0
+    episodes, image_columns, bindings, unused, bad_total = [], [], [], [], 0
     for s, source in enumerate(sources):
         columns = source.column_names()
         image_col = _find_column(columns, image_column, IMAGE_COLUMNS, "image", source.name)
@@ -108,4 +109,5 @@ def build_index(
             episodes.append(Episode(name, s, rows, actions[rows], bad[rows], binding.slot_mask))
         image_columns.append(image_col)
         bindings.append(binding)
-    return DatasetIndex(sources, episodes, image_columns, bindings, bad_total)
+        unused.append([c for c in action_columns if c not in binding.columns])
+    return DatasetIndex(sources, episodes, image_columns, bindings, unused, bad_total)

@@ -66,6 +66,7 @@ def summarize(data: PreparedData) -> dict:
         "frames": index.num_frames,
         "shortest_episode": min((len(e) for e in index.episodes), default=0),
         "profiles": sorted({b.describe() for b in index.bindings}),
+        "unused_columns": sorted({c for columns in index.unused_columns for c in columns}),
         "action_shift": spec.action_shift,
         "horizon": spec.horizon,
         "bad_action_rows": index.bad_action_rows,
@@ -97,6 +98,8 @@ def format_report(report: dict) -> str:
         f"(shortest episode {report['shortest_episode']})",
     ]
     lines += [f"profile      {p}" for p in report["profiles"]]
+    if report["unused_columns"]:
+        lines.append(f"unused       {', '.join(report['unused_columns'])} (no profile entry or mapping reads them)")
     lines.append(
         f"windows      {report['windows']} (frame t -> action rows t+{report['action_shift']} .. "
         f"t+{report['action_shift'] + report['horizon'] - 1}); {report['padded']} run past their episode's end "
