@@ -69,12 +69,12 @@ def main() -> None:
         write_dataset(Path(tmp), args.frames)
         print(f"wrote {args.frames} 256x256 PNG frames in {time.perf_counter() - start:.1f} s")
         data = prepare_data(DataConfig(dataset_name=tmp), ModelInputs.of_checkpoint(None))
-        dataset = data.dataset(seed=0)
-        print(f"{len(dataset)} windows of {data.spec.horizon} actions; {os.cpu_count()} CPU cores")
+        dataset = data.dataset(batch_size=args.batch_size, seed=0)
+        print(f"{dataset.num_windows} windows of {data.spec.horizon} actions; {os.cpu_count()} CPU cores")
         print("| workers | windows/s | windows/s per busy core |")
         print("|---|---|---|")
         for workers in args.workers:
-            loader = make_loader(dataset, batch_size=args.batch_size, num_workers=workers)
+            loader = make_loader(dataset, num_workers=workers)
             start, count = time.perf_counter(), 0
             for batch in loader:
                 count += len(batch["actions"])

@@ -133,7 +133,7 @@ def test_error_raised_in_a_dataloader_worker_stays_one_line(tmp_path):
     model = ModelInputs(ActionLayout.resolve(25, False), horizon=4, action_shift=1, image_size=16)
     data = prepare_data(DataConfig(dataset_name=str(path)), model)
     with pytest.raises(DataError) as err:
-        list(make_loader(data.dataset(shuffle=False), batch_size=2, num_workers=1))
+        list(make_loader(data.dataset(batch_size=2, shuffle=False), num_workers=1))
     message = user_message(err.value)
     assert message.startswith(f"{path}, row 2, column 'image': cannot decode the image")
     assert "\n" not in message

@@ -28,8 +28,14 @@ def prepared(path, **config):
     return prepare_data(DataConfig(dataset_name=str(path), analog_deadzone=0.0, **config), MODEL)
 
 
+def unbatch(batches):
+    for batch in batches:
+        for i in range(len(batch["actions"])):
+            yield {k: v[i] for k, v in batch.items()}
+
+
 def all_windows(data, **kwargs):
-    return list(data.dataset(shuffle=False, **kwargs))
+    return list(unbatch(data.dataset(batch_size=1, shuffle=False, **kwargs)))
 
 
 def check_alignment(window):
@@ -129,30 +135,50 @@ def test_image_column_formats(tmp_path, kind):
     assert [check_alignment(w) for w in all_windows(data)] == [0, 1, 2]
 
 
-def test_workers_and_ranks_partition_the_same_windows(tmp_path):
+def test_workers_and_ranks_split_the_global_batches(tmp_path):
     for name, start in (("a", 0), ("b", 50)):
         write_nitrogen_parquet(tmp_path / "data" / f"{name}.parquet", n=20, start=start, row_group_size=4)
     data = prepared(tmp_path / "data")
-    expected = sorted(frame_index(w["image"]) for w in all_windows(data))
-    assert len(expected) == 36
 
-    def frames_of(loader):
-        return sorted(int(x) for batch in loader for x in batch["image"][:, 16, 16, 0])
+    def batches(loader):
+        return [sorted(int(x) for x in batch["image"][:, 16, 16, 0]) for batch in loader]
 
-    assert frames_of(make_loader(data.dataset(seed=3), batch_size=5, num_workers=2)) == expected
-    ranks = [frames_of(make_loader(data.dataset(seed=3, rank=r, world_size=2), batch_size=4)) for r in (0, 1)]
-    assert sorted(ranks[0] + ranks[1]) == expected and not set(ranks[0]) & set(ranks[1])
-    batch = next(iter(make_loader(data.dataset(), batch_size=6)))
+    single = batches(make_loader(data.dataset(batch_size=6, seed=3)))
+    assert len(single) == 36 // 6 and sorted(sum(single, [])) == sorted(
+        frame_index(w["image"]) for w in all_windows(data))
+    # workers change nothing
+    assert batches(make_loader(data.dataset(batch_size=6, seed=3), num_workers=2)) == single
+    # two ranks with 3 windows each make up exactly the 1-process batches of 6
+    ranks = [batches(make_loader(data.dataset(batch_size=3, seed=3, rank=r, world_size=2), num_workers=2))
+             for r in (0, 1)]
+    assert [sorted(a + b) for a, b in zip(*ranks)] == single
+    # resuming after 2 batches continues with the third, decoding nothing before it
+    resumed = data.dataset(batch_size=6, seed=3)
+    resumed.set_epoch(0, skip_batches=2)
+    assert batches(make_loader(resumed, num_workers=2)) == single[2:]
+    batch = next(iter(make_loader(data.dataset(batch_size=6))))
     assert batch["image"].dtype == torch.uint8 and batch["actions"].shape == (6, 4, 25)
+
+
+def test_block_sharding_partitions_the_windows(tmp_path):
+    for name, start in (("a", 0), ("b", 50)):
+        write_nitrogen_parquet(tmp_path / "data" / f"{name}.parquet", n=20, start=start, row_group_size=4)
+    data = prepared(tmp_path / "data", shard="blocks")
+    frames = [
+        sorted(frame_index(w["image"]) for w in unbatch(data.dataset(batch_size=1, rank=r, world_size=2)))
+        for r in (0, 1)
+    ]
+    assert not set(frames[0]) & set(frames[1])
+    assert sorted(frames[0] + frames[1]) == sorted(frame_index(w["image"]) for w in all_windows(data))
 
 
 def test_shuffle_depends_only_on_seed_and_epoch(tmp_path):
     data = prepared(write_nitrogen_parquet(tmp_path / "run.parquet", n=40, row_group_size=5))
 
     def order(seed, epoch):
-        dataset = data.dataset(seed=seed)
+        dataset = data.dataset(batch_size=1, seed=seed)
         dataset.set_epoch(epoch)
-        return [frame_index(w["image"]) for w in dataset]
+        return [frame_index(w["image"]) for w in unbatch(dataset)]
 
     assert order(1, 0) == order(1, 0)
     assert order(1, 0) != order(1, 1) and order(1, 0) != order(2, 0)
@@ -168,10 +194,11 @@ def test_image_fits_and_augmentation(tmp_path):
     stretched = FrameTransform(32, "stretch")(wide)
     assert stretched.shape == (32, 32, 3) and (stretched[..., 0] == 9).all()
     data = prepared(write_nitrogen_parquet(tmp_path / "run.parquet", n=6), augment=True, augment_jitter=0.5)
-    plain = [w["image"] for w in data.dataset(shuffle=False, train=False)]
-    augmented = [w["image"] for w in data.dataset(shuffle=False)]
+    plain = [w["image"] for w in unbatch(data.dataset(batch_size=2, shuffle=False, train=False))]
+    augmented = [w["image"] for w in unbatch(data.dataset(batch_size=2, shuffle=False))]
     assert all(not np.array_equal(a, b) for a, b in zip(plain, augmented))
-    assert [w["image"] for w in data.dataset(shuffle=False, train=False)][0].tolist() == plain[0].tolist()
+    again = [w["image"] for w in unbatch(data.dataset(batch_size=3, shuffle=False))]
+    assert all(np.array_equal(a, b) for a, b in zip(augmented, again))  # per-window, not per-order
 
 
 def test_columns_no_profile_reads_are_reported(tmp_path):

@@ -30,4 +30,7 @@ class DataConfig(BaseModel):
     augment_crop_scale: float = Field(0.9, gt=0.0, le=1.0)
     augment_jitter: float = Field(0.1, ge=0.0, lt=1.0)
     skip_bad_rows: bool = Field(False, description="skip and count bad rows instead of stopping")
-    shuffle_buffer: int = Field(1024, ge=1, description="windows mixed across blocks when shuffling")
+    shuffle_buffer: int = Field(512, ge=1, description="windows mixed across blocks when shuffling")
+    shard: Literal["windows", "blocks"] = Field(
+        "windows", description="split over ranks by window (exact, any world size) or by block (less I/O)"
+    )

@@ -1,14 +1,26 @@
-"""Streaming training windows into a DataLoader.
+"""Streaming batches of training windows into a DataLoader.
 
-Blocks of rows (parquet row groups, Arrow slices) are spread over distributed ranks and
-DataLoader workers; each worker streams its blocks' image column, decodes and resizes only the
-frames that start a window, and mixes windows through a shuffle buffer. Nothing is decoded up
-front, so datasets larger than memory work. The order depends only on the seed and the epoch.
+The dataset reads the image column block by block (parquet row groups, Arrow slices), passes
+lightweight candidates (the stored image value and where it belongs) through a shuffle buffer,
+and decodes and resizes only the frames of the batches this worker emits. Nothing is decoded up
+front, so datasets larger than memory work, and skipping batches (to resume) costs no decoding.
+
+Two ways to split the stream over distributed ranks (``shard``):
+
+- ``windows`` (default): every rank walks the same global stream and takes every
+  ``world_size``-th window of each global batch, so a run on N processes sees exactly the batches
+  of a 1-process run with the same global batch, and resume is exact. Each rank reads all image
+  bytes but decodes only its own.
+- ``blocks``: blocks are divided between ranks and workers, so each reads only its share (for
+  datasets too big to read N times); the order then depends on the number of ranks and workers.
+
+Batches are assigned to DataLoader workers round-robin, which is the order the DataLoader returns
+them in. Everything depends only on the seed and the epoch.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,31 +31,46 @@ from .errors import DataError
 from .images import FrameTransform, ImageDecodeError, decode_image
 from .windows import WindowSpec
 
+SHARD_MODES = ("windows", "blocks")
+
+
+class Candidate(NamedTuple):
+    source: int
+    row: int
+    value: object  # the stored image (bytes, path or Image struct), decoded only when emitted
+    episode: int
+    frame: int
+
 
 class WindowDataset(IterableDataset):
-    """Yields dicts: ``image`` (S, S, 3) uint8, ``actions`` (horizon, action_dim) float32 in
-    model space, ``actions_mask`` (horizon, action_dim) bool, ``episode`` and ``frame`` ints."""
+    """Yields batches: ``image`` (B, S, S, 3) uint8, ``actions`` (B, horizon, action_dim) float32
+    in model space, ``actions_mask`` (B, horizon, action_dim) bool, ``episode``, ``frame`` (B,)."""
 
     def __init__(
         self,
         index: DatasetIndex,
         spec: WindowSpec,
         transform: FrameTransform,
+        batch_size: int,
         episodes: Optional[Sequence[int]] = None,
         shuffle: bool = True,
         seed: int = 0,
-        shuffle_buffer: int = 1024,
+        shuffle_buffer: int = 512,
         skip_bad_rows: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        shard: str = "windows",
+        drop_last: bool = True,
     ):
-        self.index, self.spec, self.transform = index, spec, transform
+        if shard not in SHARD_MODES:
+            raise ValueError(f"shard must be one of {SHARD_MODES}, got {shard!r}")
+        self.index, self.spec, self.transform, self.batch_size = index, spec, transform, batch_size
         self.episodes = list(range(len(index.episodes))) if episodes is None else list(episodes)
         self.shuffle, self.seed, self.shuffle_buffer = shuffle, seed, shuffle_buffer
         self.skip_bad_rows, self.rank, self.world_size = skip_bad_rows, rank, world_size
-        self.epoch = 0
-        # Per episode: True at frame positions that start a window (only for selected episodes).
-        self.is_start = {}
+        self.shard, self.drop_last = shard, drop_last
+        self.epoch, self.skip_batches = 0, 0
+        self.is_start = {}  # per selected episode: True at frame positions that start a window
         for e in self.episodes:
             flags = np.zeros(len(index.episodes[e]), bool)
             flags[spec.starts(index.episodes[e])] = True
@@ -55,74 +82,119 @@ class WindowDataset(IterableDataset):
             for block in source.blocks()
         ]
 
-    def __len__(self) -> int:
-        """Windows per epoch over all ranks and workers."""
+    @property
+    def num_windows(self) -> int:
+        """Windows per epoch over all ranks."""
         return int(sum(flags.sum() for flags in self.is_start.values()))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def batches_per_epoch(self) -> int:
+        """Batches each rank yields per epoch (``windows`` mode; an estimate for ``blocks``)."""
+        per_rank = self.num_windows / self.world_size
+        return int(per_rank // self.batch_size) if self.drop_last else int(np.ceil(per_rank / self.batch_size))
 
-    def _my_blocks(self) -> list[tuple[int, tuple[int, int]]]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        shards, shard = self.world_size * workers, self.rank * workers + worker
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Select the epoch's order; skip its first batches (already trained on, when resuming)."""
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    # ----------------------------------------------------------------------------- streaming
+    def _block_order(self) -> list[tuple[int, tuple[int, int]]]:
         order = np.arange(len(self.blocks))
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
-        return [self.blocks[i] for i in order[shard::shards]]
+        return [self.blocks[i] for i in order]
 
-    def _windows(self, rng: Optional[np.random.Generator]) -> Iterator[dict]:
-        for s, block in self._my_blocks():
+    def _candidates(self, blocks, rng: np.random.Generator) -> Iterator[Candidate]:
+        stream = self._scan(blocks)
+        if not self.shuffle:
+            yield from stream
+            return
+        buffer: list[Candidate] = []
+        for candidate in stream:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(candidate)
+                continue
+            i = int(rng.integers(len(buffer)))
+            buffer[i], candidate = candidate, buffer[i]
+            yield candidate
+        for i in rng.permutation(len(buffer)):
+            yield buffer[i]
+
+    def _scan(self, blocks) -> Iterator[Candidate]:
+        for s, block in blocks:
             source, column = self.index.sources[s], self.index.image_columns[s]
             episode_of, position_of = self.index.row_lookup[s]
             for first_row, values in source.iter_column(column, block):
                 for offset, value in enumerate(values):
                     row = first_row + offset
                     e, t = int(episode_of[row]), int(position_of[row])
-                    if e < 0 or e not in self.is_start or not self.is_start[e][t]:
-                        continue
-                    try:
-                        image = decode_image(value, source.base_dir)
-                    except ImageDecodeError as err:
-                        if self.skip_bad_rows:
-                            continue
-                        raise DataError(str(err), file=source.name, row=row, column=column,
-                                        hint="fix or remove the row, or set skip_bad_rows") from None
-                    actions, mask = self.spec.window(self.index.episodes[e], t)
-                    yield {
-                        "image": self.transform(image, rng),
-                        "actions": actions,
-                        "actions_mask": mask,
-                        "episode": e,
-                        "frame": t,
-                    }
+                    if e >= 0 and e in self.is_start and self.is_start[e][t]:
+                        yield Candidate(s, row, value, e, t)
+
+    def _batches(self, candidates: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
+        batch: list[Candidate] = []
+        for candidate in candidates:
+            batch.append(candidate)
+            if len(batch) == size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, info.id if info else 0])
-        windows = self._windows(rng if self.transform.augmentation else None)
-        if not self.shuffle:
-            yield from windows
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        if self.shard == "windows":
+            rng = np.random.default_rng([self.seed, self.epoch])
+            stream = self._candidates(self._block_order(), rng)
+            global_batches = self._batches(stream, self.batch_size * self.world_size)
+            for k, global_batch in enumerate(global_batches):
+                if k >= self.skip_batches and k % workers == worker:
+                    yield self._materialize(global_batch[self.rank :: self.world_size])
             return
-        buffer: list[dict] = []
-        for window in windows:
-            if len(buffer) < self.shuffle_buffer:
-                buffer.append(window)
-                continue
-            i = int(rng.integers(len(buffer)))
-            buffer[i], window = window, buffer[i]
-            yield window
-        for i in rng.permutation(len(buffer)):
-            yield buffer[i]
+        shards = self.world_size * workers
+        blocks = self._block_order()[self.rank * workers + worker :: shards]
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        skip = len(range(worker, self.skip_batches, workers))  # this worker's share of the skipped batches
+        for k, batch in enumerate(self._batches(self._candidates(blocks, rng), self.batch_size)):
+            if k >= skip:
+                yield self._materialize(batch)
+
+    # ------------------------------------------------------------------------------- decoding
+    def _materialize(self, batch: list[Candidate]) -> dict:
+        images, actions, masks, kept = [], [], [], []
+        for c in batch:
+            source = self.index.sources[c.source]
+            try:
+                image = decode_image(c.value, source.base_dir)
+            except ImageDecodeError as err:
+                if self.skip_bad_rows:
+                    continue
+                raise DataError(str(err), file=source.name, row=c.row, column=self.index.image_columns[c.source],
+                                hint="fix or remove the row, or set skip_bad_rows") from None
+            # Per-window augmentation stream: the same window is augmented the same way whatever
+            # the batch order, the number of workers or a resume.
+            rng = np.random.default_rng([self.seed, self.epoch, c.episode, c.frame])
+            images.append(self.transform(image, rng if self.transform.augmentation else None))
+            window_actions, mask = self.spec.window(self.index.episodes[c.episode], c.frame)
+            actions.append(window_actions)
+            masks.append(mask)
+            kept.append(c)
+        size, dim = self.transform.size, self.spec.layout.action_dim
+        return {
+            "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+            "actions": np.stack(actions) if actions else np.zeros((0, self.spec.horizon, dim), np.float32),
+            "actions_mask": np.stack(masks) if masks else np.zeros((0, self.spec.horizon, dim), bool),
+            "episode": np.array([c.episode for c in kept], np.int64),
+            "frame": np.array([c.frame for c in kept], np.int64),
+        }
 
 
-def make_loader(dataset: WindowDataset, batch_size: int, num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """A DataLoader over windows; workers decode and resize frames on uint8."""
+def make_loader(dataset: WindowDataset, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over the dataset's batches; workers decode and resize frames on uint8."""
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=None,
         num_workers=num_workers,
-        persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if num_workers else None,
     )

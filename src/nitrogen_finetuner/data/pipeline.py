@@ -1,7 +1,7 @@
 """source -> UniversalVectorProcessor -> windows: the data pipeline in one call.
 
-    data = prepare_data(DataConfig(dataset_name="recordings/"), policy)
-    loader = make_loader(data.dataset(), batch_size=32, num_workers=2)
+    data = prepare_data(DataConfig(dataset_name="recordings/"), ModelInputs.of_policy(policy))
+    loader = make_loader(data.dataset(batch_size=32), num_workers=2)
 """
 
 from __future__ import annotations
@@ -61,21 +61,24 @@ class PreparedData:
 
     def dataset(
         self,
+        batch_size: int,
         episodes: Optional[Sequence[int]] = None,
         shuffle: bool = True,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
         train: bool = True,
+        drop_last: bool = True,
     ) -> WindowDataset:
-        """Windows of the chosen episodes; augmentation (when configured) only with ``train``."""
+        """Batches of windows of the chosen episodes; augmentation (when configured) only with
+        ``train``."""
         transform = self.transform
         if not train and transform.augmentation is not None:
             transform = FrameTransform(transform.size, transform.fit)
         return WindowDataset(
-            self.index, self.spec, transform, episodes=episodes, shuffle=shuffle, seed=seed,
+            self.index, self.spec, transform, batch_size, episodes=episodes, shuffle=shuffle, seed=seed,
             shuffle_buffer=self.config.shuffle_buffer, skip_bad_rows=self.config.skip_bad_rows,
-            rank=rank, world_size=world_size,
+            rank=rank, world_size=world_size, shard=self.config.shard, drop_last=drop_last,
         )
 
 
