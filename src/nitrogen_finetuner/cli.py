@@ -7,6 +7,7 @@ one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -67,6 +68,44 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.config import parse_override, resolve_config  # noqa: PLC0415
+    from .training.trainer import train
+
+    overrides = dict(parse_override(item) for item in args.set)
+    for flag, key in (("base", "base"), ("data", "data.dataset_name"), ("output", "output"),
+                      ("max_steps", "max_steps"), ("method", "method")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    config_file = args.config
+    if args.resume:
+        config_file = config_file or str(Path(args.resume) / "config.yaml")
+        overrides["output"] = args.resume
+    result = train(resolve_config(config_file, overrides), resume=bool(args.resume))
+    if int(os.environ.get("RANK", "0")) != 0:  # one report per run, not per process
+        return 0
+    print(f"run folder  {result.run_dir}  (config.yaml, metrics.jsonl, tensorboard/, checkpoints/)")
+    if result.exported:
+        print(f"exported    {result.exported}  (official format: load_policy or the official player)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .training.export import export_run  # noqa: PLC0415
+
+    path = export_run(args.run_dir, args.out, checkpoint=args.checkpoint, use_ema={"ema": True, "final": False}.get(args.weights))
+    policy = load_policy(path, verbose=False)
+    print(f"wrote {path}\n{policy.summary()}")
+    if args.push_to_hub:
+        from huggingface_hub import HfApi  # noqa: PLC0415
+
+        api = HfApi()
+        api.create_repo(args.push_to_hub, exist_ok=True)
+        api.upload_file(path_or_fileobj=str(path), path_in_repo=Path(path).name, repo_id=args.push_to_hub)
+        print(f"pushed to https://huggingface.co/{args.push_to_hub}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nitrogen-finetune", description="Fine-tune NVIDIA's NitroGen gaming model.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -81,6 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("output", help="where to write the .pt file")
     init.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     init.set_defaults(func=cmd_init)
+
+    train = sub.add_parser("train", help="fine-tune (LoRA or full) and export an official-format checkpoint")
+    train.add_argument("config", nargs="?", help="a YAML config (defaults < file < flags)")
+    train.add_argument("--base", help="official-format checkpoint, or a preset (tiny, released) with random weights")
+    train.add_argument("--data", help="dataset path or hub id (data.dataset_name)")
+    train.add_argument("--output", help="run folder")
+    train.add_argument("--max-steps", type=int)
+    train.add_argument("--method", choices=("lora", "full"))
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any config key, dotted (repeatable): --set lora.rank=8 --set data.augment=true")
+    train.set_defaults(func=cmd_train)
+
+    export = sub.add_parser("export", help="merge a run into an official-format checkpoint")
+    export.add_argument("run_dir")
+    export.add_argument("out", help="the .pt file to write")
+    export.add_argument("--checkpoint", help="a checkpoints/step_N folder (default: the latest)")
+    export.add_argument("--weights", choices=("auto", "ema", "final"), default="auto",
+                        help="EMA weights when the run kept them (auto), or as named")
+    export.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the file to this hub model repo")
+    export.set_defaults(func=cmd_export)
 
     data = sub.add_parser("data", help="look at a dataset before training on it")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -190,11 +190,17 @@ class WindowDataset(IterableDataset):
 
 
 def make_loader(dataset: WindowDataset, num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """A DataLoader over the dataset's batches; workers decode and resize frames on uint8."""
+    """A DataLoader over the dataset's batches; workers decode and resize frames on uint8.
+
+    It gets its own generator: a DataLoader otherwise draws its worker seed from the global RNG,
+    which would shift dropout randomness depending on when the loader starts (breaking exact
+    resume). The dataset's order comes from its own seed, not from torch's RNG.
+    """
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if num_workers else None,
+        generator=torch.Generator().manual_seed(dataset.seed),
     )

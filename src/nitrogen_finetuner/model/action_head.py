@@ -12,9 +12,13 @@ from torch import nn
 
 
 class CategorySpecificLinear(nn.Module):
+    """A linear layer per category. Initialised with fan-in scaling: the official 0.02 starves the
+    path from the noisy actions to the output when a model trains from random weights (loaded
+    checkpoints overwrite the initialisation anyway)."""
+
     def __init__(self, num_categories: int, input_dim: int, output_dim: int):
         super().__init__()
-        self.W = nn.Parameter(0.02 * torch.randn(num_categories, input_dim, output_dim))
+        self.W = nn.Parameter(torch.randn(num_categories, input_dim, output_dim) * input_dim**-0.5)
         self.b = nn.Parameter(torch.zeros(num_categories, output_dim))
 
     def forward(self, x: torch.Tensor, category: torch.Tensor) -> torch.Tensor:

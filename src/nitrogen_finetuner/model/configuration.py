@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class _Config(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
+    def to_dict(self) -> dict:
+        """A plain dict, as PEFT and transformers expect of a ``model.config``."""
+        return self.model_dump()
+
 
 class TransformerConfig(_Config):
     """Fields shared by the DiT and the VL mixer configs."""

@@ -137,6 +137,34 @@ class NitroGenModel(nn.Module):
         beta = Beta(self.config.noise_beta_alpha, self.config.noise_beta_beta)
         return (1 - beta.sample([batch]).to(device)) * self.config.noise_s
 
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        actions: torch.Tensor,
+        actions_mask: Optional[torch.Tensor],
+        noise: torch.Tensor,
+        flow_time: torch.Tensor,
+        category: Optional[torch.Tensor] = None,
+        game_ids: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow-matching terms: (sum of masked squared velocity errors, number of masked-in values).
+
+        Returning the two parts lets a trainer normalise by the count over a whole global batch
+        (all micro-batches and ranks), so sharding never changes the loss.
+        """
+        batch = actions.shape[0]
+        actions = actions.float()
+        if category is None:
+            category = torch.zeros(batch, dtype=torch.long, device=actions.device)
+        t = flow_time.to(actions.dtype)[:, None, None]
+        noisy = (1 - t) * noise + t * actions
+        target = actions - noise
+        timesteps = (flow_time * self.config.num_timestep_buckets).long()
+        vl = self.vl_tokens(pixel_values, game_ids)
+        pred = self.velocity(noisy, timesteps, category, vl_tokens=vl).float()
+        mask = torch.ones_like(actions) if actions_mask is None else actions_mask.to(actions.dtype)
+        return (F.mse_loss(pred, target, reduction="none") * mask).sum(), mask.sum()
+
     def compute_loss(
         self,
         pixel_values: torch.Tensor,
@@ -153,25 +181,15 @@ class NitroGenModel(nn.Module):
         ``actions`` are in model space (B, horizon, action_dim). Noise, then flow time, are drawn
         from the global RNG in that order, as the official ``forward`` does, unless given.
         """
-        batch = actions.shape[0]
-        actions = actions.float()
         if noise is None:
-            noise = torch.randn_like(actions)
+            noise = torch.randn_like(actions.float())
         if flow_time is None:
-            flow_time = self.sample_flow_time(batch, actions.device)
-        if category is None:
-            category = torch.zeros(batch, dtype=torch.long, device=actions.device)
-        t = flow_time.to(actions.dtype)[:, None, None]
-        noisy = (1 - t) * noise + t * actions
-        target = actions - noise
-        timesteps = (flow_time * self.config.num_timestep_buckets).long()
-        vl = self.vl_tokens(pixel_values, game_ids)
-        pred = self.velocity(noisy, timesteps, category, vl_tokens=vl).float()
-        mask = torch.ones_like(actions) if actions_mask is None else actions_mask.to(actions.dtype)
+            flow_time = self.sample_flow_time(actions.shape[0], actions.device)
+        mask = torch.ones_like(actions, dtype=torch.bool) if actions_mask is None else actions_mask.bool()
         if has_real_action is not None:
-            mask = mask * has_real_action.to(actions.dtype)[:, None, None]
-        squared = F.mse_loss(pred, target, reduction="none") * mask
-        return squared.sum() / (mask.sum() + 1e-6)
+            mask = mask & has_real_action.bool()[:, None, None]
+        squared, count = self(pixel_values, actions, mask, noise, flow_time, category, game_ids)
+        return squared / (count + 1e-6)
 
     # ------------------------------------------------------------------------------- sampling
     @torch.no_grad()

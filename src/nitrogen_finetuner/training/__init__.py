@@ -1,0 +1,1 @@
+"""Fine-tuning: config, what trains (LoRA or full), the loop, checkpoints, export."""

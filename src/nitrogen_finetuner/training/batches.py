@@ -1,0 +1,52 @@
+"""What one optimizer step consumes: micro-batches from the loader and the flow-matching noise.
+
+Noise and flow time are drawn per window from a generator keyed by (seed, step, episode, frame),
+so they do not depend on how windows are grouped into micro-batches, processes or workers: one
+process and N processes with the same global batch compute the same loss.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.loader import WindowDataset, make_loader
+from .checkpoints import Progress
+
+_TRAIN, _VALIDATION = 1, 2
+
+
+def micro_batches(dataset: WindowDataset, progress: Progress, num_workers: int) -> Iterator[tuple[int, int, dict]]:
+    """Endless (epoch, batches consumed in that epoch, batch), starting at the saved position."""
+    epoch, skip = progress.epoch, progress.batches_in_epoch
+    while True:
+        dataset.set_epoch(epoch, skip)
+        loader: DataLoader = make_loader(dataset, num_workers)
+        for consumed, batch in enumerate(loader, start=skip + 1):
+            yield epoch, consumed, batch
+        epoch, skip = epoch + 1, 0
+
+
+def one_pass(dataset: WindowDataset, num_workers: int) -> Iterator[dict]:
+    """The batches of one epoch in order (validation)."""
+    dataset.set_epoch(0)
+    yield from make_loader(dataset, num_workers)
+
+
+def window_noise(
+    batch: dict, seed: int, step: int, horizon: int, action_dim: int, alpha: float, beta: float, noise_s: float,
+    validation: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, horizon, action_dim) start noise and (B,) flow times t = (1 - s) * noise_s, s ~ Beta."""
+    size = len(batch["episode"])
+    noise = np.empty((size, horizon, action_dim), np.float32)
+    flow_time = np.empty(size, np.float32)
+    for i, (episode, frame) in enumerate(zip(batch["episode"].tolist(), batch["frame"].tolist())):
+        key = [seed, _VALIDATION, episode, frame] if validation else [seed, _TRAIN, step, episode, frame]
+        rng = np.random.default_rng(key)
+        noise[i] = rng.standard_normal((horizon, action_dim))
+        flow_time[i] = (1.0 - rng.beta(alpha, beta)) * noise_s
+    return torch.from_numpy(noise), torch.from_numpy(flow_time)

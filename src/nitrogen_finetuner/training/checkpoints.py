@@ -1,0 +1,139 @@
+"""Training checkpoints: everything needed to continue a run exactly, written atomically.
+
+A checkpoint is a folder ``checkpoints/step_000120/`` holding the trainable weights (and EMA
+weights) as safetensors, the optimizer and scheduler state (plain tensors and numbers, loaded
+with ``weights_only=True``), the RNG state of every process and the data position. It is
+assembled in a temporary folder and renamed into place, so a run killed while saving leaves the
+previous checkpoint intact; only the newest ``keep_last`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+@dataclass
+class Progress:
+    """Where training stands: optimizer steps done and the data position for the next one."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of this epoch already consumed
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's RNG states as tensors (safetensors-friendly)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": torch.tensor([py_version, *py_state, -1 if py_gauss is None else 0], dtype=torch.int64),
+        "python_gauss": torch.tensor([0.0 if py_gauss is None else py_gauss], dtype=torch.float64),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_rest": torch.tensor([np_state[2], np_state[3], np_state[4]], dtype=torch.float64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"].tolist()
+    gauss = None if py[-1] == -1 else float(state["python_gauss"][0])
+    random.setstate((py[0], tuple(py[1:-1]), gauss))
+    pos, has_gauss, cached = state["numpy_rest"].tolist()
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+class CheckpointWriter:
+    """Writes checkpoints from every process: the main one writes the shared files, each process
+    its own RNG state, then the main one renames the folder into place."""
+
+    def __init__(self, run_dir: Path, keep_last: int, rank: int, barrier):
+        self.root = run_dir / "checkpoints"
+        self.keep_last, self.rank, self.barrier = keep_last, rank, barrier
+
+    def save(
+        self,
+        progress: Progress,
+        weights: dict[str, torch.Tensor],
+        optimizer: dict,
+        scheduler: dict,
+        ema: Optional[dict[str, torch.Tensor]],
+        config_text: str,
+    ) -> Path:
+        final = self.root / f"step_{progress.step:06d}"
+        tmp = self.root / f".step_{progress.step:06d}.tmp"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.barrier()
+        save_file(_contiguous(rng_state()), str(tmp / f"rng_rank{self.rank}.safetensors"))
+        if self.rank == 0:
+            save_file(_contiguous(weights), str(tmp / "weights.safetensors"))
+            if ema is not None:
+                save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
+            torch.save({"optimizer": optimizer, "scheduler": scheduler}, tmp / "optimizer.pt")
+            (tmp / "progress.json").write_text(json.dumps(asdict(progress)))
+            (tmp / "config.yaml").write_text(config_text)
+        self.barrier()
+        if self.rank == 0:
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            for old in checkpoint_dirs(self.root.parent)[: -self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
+        return final
+
+
+@dataclass
+class LoadedTrainingState:
+    progress: Progress
+    weights: dict[str, torch.Tensor]
+    ema: Optional[dict[str, torch.Tensor]]
+    optimizer: dict
+    scheduler: dict
+    rng: Optional[dict[str, torch.Tensor]]
+
+
+def load_training_state(checkpoint: Path, rank: int = 0) -> LoadedTrainingState:
+    states = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+    rng_file = checkpoint / f"rng_rank{rank}.safetensors"
+    ema_file = checkpoint / "ema.safetensors"
+    return LoadedTrainingState(
+        progress=Progress(**json.loads((checkpoint / "progress.json").read_text())),
+        weights=load_file(str(checkpoint / "weights.safetensors")),
+        ema=load_file(str(ema_file)) if ema_file.exists() else None,
+        optimizer=states["optimizer"],
+        scheduler=states["scheduler"],
+        rng=load_file(str(rng_file)) if rng_file.exists() else None,
+    )

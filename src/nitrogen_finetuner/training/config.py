@@ -1,0 +1,129 @@
+"""The training configuration: defaults < YAML file < command line.
+
+``batch_size`` is the global batch the optimizer sees. Each process runs micro-batches of
+``micro_batch_size`` and accumulates gradients, so the same config trains the same model on one
+CPU or on eight GPUs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..data.config import DataConfig
+from ..data.errors import DataError
+
+LORA_COMPONENTS = {
+    # DiT attention projections (self- and cross-attention blocks).
+    "dit_attention": r"model\.transformer_blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)",
+    "dit_feedforward": r"model\.transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)",
+    # The timestep modulation of each DiT block.
+    "dit_adaln": r"model\.transformer_blocks\.\d+\.norm1\.linear",
+    "vl_mixer": r"vl_self_attention_model\.transformer_blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2))",
+    # SigLIP layers, except layer 11, which the released model keeps frozen.
+    "vision_tower": r"vision_encoder\.encoder\.layers\.(?!11\.)\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraConfig(_Section):
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    targets: list[str] = Field(
+        default_factory=lambda: ["dit_attention", "dit_feedforward", "vl_mixer"],
+        description=f"components with LoRA adapters: {', '.join(LORA_COMPONENTS)}",
+    )
+    train_fully: list[str] = Field(
+        default_factory=lambda: ["action_encoder", "action_decoder", "position_embedding", "game_embedding"],
+        description="modules trained in full next to the adapters (those the model lacks are skipped)",
+    )
+
+
+class TrainConfig(_Section):
+    base: str = Field("tiny", description="official-format checkpoint, or a preset name for random weights")
+    data: DataConfig
+    output: str = Field("runs/nitrogen", description="the run folder")
+    method: Literal["lora", "full"] = "lora"
+    seed: int = 0
+    max_steps: int = Field(200, ge=1)
+    batch_size: int = Field(16, ge=1, description="global batch per optimizer step")
+    micro_batch_size: Optional[int] = Field(None, ge=1, description="per process and forward pass")
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    min_learning_rate_ratio: float = Field(0.1, ge=0, le=1)
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    deterministic: Optional[bool] = Field(
+        None, description="deterministic kernels (default: on CPU, where they cost little; off on GPU)"
+    )
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1)
+    dropout: Optional[float] = Field(None, ge=0, lt=1, description="override the checkpoint's dropout")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of episodes held out")
+    val_every: int = Field(100, ge=0)
+    val_batches: Optional[int] = Field(None, ge=1)
+    checkpoint_every: int = Field(100, ge=0)
+    keep_last: int = Field(3, ge=1)
+    log_every: int = Field(10, ge=1)
+    num_workers: int = Field(2, ge=0)
+    export_at_end: bool = True
+    wandb: bool = False
+    wandb_project: str = "nitrogen-finetuner"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        unknown = [t for t in self.lora.targets if t not in LORA_COMPONENTS]
+        if unknown:
+            raise ValueError(f"unknown LoRA target {unknown[0]!r}; targets are: {', '.join(LORA_COMPONENTS)}")
+        return self
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
+    """Defaults, then the YAML file, then dotted overrides (``lora.rank``, ``data.dataset_name``)."""
+    tree: dict = {}
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise DataError("no such config file", file=str(path))
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise DataError(f"not valid YAML ({str(err).splitlines()[0]})", file=str(path)) from None
+        if not isinstance(tree, dict):
+            raise DataError("the config must be a mapping of keys to values", file=str(path))
+    for key, value in (overrides or {}).items():
+        _set_dotted(tree, key, value)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise DataError(f"invalid setting {where}: {first['msg']}", file=str(file) if file else None) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as YAML (numbers, booleans, lists, null)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise DataError(f"overrides look like key=value (e.g. lora.rank=8), got '{text}'")
+    return key.strip(), yaml.safe_load(value)
+
+
+def dump_config(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,58 @@
+"""``nitrogen-finetune export``: a run folder to an official-format checkpoint.
+
+Rebuilds the run's base model, puts back the trained weights of a checkpoint (EMA weights when
+the run kept them), merges LoRA into the base weights and writes the official format: exactly the
+official parameter names (no PEFT or LoRA keys), so the official loader and ``scripts/serve.py``
+load it strictly, and so does ``load_policy``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Optional
+
+from peft import PeftModel
+
+from ..data.errors import DataError
+from ..model.checkpoint import save_checkpoint
+from ..policy import __version__
+from .adapters import load_trainable_state, prepare_trainable
+from .base import load_base
+from .checkpoints import checkpoint_dirs, load_training_state
+from .config import resolve_config
+
+
+def export_run(
+    run_dir: str | Path, out: str | Path, checkpoint: Optional[str | Path] = None, use_ema: Optional[bool] = None
+) -> Path:
+    """Merge a run's trained weights into its base and write ``out``; returns the path."""
+    run_dir = Path(run_dir)
+    config = resolve_config(run_dir / "config.yaml")
+    found = checkpoint_dirs(run_dir)
+    if checkpoint is None and not found:
+        raise DataError("the run has no checkpoint to export", file=str(run_dir))
+    path = Path(checkpoint) if checkpoint else found[-1]
+    state = load_training_state(path)
+    if use_ema and state.ema is None:
+        raise DataError("this checkpoint has no EMA weights (the run had no ema_decay)", file=str(path))
+    weights = state.ema if (use_ema is not False and state.ema is not None) else state.weights
+
+    base = load_base(config.base, run_dir, config.seed, is_main=False)
+    module = prepare_trainable(base.model, config.method, config.lora)
+    load_trainable_state(module, weights)
+    model = module.merge_and_unload() if isinstance(module, PeftModel) else module
+
+    raw = copy.deepcopy(base.raw_config)
+    horizon = config.data.prediction_horizon
+    if horizon and horizon != base.config.model_cfg.action_horizon:
+        raw["model_cfg"]["action_horizon"] = horizon
+        raw["tokenizer_cfg"]["action_horizon"] = horizon
+    extra = {
+        "version": __version__,
+        "action_layout": base.layout.to_dict(),
+        "fine_tuned_from": base.source,
+        "method": config.method,
+        "weights": "ema" if weights is state.ema else "final",
+    }
+    return save_checkpoint(out, model.eval(), raw, extra, step=state.progress.step, epoch=state.progress.epoch)

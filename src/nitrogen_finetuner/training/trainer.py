@@ -1,0 +1,322 @@
+"""The fine-tuning recipe, top to bottom: set up, then one clear update step in a loop.
+
+    from nitrogen_finetuner.training.config import resolve_config
+    from nitrogen_finetuner.training.trainer import train
+    train(resolve_config("my_run.yaml"))
+
+Runs on HF Accelerate, so the same code trains on a CPU, one GPU or many (``accelerate launch``
+or ``torchrun``): fp32 / bf16 / fp16, gradient accumulation, clipping, fused AdamW, cosine
+schedule with warmup, optional EMA, validation on held-out episodes, atomic checkpoints and exact
+resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..data.errors import DataError
+from ..data.pipeline import prepare_data
+from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
+from .base import load_base, set_dropout
+from .batches import micro_batches, one_pass, window_noise
+from .checkpoints import CheckpointWriter, Progress, checkpoint_dirs, load_training_state, set_rng_state
+from .config import TrainConfig, dump_config
+from .throughput import flops_per_sample, peak_flops
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    losses: list[float]  # training loss of every step of this session
+    val_loss: Optional[float]
+    exported: Optional[Path]
+
+
+def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold out whole episodes (never windows) for validation."""
+    if num_episodes < 2 or val_fraction <= 0:
+        return list(range(num_episodes)), []
+    n_val = max(1, round(num_episodes * val_fraction))
+    order = np.random.default_rng([seed, 7]).permutation(num_episodes)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def lr_schedule(config: TrainConfig):
+    """Linear warmup, then cosine decay to ``min_learning_rate_ratio`` of the peak."""
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        span = max(1, config.max_steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        floor = config.min_learning_rate_ratio
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+class EMA:
+    """Exponential moving average of the trainable weights, kept in float32."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in trainable_state(module).items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for name, value in trainable_state(module).items():
+            self.shadow[name].lerp_(value.float(), 1 - self.decay)
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    # ------------------------------------------------------------------------------- set up
+    # cpu=True on machines without CUDA: it is what makes torchrun / accelerate launch use gloo.
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
+                              cpu=not torch.cuda.is_available())
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    # Gradients of the per-embodiment gathers accumulate in parallel; deterministic kernels make
+    # the same seed give the same weights bit for bit (and exact resume possible).
+    torch.use_deterministic_algorithms(
+        device.type == "cpu" if config.deterministic is None else config.deterministic, warn_only=True
+    )
+    run_dir = Path(config.output)
+    if accelerator.is_main_process:
+        if checkpoint_dirs(run_dir) and not resume:
+            raise DataError("the run folder already holds checkpoints", file=str(run_dir),
+                            hint="resume it with --resume, or choose another --output")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(config))
+    accelerator.wait_for_everyone()
+
+    micro = config.micro_batch_size or max(1, config.batch_size // world)
+    if config.batch_size % (micro * world):
+        raise DataError(f"batch_size {config.batch_size} is not a multiple of micro_batch_size {micro} "
+                        f"x {world} processes")
+    accumulation = config.batch_size // (micro * world)
+
+    base = load_base(config.base, run_dir, config.seed, accelerator.is_main_process)
+    model_cfg = base.model.config
+    if config.dropout is not None:
+        set_dropout(base.model, config.dropout)
+    module = prepare_trainable(base.model, config.method, config.lora)
+
+    data = prepare_data(config.data, base.model_inputs(config.data.prediction_horizon))
+    train_episodes, val_episodes = split_episodes(len(data.index.episodes), config.val_fraction, config.seed)
+    train_set = data.dataset(micro, train_episodes, seed=config.seed, rank=rank, world_size=world)
+    val_set = data.dataset(micro, val_episodes, shuffle=False, rank=rank, world_size=world, train=False,
+                           drop_last=False) if val_episodes else None
+    if train_set.batches_per_epoch() < 1:
+        raise DataError(f"the training episodes hold {train_set.num_windows} windows, fewer than one global "
+                        f"batch of {micro * world}", file=config.data.dataset_name, hint="lower batch_size")
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config))
+    module, optimizer = accelerator.prepare(module, optimizer)
+    unwrapped = accelerator.unwrap_model(module)
+    ema = EMA(unwrapped, config.ema_decay) if config.ema_decay else None
+
+    progress = Progress()
+    if resume:
+        latest = checkpoint_dirs(run_dir)
+        if not latest:
+            raise DataError("no checkpoint to resume from", file=str(run_dir))
+        state = load_training_state(latest[-1], rank)
+        load_trainable_state(unwrapped, state.weights)
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        if ema is not None and state.ema is not None:
+            ema.shadow = {k: v.float() for k, v in state.ema.items()}
+        if state.rng is not None:
+            set_rng_state(state.rng)
+        progress = state.progress
+
+    writer = CheckpointWriter(run_dir, config.keep_last, rank, accelerator.wait_for_everyone)
+    logger = RunLogger(run_dir, config, accelerator.is_main_process)
+    batches = micro_batches(train_set, progress, config.num_workers)
+    preprocessor, noise_args = base.preprocessor, (
+        data.spec.horizon, model_cfg.action_dim, model_cfg.noise_beta_alpha, model_cfg.noise_beta_beta,
+        model_cfg.noise_s,
+    )
+    sample_flops = flops_per_sample(base_model(unwrapped), data.spec.horizon, config.method)
+    peak = peak_flops(device)
+    logger.start(base, data, train_set, val_set, accumulation, micro, world, accelerator.mixed_precision)
+
+    def forward_terms(batch: dict, step: int, validation: bool = False):
+        pixels = preprocessor.normalize(batch["image"].to(device, non_blocking=True))
+        noise, flow_time = window_noise(batch, config.seed, step, *noise_args, validation=validation)
+        with accelerator.autocast():
+            return module(pixels, batch["actions"].to(device), batch["actions_mask"].to(device),
+                          noise.to(device), flow_time.to(device))
+
+    def validate() -> Optional[float]:
+        if val_set is None:
+            return None
+        module.eval()
+        totals = torch.zeros(2, device=device)
+        with torch.no_grad():
+            for i, batch in enumerate(one_pass(val_set, config.num_workers)):
+                if config.val_batches and i >= config.val_batches:
+                    break
+                if len(batch["episode"]):
+                    squared, count = forward_terms(batch, 0, validation=True)
+                    totals += torch.stack([squared.float(), count.float()])
+        module.train()
+        totals = accelerator.reduce(totals, "sum")
+        return float(totals[0] / totals[1].clamp(min=1))
+
+    # ------------------------------------------------------------------------- the update step
+    module.train()
+    losses, val_loss = [], None
+    bar = tqdm(total=config.max_steps, initial=progress.step, disable=not accelerator.is_main_process,
+               dynamic_ncols=True, desc="train")
+    while progress.step < config.max_steps:
+        started = time.perf_counter()
+        step_batches = []
+        for _ in range(accumulation):
+            progress.epoch, progress.batches_in_epoch, batch = next(batches)
+            step_batches.append(batch)
+        # Normalise by the masked-in values of the whole global batch (all micro-batches, all
+        # processes): the loss of a step is the same however the batch is split.
+        local_count = sum(float(b["actions_mask"].sum()) for b in step_batches)
+        total = accelerator.reduce(torch.tensor(local_count, device=device), "sum").clamp(min=1.0)
+        step_squared = torch.zeros((), device=device)
+        for i, batch in enumerate(step_batches):
+            sync = contextlib.nullcontext() if i == accumulation - 1 else accelerator.no_sync(module)
+            with sync:
+                squared, _ = forward_terms(batch, progress.step)
+                accelerator.backward(squared * world / total)
+            step_squared += squared.detach().float()
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(unwrapped)
+        progress.step += 1
+
+        loss = float(accelerator.reduce(step_squared, "sum") / total)
+        losses.append(loss)
+        seconds = time.perf_counter() - started
+        samples_per_s = config.batch_size / seconds
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{samples_per_s:.1f}")
+        if progress.step % config.log_every == 0 or progress.step == config.max_steps:
+            mfu = samples_per_s * sample_flops / (peak * world) if peak else None
+            logger.scalars(progress.step, {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+                                           "train/samples_per_s": samples_per_s, "train/ms_per_step": seconds * 1000,
+                                           **({"train/mfu": mfu} if mfu is not None else {})})
+        if config.val_every and progress.step % config.val_every == 0:
+            val_loss = validate()
+            if val_loss is not None:
+                logger.scalars(progress.step, {"val/loss": val_loss})
+        if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
+            save(writer, progress, unwrapped, optimizer, scheduler, ema, config)
+    bar.close()
+
+    # ----------------------------------------------------------------------------- finish
+    if not checkpoint_dirs(run_dir) or checkpoint_dirs(run_dir)[-1].name != f"step_{progress.step:06d}":
+        save(writer, progress, unwrapped, optimizer, scheduler, ema, config)
+    if val_set is not None and (not config.val_every or progress.step % config.val_every):
+        val_loss = validate()
+    exported = None
+    if accelerator.is_main_process:
+        save_trained_weights(unwrapped, run_dir)
+        if config.export_at_end:
+            from .export import export_run  # noqa: PLC0415
+
+            exported = export_run(run_dir, run_dir / "model.pt")
+    logger.finish(progress.step, losses, val_loss, exported)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(run_dir, progress.step, losses, val_loss, exported)
+
+
+def save(writer: CheckpointWriter, progress: Progress, unwrapped, optimizer, scheduler, ema, config) -> Path:
+    return writer.save(progress, trainable_state(unwrapped), optimizer.state_dict(), scheduler.state_dict(),
+                       ema.shadow if ema else None, dump_config(config))
+
+
+def save_trained_weights(unwrapped: torch.nn.Module, run_dir: Path) -> None:
+    """The LoRA adapter in PEFT's format plus the fully trained modules under their official
+    names (``adapter/``), or all trained weights (``weights.safetensors``), as safetensors."""
+    model = base_model(unwrapped)
+    trained = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
+               if p.requires_grad and "lora_" not in n}
+    if hasattr(unwrapped, "save_pretrained"):
+        unwrapped.save_pretrained(str(run_dir / "adapter"), safe_serialization=True)
+        save_file(trained, str(run_dir / "adapter" / "fully_trained.safetensors"))
+    else:
+        save_file(trained, str(run_dir / "weights.safetensors"))
+
+
+class RunLogger:
+    """metrics.jsonl and TensorBoard always; Weights & Biases when installed and asked for."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, enabled: bool):
+        self.enabled, self.run_dir, self.wandb = enabled, run_dir, None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+        self.metrics = open(run_dir / "metrics.jsonl", "a")
+        if config.wandb:
+            try:
+                import wandb  # noqa: PLC0415
+            except ImportError:
+                print("wandb is not installed: logging to TensorBoard only")
+            else:
+                self.wandb = wandb.init(project=config.wandb_project, config=config.model_dump(mode="json"),
+                                        dir=str(run_dir))
+
+    def start(self, base, data, train_set, val_set, accumulation, micro, world, precision) -> None:
+        if not self.enabled:
+            return
+        print(f"base        {base.source} ({sum(p.numel() for p in base.model.parameters()):,} parameters)")
+        print(f"data        {data.config.dataset_name}: {len(data.index.episodes)} episodes, "
+              f"{train_set.num_windows} training windows" + (f", {val_set.num_windows} validation" if val_set else ""))
+        print(f"batch       {micro} per forward x {accumulation} accumulation x {world} process(es); "
+              f"precision {precision}")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.tensorboard.add_scalar(name, value, step)
+        self.metrics.write(json.dumps({"step": step, **values}) + "\n")
+        self.metrics.flush()
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def finish(self, step: int, losses: list[float], val_loss: Optional[float], exported: Optional[Path]) -> None:
+        if not self.enabled:
+            return
+        summary = {"step": step, "final_train_loss": losses[-1] if losses else None, "val_loss": val_loss,
+                   "exported": str(exported) if exported else None}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.tensorboard.close()
+        self.metrics.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,180 @@
+"""Fine-tuning on CPU: exact resume, export, learning, crash safety, config errors, 2 processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from nitrogen_finetuner import load_policy
+from nitrogen_finetuner.cli import main
+from nitrogen_finetuner.data.errors import DataError
+from nitrogen_finetuner.training import checkpoints as checkpoints_module
+from nitrogen_finetuner.training.adapters import load_trainable_state, prepare_trainable
+from nitrogen_finetuner.training.base import load_base
+from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
+from nitrogen_finetuner.training.config import resolve_config
+from nitrogen_finetuner.training.trainer import train
+from recordings import png_bytes, write_nitrogen_parquet
+
+SMALL = {"num_workers": 0, "log_every": 1, "val_every": 0, "checkpoint_every": 2, "export_at_end": False,
+         "batch_size": 4, "warmup_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("recordings")
+    for i in range(3):
+        write_nitrogen_parquet(root / f"episode_{i}.parquet", n=24, start=10 * i)
+    return root
+
+
+def config(data: Path, output: Path, **overrides):
+    return resolve_config(None, {"data.dataset_name": str(data), "output": str(output), **SMALL, **overrides})
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint_dirs(run_dir)[-1] / "weights.safetensors"))
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tmp_path, method, monkeypatch):
+    settings = dict(max_steps=4, method=method, ema_decay=0.9, num_workers=2)
+    straight = train(config(recordings, tmp_path / "straight", **settings))
+    again = train(config(recordings, tmp_path / "again", **settings))
+    assert straight.losses == again.losses  # same seed, same loss curve on CPU
+
+    real_save = checkpoints_module.CheckpointWriter.save
+
+    def killed_after_step_2(self, progress, *args, **kwargs):
+        path = real_save(self, progress, *args, **kwargs)
+        if progress.step == 2:
+            raise Killed
+        return path
+
+    monkeypatch.setattr(checkpoints_module.CheckpointWriter, "save", killed_after_step_2)
+    with pytest.raises(Killed):
+        train(config(recordings, tmp_path / "resumed", **settings))
+    monkeypatch.undo()
+    resumed = train(config(recordings, tmp_path / "resumed", **settings), resume=True)
+    assert resumed.losses == straight.losses[2:]
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    assert {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])} == {}
+    ema_a = load_file(str(checkpoint_dirs(tmp_path / "straight")[-1] / "ema.safetensors"))
+    ema_b = load_file(str(checkpoint_dirs(tmp_path / "resumed")[-1] / "ema.safetensors"))
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+
+
+def test_lora_trains_adapters_and_the_action_head_only(recordings, tmp_path):
+    cfg = config(recordings, tmp_path / "run", max_steps=1)
+    base = load_base(cfg.base, tmp_path, cfg.seed, is_main=False)
+    module = prepare_trainable(base.model, "lora", cfg.lora)
+    trained = {n.removeprefix("base_model.model.") for n, p in module.named_parameters() if p.requires_grad}
+    fully = {n for n in trained if "lora_" not in n}
+    assert {n.split(".")[0] for n in fully} == {"action_encoder", "action_decoder", "position_embedding"}
+    assert {n.split(".")[0] for n in trained - fully} == {"model", "vl_self_attention_model"}
+    assert not any("vision_encoder" in n or "norm1.linear" in n for n in trained)
+
+
+def test_merged_export_predicts_like_the_adapter_model(recordings, tmp_path):
+    run = train(config(recordings, tmp_path / "run", max_steps=3, export_at_end=True, learning_rate=1e-2))
+    exported = load_policy(run.exported, verbose=False)
+    ckpt = torch.load(run.exported, weights_only=True)
+    assert not [k for k in ckpt["model"] if "lora" in k or "base_model" in k]
+    base_ckpt = torch.load(tmp_path / "run" / "base.pt", weights_only=True)
+    assert ckpt["model"].keys() == base_ckpt["model"].keys()
+    cfg = resolve_config(tmp_path / "run" / "config.yaml")
+    base = load_base(cfg.base, tmp_path / "run", cfg.seed, is_main=False)
+    adapter_model = prepare_trainable(base.model, "lora", cfg.lora)
+    load_trainable_state(adapter_model, load_training_state(checkpoint_dirs(tmp_path / "run")[-1]).weights)
+    adapter_model.eval()
+    frames = [np.random.RandomState(i).randint(0, 256, (64, 64, 3), dtype=np.uint8) for i in range(2)]
+    pixels = exported.preprocess(frames)
+    noise = torch.randn(2, 18, 25, generator=torch.Generator().manual_seed(0))
+    merged = exported.model.sample_actions(pixels, noise)
+    with torch.no_grad():
+        unmerged = adapter_model.get_base_model().sample_actions(pixels, noise)
+    assert (merged - unmerged).abs().max() <= 1e-5
+    assert (merged - load_policy(tmp_path / "run" / "base.pt", verbose=False).model.sample_actions(pixels, noise)).abs().max() > 1e-3
+
+
+def test_training_loss_falls_by_half_on_a_learnable_dataset(tmp_path):
+    """Red frames: SOUTH held, left stick right; blue frames: nothing, left stick left."""
+    for e in range(4):
+        red = [(t // 6 + e) % 2 == 0 for t in range(48)]
+        columns = {
+            "image": [{"bytes": png_bytes(Image.new("RGB", (64, 64), (220, 20, 20) if r else (20, 20, 220))),
+                       "path": None} for r in red],
+            "south": red,
+            "j_left": [[0.8, 0.0] if r else [-0.8, 0.0] for r in red],
+            "j_right": [[0.0, 0.0]] * 48,
+        }
+        pq.write_table(pa.table(columns), tmp_path / f"episode_{e}.parquet")
+    run = train(config(tmp_path, tmp_path / "run", max_steps=400, method="full", learning_rate=2e-3, batch_size=16,
+                       warmup_steps=5, checkpoint_every=0, log_every=50,
+                       **{"data.action_shift": 0, "data.prediction_horizon": 1, "val_fraction": 0}))
+    first, last = np.mean(run.losses[:10]), np.mean(run.losses[-10:])
+    assert last <= 0.5 * first, (first, last)
+
+
+def test_a_run_killed_while_checkpointing_keeps_the_previous_checkpoint(recordings, tmp_path, monkeypatch):
+    train(config(recordings, tmp_path / "run", max_steps=2))
+    real_save = checkpoints_module.save_file
+
+    def dies_after_the_first_file(tensors, path, *args, **kwargs):
+        real_save(tensors, path, *args, **kwargs)
+        raise KeyboardInterrupt  # as if killed halfway through the checkpoint
+
+    monkeypatch.setattr(checkpoints_module, "save_file", dies_after_the_first_file)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(recordings, tmp_path / "run", max_steps=4), resume=True)
+    monkeypatch.undo()
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_000002"]
+    assert load_training_state(checkpoint_dirs(tmp_path / "run")[-1]).progress.step == 2
+    assert train(config(recordings, tmp_path / "run", max_steps=4), resume=True).step == 4
+
+
+def test_misspelled_lora_target_is_a_clear_error(recordings, tmp_path, capsys):
+    with pytest.raises(DataError, match="unknown LoRA target 'dit_atention'.*targets are: dit_attention"):
+        config(recordings, tmp_path / "run", **{"lora.targets": ["dit_atention"]})
+    code = main(["train", "--data", str(recordings), "--output", str(tmp_path / "run"),
+                 "--set", "lora.targets=[vl_mixr]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unknown LoRA target 'vl_mixr'" in err[0]
+
+
+def test_config_precedence_defaults_file_flags(recordings, tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text(f"data:\n  dataset_name: {recordings}\nmax_steps: 7\nlora:\n  rank: 4\n")
+    cfg = resolve_config(file, {"lora.rank": 2})
+    assert (cfg.max_steps, cfg.lora.rank, cfg.lora.alpha, cfg.method) == (7, 2, 32.0, "lora")
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, tmp_path):
+    common = ["--data", str(recordings), "--max-steps", "3", "--method", "full", "--set", "dropout=0.0",
+              "--set", "num_workers=0", "--set", "export_at_end=false", "--set", "batch_size=4",
+              "--set", "checkpoint_every=0", "--set", "val_every=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / "one"),
+                    *common], check=True, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+                    "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / "two"), *common],
+                   check=True, env=env, capture_output=True)
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    assert one.keys() == two.keys()
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5
