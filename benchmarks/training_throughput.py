@@ -1,0 +1,215 @@
+"""Training-step throughput, peak memory and MFU at the released size (random weights).
+
+    python benchmarks/training_throughput.py                       # GPU: full and LoRA, batch 32 and 64
+    python benchmarks/training_throughput.py --compile --output train.json
+    python benchmarks/training_throughput.py --official-src /path/to/NitroGen   # official full fine-tune too
+
+One step is what ``nitrogen-finetune train`` does per optimizer step: per-window flow noise,
+bf16 autocast forward of the flow-matching loss, backward, gradient clipping and a fused AdamW
+step, on synthetic 256x256 frames already on the device (the data loader is measured by
+``loader_throughput.py``). The default LoRA setup is ``LoraConfig()``: rank 16 on the DiT
+attention and feed-forward layers and the VL mixer, with the action head trained fully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nitrogen_finetuner.model.presets import build_preset
+from nitrogen_finetuner.training.adapters import base_model, prepare_trainable
+from nitrogen_finetuner.training.batches import window_noise
+from nitrogen_finetuner.training.config import LoraConfig
+from nitrogen_finetuner.training.throughput import flops_per_sample, peak_flops
+
+
+def synthetic_batch(batch: int, size: int, horizon: int, dim: int, device) -> dict:
+    return {
+        "pixels": torch.randn(batch, 3, size, size, device=device),
+        "actions": torch.rand(batch, horizon, dim, device=device),
+        "mask": torch.ones(batch, horizon, dim, dtype=torch.bool, device=device),
+        "episode": np.zeros(batch, np.int64),
+        "frame": np.arange(batch, dtype=np.int64),
+    }
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_gib(device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+def reset_memory(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_model: bool, device) -> dict:
+    torch.manual_seed(0)
+    model, _ = build_preset(preset, device=device)
+    cfg = model.config
+    module = prepare_trainable(model, method, LoraConfig())
+    module.train()
+    if compile_model:
+        module.compile()
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    data = synthetic_batch(batch_size, model.vision_encoder.config.image_size, cfg.action_horizon, cfg.action_dim, device)
+    noise_args = (cfg.action_horizon, cfg.action_dim, cfg.noise_beta_alpha, cfg.noise_beta_beta, cfg.noise_s)
+
+    def step(i: int) -> None:
+        noise, flow_time = window_noise(data, 0, i, *noise_args)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            squared, count = module(data["pixels"], data["actions"], data["mask"], noise.to(device), flow_time.to(device))
+        (squared / count).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for i in range(warmup):
+        step(i)
+    sync(device)
+    reset_memory(device)
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        step(warmup + i)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    samples_per_s = batch_size / seconds
+    peak = peak_flops(device)
+    row = {
+        "method": method + (" (compiled)" if compile_model else ""),
+        "batch": batch_size,
+        "samples_per_s": round(samples_per_s, 1),
+        "ms_per_step": round(seconds * 1000, 1),
+        "peak_gib": peak_memory_gib(device),
+        "trainable": sum(p.numel() for p in params),
+        "mfu": round(samples_per_s * flops_per_sample(base_model(module), cfg.action_horizon, method) / peak, 3)
+        if peak else None,
+    }
+    del module, model, optimizer, params
+    reset_memory(device)
+    return row
+
+
+def bench_official(src: Path, preset: str, batch_size: int, steps: int, warmup: int, device) -> dict:
+    """The official NitroGen forward/backward (full fine-tune) with the same optimizer step."""
+    sys.path.insert(0, str(src))
+    from nitrogen.flow_matching_transformer.nitrogen import NitroGen, NitroGen_Config  # noqa: PLC0415
+    from transformers import SiglipVisionModel  # noqa: PLC0415
+
+    from nitrogen_finetuner.model.presets import preset_config  # noqa: PLC0415
+    from nitrogen_finetuner.model.vision import TOWER_CONFIGS  # noqa: PLC0415
+    from transformers import SiglipVisionConfig  # noqa: PLC0415
+
+    raw = preset_config(preset)
+    tower_dir = Path(tempfile.mkdtemp()) / "siglip-tower"
+    SiglipVisionModel(SiglipVisionConfig(**TOWER_CONFIGS[raw["model_cfg"]["vision_encoder_name"]])).save_pretrained(tower_dir)
+    official = NitroGen(config=NitroGen_Config.model_validate(dict(raw["model_cfg"], vision_encoder_name=str(tower_dir))))
+    official.to(device).train()
+    params = [p for p in official.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    mc, tc = raw["model_cfg"], raw["tokenizer_cfg"]
+    horizon, dim, length = mc["action_horizon"], mc["action_dim"], tc["max_sequence_length"]
+    size = TOWER_CONFIGS[mc["vision_encoder_name"]]["image_size"]
+    data = {
+        "images": torch.randn(batch_size, 1, 3, size, size, device=device),
+        "actions": torch.rand(batch_size, horizon, dim, device=device),
+        "actions_mask": torch.ones(batch_size, horizon, dim, dtype=torch.bool, device=device),
+        "has_real_action": torch.ones(batch_size, dtype=torch.bool, device=device),
+        "embodiment_id": torch.zeros(batch_size, dtype=torch.long, device=device),
+        "vl_token_ids": torch.ones(batch_size, length, dtype=torch.long, device=device),
+        "sa_token_ids": torch.full((batch_size, horizon), 4, dtype=torch.long, device=device),
+        "vl_attn_mask": torch.ones(batch_size, length, dtype=torch.bool, device=device),
+        "dropped_images": torch.zeros(batch_size, 1, dtype=torch.bool, device=device),
+    }
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = official(data)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    reset_memory(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    row = {"method": "official full", "batch": batch_size, "samples_per_s": round(batch_size / seconds, 1),
+           "ms_per_step": round(seconds * 1000, 1),
+           "peak_gib": peak_memory_gib(device),
+           "trainable": sum(p.numel() for p in params), "mfu": None}
+    del official, optimizer, params
+    reset_memory(device)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="released")
+    parser.add_argument("--device", default="cuda", help="cuda; cpu only as a dry run of the script")
+    parser.add_argument("--runs", default="full:32,full:64,lora:16,lora:32,lora:64",
+                        help="method:batch pairs")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time each run with torch.compile")
+    parser.add_argument("--official-src", help="a checkout of github.com/MineDojo/NitroGen (full fine-tune, batch 64)")
+    parser.add_argument("--output")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: this benchmark measures GPU training (the CPU path is exercised by the tests)")
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    rows = []
+    for run in filter(None, args.runs.split(",")):
+        method, batch = run.split(":")
+        for compiled in (False, True) if args.compile else (False,):
+            try:
+                rows.append(bench(args.preset, method, int(batch), args.steps, args.warmup, compiled, device))
+            except Exception as err:  # report (e.g. out of memory) and go on
+                rows.append({"method": method, "batch": int(batch), "error": f"{type(err).__name__}: {str(err)[:200]}"})
+                reset_memory(device)
+            print(json.dumps(rows[-1]), flush=True)
+    if args.official_src:
+        rows.append(bench_official(Path(args.official_src), args.preset, 64, args.steps, args.warmup, device))
+        print(json.dumps(rows[-1]), flush=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"\n{args.preset} NitroGen, random weights, bf16 autocast, {name}")
+    print("| method | batch | samples/s | ms/step | peak GiB | MFU |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['method']} | {r['batch']} | {r['error']} | | | |")
+        else:
+            print(f"| {r['method']} | {r['batch']} | {r['samples_per_s']} | {r['ms_per_step']} | {r['peak_gib']} | {r['mfu']} |")
+    if args.output:
+        Path(args.output).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
