@@ -91,7 +91,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # ------------------------------------------------------------------------------- set up
     # cpu=True on machines without CUDA: it is what makes torchrun / accelerate launch use gloo.
     accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(), dynamo_backend="inductor" if config.compile else "no")
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     # Gradients of the per-embodiment gathers accumulate in parallel; deterministic kernels make
     # the same seed give the same weights bit for bit (and exact resume possible).

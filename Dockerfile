@@ -1,0 +1,15 @@
+# Training image: CUDA PyTorch plus this package. The default command trains with the config in
+# the mounted /config folder; mount your recordings and a folder for the run as well:
+#   docker build -t nitrogen-finetuner .
+#   docker run --gpus all --shm-size 8g -v $PWD/config:/config -v $PWD/recordings:/data \
+#       -v $PWD/runs:/runs nitrogen-finetuner
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --no-cache-dir .
+
+VOLUME ["/config", "/data", "/runs"]
+ENTRYPOINT ["nitrogen-finetune"]
+CMD ["train", "/config/train.yaml"]
