@@ -48,22 +48,12 @@ def _mapping(items: list[str]) -> dict[str, Optional[str]]:
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
-    from .data.config import DataConfig  # noqa: PLC0415 - keep `info` fast
-    from .data.inspect import inspect_dataset
+    from .data.inspect import inspect_dataset  # noqa: PLC0415 - keep `info` fast
     from .data.pipeline import ModelInputs, prepare_data
 
-    try:
-        config = DataConfig(
-            dataset_name=args.dataset, split=args.split, profile=args.profile, mapping=_mapping(args.map),
-            stick_range=args.stick_range, analog_deadzone=args.analog_deadzone,
-            trigger_threshold=args.trigger_threshold, episode_column=args.episode_column,
-            image_column=args.image_column, image_fit=args.image_fit, skip_bad_rows=args.skip_bad_rows,
-        )
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise DataError(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     model = ModelInputs.of_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle)
-    _, text = inspect_dataset(prepare_data(config, model), Path(args.output), check_all_images=not args.no_image_check)
+    data = prepare_data(_data_config(args, args.dataset), model)
+    _, text = inspect_dataset(data, Path(args.output), check_all_images=not args.no_image_check)
     print(text)
     return 0
 
@@ -106,6 +96,61 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_config(args: argparse.Namespace, dataset: str):
+    from .data.config import DataConfig  # noqa: PLC0415
+
+    try:
+        return DataConfig(
+            dataset_name=dataset, split=args.split, profile=args.profile, mapping=_mapping(args.map),
+            stick_range=args.stick_range, analog_deadzone=args.analog_deadzone,
+            trigger_threshold=args.trigger_threshold, episode_column=args.episode_column,
+            image_column=args.image_column, image_fit=args.image_fit, skip_bad_rows=args.skip_bad_rows,
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise DataError(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.report import run_eval  # noqa: PLC0415
+
+    _, text = run_eval(
+        args.checkpoint, _data_config(args, args.data), Path(args.output), episodes=args.episodes,
+        val_fraction=args.val_fraction, seed=args.seed, button_order=args.button_order,
+        check_button_order=args.check_button_order, limit=args.max_chunks, device=args.device,
+    )
+    print(text)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .evaluation.predict import predict_files  # noqa: PLC0415
+
+    policy = load_policy(args.checkpoint, device=args.device, button_order=args.button_order, verbose=False)
+    overlay = Path(args.overlay) if args.overlay else None
+    if args.output == "-":
+        predict_files(policy, args.inputs, sys.stdout, args.seed, overlay)
+        return 0
+    with open(args.output, "w") as sink:
+        lines = predict_files(policy, args.inputs, sink, args.seed, overlay)
+    print(f"wrote {lines} line(s) to {args.output}" + (f" and {overlay}" if overlay else ""))
+    return 0
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="auto", help="console profile (default: detect from the columns)")
+    parser.add_argument("--map", action="append", default=[], metavar="COLUMN=SLOT",
+                        help="map a column to an action slot (repeatable; COLUMN= ignores it)")
+    parser.add_argument("--stick-range", default="auto", help="auto, float_pm1, float_01, int8, uint8, int16")
+    parser.add_argument("--analog-deadzone", type=float, default=0.05)
+    parser.add_argument("--trigger-threshold", type=float, default=0.5)
+    parser.add_argument("--episode-column")
+    parser.add_argument("--image-column")
+    parser.add_argument("--image-fit", default="pad", choices=("pad", "crop", "stretch"))
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--skip-bad-rows", action="store_true", help="count bad rows instead of stopping at the first")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nitrogen-finetune", description="Fine-tune NVIDIA's NitroGen gaming model.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -142,24 +187,40 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the file to this hub model repo")
     export.set_defaults(func=cmd_export)
 
+    evaluate = sub.add_parser("eval", help="open-loop metrics of checkpoints on recorded episodes")
+    evaluate.add_argument("--checkpoint", action="append", required=True, help="repeat to compare checkpoints")
+    evaluate.add_argument("--data", required=True, help="dataset path or hub id")
+    evaluate.add_argument("--output", default="eval", help="folder for report.json and the figures")
+    evaluate.add_argument("--episodes", choices=("all", "val"), default="all",
+                          help="all episodes, or the held-out ones of training's split (--val-fraction, --seed)")
+    evaluate.add_argument("--val-fraction", type=float, default=0.1)
+    evaluate.add_argument("--seed", type=int, default=0, help="noise seed (and split seed)")
+    evaluate.add_argument("--max-chunks", type=int, help="evaluate at most this many chunks")
+    evaluate.add_argument("--check-button-order", action="store_true",
+                          help="correlate every predicted slot with every labelled button")
+    evaluate.add_argument("--button-order", help="use another named button order")
+    evaluate.add_argument("--device", default="cpu")
+    _add_data_options(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = sub.add_parser("predict", help="actions for frames or videos as JSONL")
+    predict.add_argument("inputs", nargs="+", help="image files (.png, .jpg) or videos (.mp4, ...)")
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--output", default="-", help="JSONL file (default: standard output)")
+    predict.add_argument("--overlay", help="for a video: write an MP4 with the actions drawn on it")
+    predict.add_argument("--seed", type=int, default=0)
+    predict.add_argument("--button-order")
+    predict.add_argument("--device", default="cpu")
+    predict.set_defaults(func=cmd_predict)
+
     data = sub.add_parser("data", help="look at a dataset before training on it")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     inspect = data_sub.add_parser("inspect", help="episodes, profile, press rates, stick stats, windows, contact sheet")
     inspect.add_argument("dataset", help="parquet file or folder, save_to_disk folder, frames folder, or hub id")
-    inspect.add_argument("--profile", default="auto", help="console profile (default: detect from the columns)")
     inspect.add_argument("--checkpoint", help="take layout, horizon and frame size from this checkpoint "
                          "(default: the released NitroGen's)")
     inspect.add_argument("--output", default="data_inspect", help="folder for report.json and contact_sheet.png")
-    inspect.add_argument("--map", action="append", default=[], metavar="COLUMN=SLOT",
-                         help="map a column to an action slot (repeatable; COLUMN= ignores it)")
-    inspect.add_argument("--stick-range", default="auto", help="auto, float_pm1, float_01, int8, uint8, int16")
-    inspect.add_argument("--analog-deadzone", type=float, default=0.05)
-    inspect.add_argument("--trigger-threshold", type=float, default=0.5)
-    inspect.add_argument("--episode-column")
-    inspect.add_argument("--image-column")
-    inspect.add_argument("--image-fit", default="pad", choices=("pad", "crop", "stretch"))
-    inspect.add_argument("--split", default="train")
-    inspect.add_argument("--skip-bad-rows", action="store_true", help="count bad rows instead of stopping at the first")
+    _add_data_options(inspect)
     inspect.add_argument("--no-image-check", action="store_true", help="do not decode every frame")
     inspect.add_argument("--trust-pickle", action="store_true")
     inspect.set_defaults(func=cmd_data_inspect)

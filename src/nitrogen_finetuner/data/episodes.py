@@ -111,3 +111,12 @@ def build_index(
         bindings.append(binding)
         unused.append([c for c in action_columns if c not in binding.columns])
     return DatasetIndex(sources, episodes, image_columns, bindings, unused, bad_total)
+
+
+def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold out whole episodes (never windows) for validation."""
+    if num_episodes < 2 or val_fraction <= 0:
+        return list(range(num_episodes)), []
+    n_val = max(1, round(num_episodes * val_fraction))
+    order = np.random.default_rng([seed, 7]).permutation(num_episodes)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())

@@ -70,6 +70,7 @@ class TrainConfig(_Section):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of episodes held out")
     val_every: int = Field(100, ge=0)
     val_batches: Optional[int] = Field(None, ge=1)
+    val_chunks: int = Field(32, ge=0, description="chunks sampled per validation for button F1 and stick MAE")
     checkpoint_every: int = Field(100, ge=0)
     keep_last: int = Field(3, ge=1)
     log_every: int = Field(10, ge=1)

@@ -27,7 +27,10 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..data.errors import DataError
+from ..data.episodes import split_episodes
 from ..data.pipeline import prepare_data
+from ..evaluation.open_loop import predict_chunks, score_chunks
+from ..policy import NitroGenPolicy
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
 from .base import load_base, set_dropout
 from .batches import micro_batches, one_pass, window_noise
@@ -43,15 +46,6 @@ class TrainResult:
     losses: list[float]  # training loss of every step of this session
     val_loss: Optional[float]
     exported: Optional[Path]
-
-
-def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Hold out whole episodes (never windows) for validation."""
-    if num_episodes < 2 or val_fraction <= 0:
-        return list(range(num_episodes)), []
-    n_val = max(1, round(num_episodes * val_fraction))
-    order = np.random.default_rng([seed, 7]).permutation(num_episodes)
-    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
 def lr_schedule(config: TrainConfig):
@@ -185,6 +179,22 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         totals = accelerator.reduce(totals, "sum")
         return float(totals[0] / totals[1].clamp(min=1))
 
+    def sampled_metrics() -> dict[str, float]:
+        """Button F1 and stick MAE of chunks sampled as a player would (main process only)."""
+        if not (accelerator.is_main_process and val_episodes and config.val_chunks) or data.spec.horizon != model_cfg.action_horizon:
+            return {}
+        model = base_model(unwrapped)
+        policy = NitroGenPolicy(model, base.config, base.raw_config, base.preprocessor, base.layout)
+        model.eval()
+        with accelerator.autocast():
+            chunks = predict_chunks(policy, data, val_episodes, seed=config.seed, limit=config.val_chunks)
+        model.train()
+        if not len(chunks.episodes):
+            return {}
+        scores = score_chunks(chunks, policy)
+        found = {"val/button_f1": scores["buttons"]["macro_f1"], "val/stick_mae": scores["sticks"]["mean_mae"]}
+        return {k: v for k, v in found.items() if v is not None}
+
     # ------------------------------------------------------------------------- the update step
     module.train()
     losses, val_loss = [], None
@@ -230,7 +240,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         if config.val_every and progress.step % config.val_every == 0:
             val_loss = validate()
             if val_loss is not None:
-                logger.scalars(progress.step, {"val/loss": val_loss})
+                logger.scalars(progress.step, {"val/loss": val_loss, **sampled_metrics()})
         if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
             save(writer, progress, unwrapped, optimizer, scheduler, ema, config)
     bar.close()

@@ -1,0 +1,132 @@
+"""``nitrogen-finetune predict``: actions for frames and videos, as JSONL (and an overlay MP4).
+
+Images give one line each. Videos are queried once per chunk, as the official player does (every
+``horizon`` frames); each line holds the frame number, its time and the chunk of actions, buttons
+by name. Start noise is seeded per (seed, file, frame), so reruns give the same output.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Iterator, Optional, TextIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from ..data.errors import DataError
+from ..data.images import ImageDecodeError, decode_image
+from ..policy import NitroGenPolicy
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
+
+
+def chunk_records(policy: NitroGenPolicy, out: dict) -> list[dict]:
+    """One dict per step: pressed buttons by name and both sticks."""
+    names = policy.layout.buttons
+    return [
+        {
+            "buttons": [names[i] for i in np.flatnonzero(out["buttons"][h] > 0.5)],
+            "j_left": [round(float(v), 4) for v in out["j_left"][h]],
+            "j_right": [round(float(v), 4) for v in out["j_right"][h]],
+        }
+        for h in range(len(out["buttons"]))
+    ]
+
+
+def _noise(policy: NitroGenPolicy, seed: int, source: str, frame: int) -> torch.Tensor:
+    rng = np.random.default_rng([seed, zlib.crc32(source.encode()), frame])
+    return torch.from_numpy(rng.standard_normal((policy.horizon, policy.action_dim)).astype(np.float32))
+
+
+def _video_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
+    try:
+        import av  # noqa: PLC0415 - optional: pip install ".[video]"
+    except ImportError:
+        raise DataError("reading videos needs PyAV", file=str(path), hint='pip install "nitrogen-finetuner[video]"') from None
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            for i, frame in enumerate(container.decode(stream)):
+                yield i, float(frame.time or 0.0), frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as err:
+        raise DataError(f"cannot read the video ({err})", file=str(path)) from None
+
+
+def draw_overlay(frame: np.ndarray, step: dict) -> np.ndarray:
+    """The frame with both sticks and the pressed buttons drawn in its top-left corner."""
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    size = max(24, min(image.size) // 8)
+    for k, key in enumerate(("j_left", "j_right")):
+        cx, cy = 8 + size // 2 + k * (size + 8), 8 + size // 2
+        draw.ellipse([cx - size // 2, cy - size // 2, cx + size // 2, cy + size // 2], outline="white", width=2)
+        x, y = step[key]
+        dx, dy = cx + x * size / 2, cy + y * size / 2
+        draw.ellipse([dx - 4, dy - 4, dx + 4, dy + 4], fill="yellow")
+    draw.text((8, 16 + size), " ".join(step["buttons"]) or "-", fill="yellow")
+    return np.asarray(image)
+
+
+def predict_files(policy: NitroGenPolicy, paths: list[str], sink: TextIO, seed: int = 0,
+                  overlay: Optional[Path] = None) -> int:
+    """Write one JSON line per image or per video chunk; returns the number of lines."""
+    lines = 0
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise DataError("no such file", file=name)
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            lines += _predict_video(policy, path, sink, seed, overlay)
+            continue
+        try:
+            frame = np.asarray(decode_image(str(path)))
+        except ImageDecodeError as err:
+            raise DataError(str(err), file=name, hint="give image or video files") from None
+        out = policy.predict(frame, noise=_noise(policy, seed, name, 0))
+        sink.write(json.dumps({"source": name, "frame": 0, "actions": chunk_records(policy, out)}) + "\n")
+        lines += 1
+    return lines
+
+
+def _predict_video(policy: NitroGenPolicy, path: Path, sink: TextIO, seed: int, overlay: Optional[Path]) -> int:
+    writer, lines, steps = None, 0, []
+    try:
+        for i, time_s, frame in _video_frames(path):
+            if i % policy.horizon == 0:
+                out = policy.predict(frame, noise=_noise(policy, seed, str(path), i))
+                steps = chunk_records(policy, out)
+                sink.write(json.dumps({"source": str(path), "frame": i, "time_s": round(time_s, 4),
+                                       "actions": steps}) + "\n")
+                lines += 1
+            if overlay is not None:
+                if writer is None:
+                    writer = _VideoWriter(overlay, frame.shape)
+                writer.write(draw_overlay(frame, steps[i % policy.horizon]))
+    finally:
+        if writer is not None:
+            writer.close()
+    return lines
+
+
+class _VideoWriter:
+    def __init__(self, path: Path, shape: tuple[int, ...], fps: int = 60):
+        import av  # noqa: PLC0415
+
+        self.container = av.open(str(path), mode="w")
+        self.stream = self.container.add_stream("libx264", rate=fps)
+        self.stream.height, self.stream.width = shape[0] - shape[0] % 2, shape[1] - shape[1] % 2
+        self.stream.pix_fmt = "yuv420p"
+        self.av = av
+
+    def write(self, frame: np.ndarray) -> None:
+        frame = frame[: self.stream.height, : self.stream.width]
+        for packet in self.stream.encode(self.av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()

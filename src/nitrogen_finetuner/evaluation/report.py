@@ -1,0 +1,130 @@
+"""``nitrogen-finetune eval``: several checkpoints, one dataset, one report.
+
+Writes ``report.json`` (every number), ``f1.png``, ``horizon.png``, ``traces_<checkpoint>.png``
+and, with the button-order check, ``button_order_<checkpoint>.png``; returns a short table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..data.config import DataConfig
+from ..data.episodes import split_episodes
+from ..data.errors import DataError
+from ..data.pipeline import ModelInputs, prepare_data
+from ..policy import load_policy
+from . import plots
+from .metrics import slot_agreement
+from .open_loop import Chunks, predict_chunks, score_chunks
+
+
+def button_order_check(chunks: Chunks, policy) -> dict:
+    """Agreement of every predicted button slot with every labelled button on the same rows."""
+    layout = policy.layout
+    mask = chunks.mask[..., layout.button_slice].reshape(-1, layout.n_buttons)
+    labelled = [i for i in range(layout.n_buttons) if mask[:, i].any()]
+    rows = mask[:, labelled].all(axis=1)
+    scores = chunks.predicted[..., layout.button_slice].reshape(-1, layout.n_buttons)[rows]
+    labels = chunks.true[..., layout.button_slice].reshape(-1, layout.n_buttons)[rows][:, labelled]
+    agreement = slot_agreement(scores, labels)
+    names = [layout.buttons[i] for i in labelled]
+    best = {}
+    for j, name in enumerate(names):
+        column = agreement["correlation"][:, j]
+        if np.all(np.isnan(column)):
+            continue
+        slot = int(np.nanargmax(column))
+        best[name] = {"best_slot": layout.buttons[slot], "correlation": float(column[slot]),
+                      "own_slot_correlation": float(agreement["correlation"][layout.buttons.index(name), j]),
+                      "matches_assumed_order": layout.buttons[slot] == name}
+    return {
+        "button_order": layout.button_order,
+        "labelled_buttons": names,
+        "correlation": np.where(np.isnan(agreement["correlation"]), None, agreement["correlation"]).tolist(),
+        "best_threshold_f1": np.where(np.isnan(agreement["best_f1"]), None, agreement["best_f1"]).tolist(),
+        "best_slot_per_label": best,
+    }
+
+
+def _label(path: str, taken: set[str]) -> str:
+    stem = Path(path).stem
+    label, n = stem, 2
+    while label in taken:
+        label, n = f"{stem}_{n}", n + 1
+    return label
+
+
+def run_eval(
+    checkpoints: Sequence[str],
+    data_config: DataConfig,
+    output: Path,
+    episodes: str = "all",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    button_order: Optional[str] = None,
+    check_button_order: bool = False,
+    limit: Optional[int] = None,
+    device: str = "cpu",
+) -> tuple[dict, str]:
+    output.mkdir(parents=True, exist_ok=True)
+    reports, orders, chosen = {}, {}, None
+    for path in checkpoints:
+        policy = load_policy(path, device=device, button_order=button_order, verbose=False)
+        data = prepare_data(data_config, ModelInputs.of_policy(policy))
+        every = list(range(len(data.index.episodes)))
+        chosen = every if episodes == "all" else split_episodes(len(every), val_fraction, seed)[1]
+        if not chosen:
+            raise DataError("no held-out episodes: the dataset has fewer than two", file=data_config.dataset_name,
+                            hint="evaluate with --episodes all")
+        chunks = predict_chunks(policy, data, chosen, seed=seed, limit=limit)
+        if not len(chunks.episodes):
+            raise DataError("no frame of the chosen episodes has an action chunk to compare with",
+                            file=data_config.dataset_name)
+        label = _label(path, set(reports))
+        reports[label] = score_chunks(chunks, policy)
+        plots.traces(chunks, policy, output / f"traces_{label}.png", label)
+        if check_button_order:
+            orders[label] = button_order_check(chunks, policy)
+            plots.agreement_heatmap(np.array(orders[label]["correlation"], dtype=float), list(policy.layout.buttons),
+                                    orders[label]["labelled_buttons"], output / f"button_order_{label}.png",
+                                    f"{label}: correlation, {policy.layout.button_order} order")
+    plots.f1_bars(reports, output / "f1.png")
+    plots.horizon_errors(reports, output / "horizon.png")
+    report = {"data": data_config.dataset_name, "episodes": chosen, "seed": seed, "checkpoints": reports}
+    if orders:
+        report["button_order_check"] = orders
+    (output / "report.json").write_text(json.dumps(report, indent=2))
+    return report, format_table(report, output)
+
+
+def _fmt(value, pattern="{:.3f}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def format_table(report: dict, output: Path) -> str:
+    labels = list(report["checkpoints"])
+    width = max(12, *(len(label) for label in labels))
+    rows = [("chunks", lambda r: str(r["chunks"])),
+            ("button F1 (macro)", lambda r: _fmt(r["buttons"]["macro_f1"])),
+            ("stick MAE", lambda r: _fmt(r["sticks"]["mean_mae"])),
+            ("boundary flips", lambda r: _fmt(r["consistency"]["predicted"]["boundary_button_flip_rate"])),
+            ("  (recorded)", lambda r: _fmt(r["consistency"]["true"]["boundary_button_flip_rate"]))]
+    lines = [f"{'':<20}" + "".join(f"{label:>{width + 2}}" for label in labels)]
+    for name, get in rows:
+        lines.append(f"{name:<20}" + "".join(f"{get(report['checkpoints'][label]):>{width + 2}}" for label in labels))
+    buttons = sorted({b for r in report["checkpoints"].values() for b in r["buttons"]["per_button"]})
+    for b in buttons:
+        lines.append(f"  F1 {b:<15}" + "".join(
+            f"{_fmt(report['checkpoints'][label]['buttons']['per_button'].get(b, {}).get('f1')):>{width + 2}}"
+            for label in labels))
+    for label, check in report.get("button_order_check", {}).items():
+        wrong = {k: v["best_slot"] for k, v in check["best_slot_per_label"].items() if not v["matches_assumed_order"]}
+        lines.append(f"button order ({label}, {check['button_order']}): "
+                     + ("every labelled button agrees best with its own slot" if not wrong
+                        else "agrees best elsewhere: " + ", ".join(f"{k}->{v}" for k, v in wrong.items())))
+    lines.append(f"written      {output / 'report.json'}, f1.png, horizon.png, traces_*.png")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""Evaluation: metrics on hand-built cases with known answers, then the eval and predict commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nitrogen_finetuner.cli import main
+from nitrogen_finetuner.evaluation.metrics import (
+    button_metrics,
+    button_scores,
+    chunk_consistency,
+    error_by_horizon_step,
+    slot_agreement,
+    stick_metrics,
+)
+from recordings import write_nitrogen_parquet
+
+# Two chunks of 4 steps, one button: pressed on steps 1 and 2 of each chunk.
+TRUE = np.array([[0, 1, 1, 0], [0, 1, 1, 0]], float)[..., None]
+ALL = np.ones_like(TRUE, bool)
+
+
+def test_perfect_predictor():
+    scores = button_scores(TRUE[..., 0], TRUE[..., 0], ALL[..., 0])
+    assert (scores["precision"], scores["recall"], scores["f1"]) == (1.0, 1.0, 1.0)
+    assert scores["press_rate_predicted"] == scores["press_rate_true"] == 0.5 and scores["support"] == 4
+    sticks = stick_metrics(TRUE * 0.5, TRUE * 0.5, ALL, ["LEFT_X"])["per_axis"]["LEFT_X"]
+    assert sticks == {"mae": 0.0, "r2": 1.0}
+
+
+def test_always_off_predictor():
+    scores = button_scores(np.zeros(8), TRUE.ravel(), np.ones(8, bool))
+    assert scores["precision"] is None  # nothing predicted: undefined, not 0 or 1
+    assert scores["recall"] == 0.0 and scores["f1"] == 0.0 and scores["press_rate_predicted"] == 0.0
+    # a button never pressed and never predicted has no F1 and stays out of the macro average
+    both = np.concatenate([TRUE, np.zeros_like(TRUE)], axis=-1)
+    result = button_metrics(both, both, np.ones_like(both, bool), ["SOUTH", "EAST"])
+    assert result["per_button"]["EAST"]["f1"] is None and result["macro_f1"] == 1.0
+
+
+def test_predictor_shifted_by_one_step():
+    shifted = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], float)  # presses on steps 2 and 3
+    scores = button_scores(shifted, TRUE[..., 0], ALL[..., 0])
+    # tp: step 2 of each chunk (2); fp: step 3 (2); fn: step 1 (2)
+    assert (scores["precision"], scores["recall"], scores["f1"]) == (0.5, 0.5, 0.5)
+    by_step = error_by_horizon_step(shifted[..., None], TRUE, ALL, TRUE * 0, TRUE * 0, ALL)
+    assert by_step["button_error_rate"] == [0.0, 1.0, 0.0, 1.0]
+    assert by_step["stick_mae"] == [0.0, 0.0, 0.0, 0.0]
+    sticks = stick_metrics(shifted[..., None], TRUE, ALL, ["LEFT_X"])["per_axis"]["LEFT_X"]
+    assert sticks["mae"] == 0.5 and sticks["r2"] == pytest.approx(1 - 4 / 2)
+
+
+def test_masked_values_do_not_count():
+    mask = ALL.copy()
+    mask[:, 1] = False  # hide step 1, where the shifted predictor misses
+    shifted = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], float)[..., None]
+    scores = button_scores(shifted[..., 0], TRUE[..., 0], mask[..., 0])
+    assert scores["recall"] == 1.0 and scores["precision"] == 0.5
+
+
+def test_chunk_consistency_counts_boundaries_within_each_episode_only():
+    buttons = np.array([[0, 0, 1], [1, 0, 0], [1, 1, 1]], float)[..., None]
+    sticks = np.zeros_like(buttons)
+    mask = np.ones_like(buttons, bool)
+    same = chunk_consistency(buttons, sticks, mask, mask, episodes=np.array([0, 0, 0]))
+    assert same["boundary_button_flip_rate"] == 0.5  # 1 -> 1 holds, 0 -> 1 flips
+    split = chunk_consistency(buttons, sticks, mask, mask, episodes=np.array([0, 0, 1]))
+    assert split["boundary_button_flip_rate"] == 0.0  # only the first boundary is inside an episode
+    assert same["within_button_flip_rate"] == pytest.approx(2 / 6)
+    assert same["boundary_stick_change"] == 0.0
+
+
+def test_slot_agreement_finds_swapped_slots():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 3)) > 0.6).astype(float)
+    scores = labels[:, [1, 0, 2]] * 0.8 + 0.1 * rng.random((200, 3))  # slots 0 and 1 swapped
+    agreement = slot_agreement(scores, labels)
+    assert np.argmax(agreement["correlation"][:, 0]) == 1 and np.argmax(agreement["correlation"][:, 1]) == 0
+    assert np.argmax(agreement["correlation"][:, 2]) == 2
+    assert agreement["best_f1"][2, 2] == 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    assert main(["init", str(path), "--preset", "tiny"]) == 0
+    return path
+
+
+def test_eval_command_writes_report_and_figures(tiny_checkpoint, tmp_path, capsys):
+    for i in range(2):
+        write_nitrogen_parquet(tmp_path / "data" / f"e{i}.parquet", n=40, start=10 * i)
+    out = tmp_path / "eval"
+    argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint),
+            "--data", str(tmp_path / "data"), "--output", str(out), "--check-button-order"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "button F1 (macro)" in printed and "tiny_2" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["checkpoints"]) == {"tiny", "tiny_2"}
+    first = report["checkpoints"]["tiny"]
+    assert first["chunks"] == 6  # frames 0, 18 and 36 of each 40-frame episode
+    assert {"per_button", "macro_f1"} <= set(first["buttons"]) and "SOUTH" in first["buttons"]["per_button"]
+    assert set(first["sticks"]["per_axis"]) == {"LEFT_X", "LEFT_Y", "RIGHT_X", "RIGHT_Y"}
+    assert len(first["by_horizon_step"]["button_error_rate"]) == 18
+    assert set(first["consistency"]) == {"predicted", "true"}
+    assert first == report["checkpoints"]["tiny_2"]  # fixed noise: the same checkpoint scores the same
+    check = report["button_order_check"]["tiny"]
+    assert len(check["correlation"]) == 21 and "SOUTH" in check["labelled_buttons"]
+    for name in ("f1.png", "horizon.png", "traces_tiny.png", "traces_tiny_2.png", "button_order_tiny.png"):
+        with Image.open(out / name) as image:
+            image.verify()
+            assert image.format == "PNG"
+    assert main(argv) == 0
+    assert json.loads((out / "report.json").read_text()) == report  # a rerun gives the same numbers
+
+
+def test_predict_command_on_frames_and_a_video(tiny_checkpoint, tmp_path, capsys):
+    av = pytest.importorskip("av")
+    Image.new("RGB", (80, 60), (200, 10, 10)).save(tmp_path / "frame.png")
+    video = tmp_path / "clip.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(40):
+            frame = np.full((48, 64, 3), i * 5, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "actions.jsonl"
+    argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "frame.png"), str(video),
+            "--output", str(out), "--overlay", str(tmp_path / "overlay.mp4")]
+    assert main(argv) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(line["source"].endswith(".png"), line["frame"]) for line in lines] == [(True, 0), (False, 0), (False, 18),
+                                                                                   (False, 36)]
+    step = lines[0]["actions"][0]
+    assert len(lines[0]["actions"]) == 18 and set(step) == {"buttons", "j_left", "j_right"}
+    assert all(b in {"BACK", "SOUTH", "START", "WEST"} or b.isupper() for b in step["buttons"])
+    with av.open(str(tmp_path / "overlay.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 40
+    first_run = out.read_text()
+    assert main(argv) == 0 and out.read_text() == first_run
