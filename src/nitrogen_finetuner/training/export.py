@@ -44,15 +44,19 @@ def export_run(
     model = module.merge_and_unload() if isinstance(module, PeftModel) else module
 
     raw = copy.deepcopy(base.raw_config)
-    horizon = config.data.prediction_horizon
+    # The data alignment the model was fine-tuned with is the one it must be played with.
+    horizon, shift = config.data.prediction_horizon, config.data.action_shift
     if horizon and horizon != base.config.model_cfg.action_horizon:
         raw["model_cfg"]["action_horizon"] = horizon
         raw["tokenizer_cfg"]["action_horizon"] = horizon
+    if shift is not None and shift >= 1:  # the official config requires >= 1; 0 is kept in `extra`
+        raw["modality_cfg"]["action_shift"] = shift
     extra = {
         "version": __version__,
         "action_layout": base.layout.to_dict(),
         "fine_tuned_from": base.source,
         "method": config.method,
         "weights": "ema" if weights is state.ema else "final",
+        "data_action_shift": shift if shift is not None else base.config.modality_cfg.action_shift,
     }
     return save_checkpoint(out, model.eval(), raw, extra, step=state.progress.step, epoch=state.progress.epoch)
