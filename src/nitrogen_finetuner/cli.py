@@ -71,12 +71,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         config_file = config_file or str(Path(args.resume) / "config.yaml")
         overrides["output"] = args.resume
-    result = train(resolve_config(config_file, overrides), resume=bool(args.resume))
+    demo = config_file is None and "data.dataset_name" not in overrides
+    if demo:  # no config and no data: the built-in games, end to end
+        from .games.demo import DEMO_SETTINGS  # noqa: PLC0415
+        from .games.recorder import demo_dataset
+
+        print("no --data given: recording the built-in games (cached) and fine-tuning the tiny preset on them")
+        overrides = {**DEMO_SETTINGS, "data.dataset_name": str(demo_dataset()), **overrides}
+    config = resolve_config(config_file, overrides)
+    result = train(config, resume=bool(args.resume))
     if int(os.environ.get("RANK", "0")) != 0:  # one report per run, not per process
+        return 0
+    if demo and result.exported:
+        from .games.demo import evaluate_demo  # noqa: PLC0415
+
+        _, text = evaluate_demo(result.run_dir, Path(config.data.dataset_name), config.seed, config.val_fraction)
+        print(text)
         return 0
     print(f"run folder  {result.run_dir}  (config.yaml, metrics.jsonl, tensorboard/, checkpoints/)")
     if result.exported:
         print(f"exported    {result.exported}  (official format: load_policy or the official player)")
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from .games import GAMES  # noqa: PLC0415
+    from .games.rollout import policy_player, rollout
+
+    if args.game not in GAMES:
+        raise DataError(f"unknown game '{args.game}'", hint=f"games: {', '.join(GAMES)}")
+    policy = load_policy(args.checkpoint, device=args.device, verbose=False)
+    gif = Path(args.output) / f"rollout_{args.game}.gif"
+    result = rollout(args.game, lambda seed: policy_player(policy, seed),
+                     range(args.seed, args.seed + args.episodes), gif=gif)
+    print(f"{args.game}: success {result.success_rate:.0%} over {result.episodes} episodes, "
+          f"mean return {result.mean_return:.1f}; first episode: {gif}")
     return 0
 
 
@@ -166,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     init.set_defaults(func=cmd_init)
 
-    train = sub.add_parser("train", help="fine-tune (LoRA or full) and export an official-format checkpoint")
+    train = sub.add_parser("train", help="fine-tune (LoRA or full) and export an official-format checkpoint; "
+                           "with no config and no --data: the built-in demo games")
     train.add_argument("config", nargs="?", help="a YAML config (defaults < file < flags)")
     train.add_argument("--base", help="official-format checkpoint, or a preset (tiny, released) with random weights")
     train.add_argument("--data", help="dataset path or hub id (data.dataset_name)")
@@ -212,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--button-order")
     predict.add_argument("--device", default="cpu")
     predict.set_defaults(func=cmd_predict)
+
+    play = sub.add_parser("rollout", help="play a built-in game with a checkpoint (closed loop)")
+    play.add_argument("--checkpoint", required=True)
+    play.add_argument("--game", required=True, help="runner or collector")
+    play.add_argument("--episodes", type=int, default=10)
+    play.add_argument("--seed", type=int, default=10_000, help="first game seed (recordings use 0, 1, ...)")
+    play.add_argument("--output", default=".", help="folder for the GIF of the first episode")
+    play.add_argument("--device", default="cpu")
+    play.set_defaults(func=cmd_rollout)
 
     data = sub.add_parser("data", help="look at a dataset before training on it")
     data_sub = data.add_subparsers(dest="data_command", required=True)

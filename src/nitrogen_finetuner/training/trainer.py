@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,8 +199,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # ------------------------------------------------------------------------- the update step
     module.train()
     losses, val_loss = [], None
+    interactive = sys.stderr.isatty()  # in logs and CI, a line every 30 s instead of every step
     bar = tqdm(total=config.max_steps, initial=progress.step, disable=not accelerator.is_main_process,
-               dynamic_ncols=True, desc="train")
+               dynamic_ncols=True, desc="train", mininterval=0.1 if interactive else 30)
     while progress.step < config.max_steps:
         started = time.perf_counter()
         step_batches = []
@@ -230,8 +232,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         losses.append(loss)
         seconds = time.perf_counter() - started
         samples_per_s = config.batch_size / seconds
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{samples_per_s:.1f}",
+                        refresh=False)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{samples_per_s:.1f}")
         if progress.step % config.log_every == 0 or progress.step == config.max_steps:
             mfu = samples_per_s * sample_flops / (peak * world) if peak else None
             logger.scalars(progress.step, {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],

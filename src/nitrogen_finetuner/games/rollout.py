@@ -1,0 +1,95 @@
+"""Closed-loop evaluation: a policy plays a built-in game, querying once per action chunk.
+
+As the official player does, the policy sees a frame, predicts a chunk, and the chunk's actions
+are played one per step before the next query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..policy import NitroGenPolicy
+from . import GAMES
+from .base import GamepadAction
+
+Player = Callable[[np.ndarray, int], GamepadAction]  # (frame, step) -> action
+
+
+def policy_player(policy: NitroGenPolicy, seed: int) -> Player:
+    """Queries the policy every ``horizon`` steps, with noise seeded per (seed, step)."""
+    chunk: list[GamepadAction] = []
+
+    def play(frame: np.ndarray, step: int) -> GamepadAction:
+        if step % policy.horizon == 0:
+            noise = torch.from_numpy(np.random.default_rng([seed, step]).standard_normal(
+                (policy.horizon, policy.action_dim)).astype(np.float32))
+            out = policy.predict(frame, noise=noise)
+            chunk[:] = [
+                GamepadAction(
+                    buttons=frozenset(policy.layout.buttons[i] for i in np.flatnonzero(out["buttons"][h] > 0.5)),
+                    j_left=tuple(float(v) for v in out["j_left"][h]),
+                    j_right=tuple(float(v) for v in out["j_right"][h]),
+                )
+                for h in range(policy.horizon)
+            ]
+        return chunk[step % policy.horizon]
+
+    return play
+
+
+def random_player(seed: int, buttons: Sequence[str], press_rate: float = 0.1) -> Player:
+    """Presses each button with ``press_rate`` and moves both sticks uniformly at random."""
+    rng = np.random.default_rng(seed)
+
+    def play(frame: np.ndarray, step: int) -> GamepadAction:
+        pressed = frozenset(b for b in buttons if rng.random() < press_rate)
+        return GamepadAction(pressed, tuple(rng.uniform(-1, 1, 2)), tuple(rng.uniform(-1, 1, 2)))
+
+    return play
+
+
+@dataclass
+class RolloutResult:
+    game: str
+    episodes: int
+    success_rate: float
+    mean_return: float
+    returns: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"game": self.game, "episodes": self.episodes, "success_rate": self.success_rate,
+                "mean_return": self.mean_return, "returns": self.returns}
+
+
+def rollout(game_name: str, make_player: Callable[[int], Player], seeds: Sequence[int],
+            gif: Optional[Path] = None) -> RolloutResult:
+    """Play one episode per seed; optionally save the first as an animated GIF."""
+    successes, returns = [], []
+    for k, seed in enumerate(seeds):
+        game = GAMES[game_name]()
+        frame, info = game.reset(seed=seed)
+        player, total, frames, done = make_player(seed), 0.0, [frame], False
+        while not done:
+            frame, reward, terminated, truncated, info = game.step(player(frame, game.steps))
+            total += reward
+            done = terminated or truncated
+            if gif is not None and k == 0:
+                frames.append(frame)
+        successes.append(bool(info["success"]))
+        returns.append(total)
+        if gif is not None and k == 0:
+            save_gif(frames, gif)
+    return RolloutResult(game_name, len(seeds), float(np.mean(successes)), float(np.mean(returns)), returns)
+
+
+def save_gif(frames: list[np.ndarray], path: Path, scale: int = 4) -> Path:
+    images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=33, loop=0)
+    return path

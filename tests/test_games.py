@@ -1,0 +1,86 @@
+"""The built-in games, their experts and recorder, closed-loop rollouts, and the no-argument demo."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from nitrogen_finetuner.actions.layout import ActionLayout
+from nitrogen_finetuner.cli import main
+from nitrogen_finetuner.data.config import DataConfig
+from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
+from nitrogen_finetuner.games import GAMES
+from nitrogen_finetuner.games.base import GamepadAction
+from nitrogen_finetuner.games.recorder import record_game
+from nitrogen_finetuner.games.rollout import random_player, rollout
+
+LAYOUT = ActionLayout.resolve(25, old_layout=False)
+
+
+@pytest.mark.parametrize("name", sorted(GAMES))
+def test_experts_succeed_where_random_play_fails(name):
+    successes = []
+    for seed in range(10):
+        game = GAMES[name]()
+        frame, _ = game.reset(seed=seed)
+        rng, done = np.random.default_rng(seed), False
+        assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+        while not done:
+            frame, _, terminated, truncated, info = game.step(game.expert(rng, 0.0))
+            done = terminated or truncated
+        successes.append(info["success"])
+    assert np.mean(successes) >= 0.9
+    assert rollout(name, lambda s: random_player(s, LAYOUT.buttons), range(10)).success_rate <= 0.1
+
+
+def test_runner_jumps_with_south_only():
+    game = GAMES["runner"]()
+    game.reset(seed=0)
+    game.step(GamepadAction(buttons=frozenset({"EAST"})))
+    assert game.height == 0.0
+    game.step(GamepadAction(buttons=frozenset({"SOUTH"})))
+    assert game.height > 0.0
+
+
+def test_recordings_go_through_the_user_data_path(tmp_path):
+    record_game("runner", tmp_path / "runner", episodes=2)
+    record_game("collector", tmp_path / "collector", episodes=2)
+    runner_file = sorted((tmp_path / "runner").glob("*.parquet"))[0]
+    columns = pq.read_schema(runner_file).names
+    assert "P1 B" in columns and "P1 A" in columns and "j_left" not in columns  # a raw NES log
+    assert {"south", "j_left", "j_right"} <= set(pq.read_schema(sorted((tmp_path / "collector").glob("*.parquet"))[0]).names)
+    data = prepare_data(DataConfig(dataset_name=str(tmp_path), action_shift=0),
+                        ModelInputs(LAYOUT, horizon=18, action_shift=0, image_size=64))
+    profiles = sorted(b.profile.name for b in data.index.bindings)
+    assert profiles == ["nes", "nes", "nitrogen", "nitrogen"]
+    runner = next(e for e in data.index.episodes if "runner" in e.name)
+    jumps = pq.read_table(runner_file).column("P1 B").to_pylist()
+    np.testing.assert_array_equal(runner.actions[:, LAYOUT.slot_names.index("SOUTH")], np.array(jumps, float))
+    assert not runner.slot_mask[LAYOUT.slot_names.index("LEFT_X")]  # a NES has no stick: masked
+
+
+def test_rollout_command_writes_a_gif(tmp_path, capsys):
+    checkpoint = tmp_path / "tiny.pt"
+    assert main(["init", str(checkpoint)]) == 0
+    assert main(["rollout", "--checkpoint", str(checkpoint), "--game", "collector", "--episodes", "2",
+                 "--output", str(tmp_path)]) == 0
+    assert "collector: success" in capsys.readouterr().out
+    assert (tmp_path / "rollout_collector.gif").read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+
+
+def test_shortened_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NITROGEN_FINETUNER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("nitrogen_finetuner.games.demo.HELD_OUT_SEEDS", range(10_000, 10_002))
+    monkeypatch.setattr("nitrogen_finetuner.games.recorder.demo_dataset.__defaults__", (4, None))
+    assert main(["train", "--output", str(tmp_path / "demo"), "--max-steps", "3", "--set", "batch_size=8",
+                 "--set", "num_workers=0", "--set", "val_fraction=0.3"]) == 0
+    printed = capsys.readouterr().out
+    assert "runner success" in printed and "collector success" in printed and "button F1 (held-out)" in printed
+    results = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    assert set(results["closed_loop_held_out_seeds"]) == {"runner", "collector"}
+    assert set(results["closed_loop_held_out_seeds"]["runner"]) == {"trained", "untrained", "random"}
+    for name in ("model.pt", "eval/f1.png", "rollout_runner.gif", "rollout_collector.gif"):
+        assert (tmp_path / "demo" / name).exists(), name
