@@ -10,7 +10,7 @@ import numpy as np
 
 from .base import FRAME, GamepadAction, GamepadGame, canvas, fill
 
-SPEED, REACH, SIZE, GOAL = 2.5, 4.0, 4, 3
+SPEED, REACH, SIZE, GOAL = 2.5, 6.0, 8, 3
 
 
 class Collector(GamepadGame):

@@ -24,13 +24,14 @@ DEMO_SETTINGS = {
     "base": "tiny",
     "method": "full",
     "output": "runs/demo",
-    "max_steps": 600,
+    "max_steps": 1500,
     "batch_size": 32,
-    "learning_rate": 2e-3,
+    "learning_rate": 1e-3,
     "warmup_steps": 20,
+    "dropout": 0.0,
     "val_fraction": 0.15,
-    "val_every": 200,
-    "checkpoint_every": 200,
+    "val_every": 500,
+    "checkpoint_every": 500,
     "num_workers": 1,
     "data.action_shift": 0,  # frame t is what the expert saw before choosing action row t
 }
