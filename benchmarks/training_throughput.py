@@ -103,8 +103,6 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
         "mfu": round(samples_per_s * flops_per_sample(base_model(module), cfg.action_horizon, method) / peak, 3)
         if peak else None,
     }
-    del module, model, optimizer, params
-    reset_memory(device)
     return row
 
 
@@ -163,8 +161,6 @@ def bench_official(src: Path, preset: str, batch_size: int, steps: int, warmup: 
            "ms_per_step": round(seconds * 1000, 1),
            "peak_gib": peak_memory_gib(device),
            "trainable": sum(p.numel() for p in params), "mfu": None}
-    del official, optimizer, params
-    reset_memory(device)
     return row
 
 
@@ -194,6 +190,7 @@ def main() -> None:
             except Exception as err:  # report (e.g. out of memory) and go on
                 rows.append({"method": method, "batch": int(batch), "error": f"{type(err).__name__}: {str(err)[:200]}"})
                 reset_memory(device)
+            reset_memory(device)  # the run's model and optimizer went out of scope with it
             print(json.dumps(rows[-1]), flush=True)
     if args.official_src:
         rows.append(bench_official(Path(args.official_src), args.preset, 64, args.steps, args.warmup, device))

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
@@ -182,7 +181,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     def sampled_metrics() -> dict[str, float]:
         """Button F1 and stick MAE of chunks sampled as a player would (main process only)."""
-        if not (accelerator.is_main_process and val_episodes and config.val_chunks) or data.spec.horizon != model_cfg.action_horizon:
+        wanted = accelerator.is_main_process and val_episodes and config.val_chunks
+        if not wanted or data.spec.horizon != model_cfg.action_horizon:  # chunks must match the model's
             return {}
         model = base_model(unwrapped)
         policy = NitroGenPolicy(model, base.config, base.raw_config, base.preprocessor, base.layout)
