@@ -84,3 +84,10 @@ def test_shortened_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert set(results["closed_loop_held_out_seeds"]["runner"]) == {"trained", "untrained", "random"}
     for name in ("model.pt", "eval/f1.png", "rollout_runner.gif", "rollout_collector.gif"):
         assert (tmp_path / "demo" / name).exists(), name
+    # the exported model remembers that it was trained with action_shift 0 (the official config
+    # cannot hold 0), so evaluating it later aligns frames and actions the same way
+    from nitrogen_finetuner import load_policy
+
+    exported = load_policy(tmp_path / "demo" / "model.pt", verbose=False)
+    assert exported.extra["data_action_shift"] == 0 and ModelInputs.of_policy(exported).action_shift == 0
+    assert ModelInputs.of_checkpoint(str(tmp_path / "demo" / "model.pt")).action_shift == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional, Sequence
@@ -42,6 +42,7 @@ class NitroGenPolicy:
     layout: ActionLayout
     step: int = 0
     epoch: int = 0
+    extra: dict = field(default_factory=dict)  # what this tool recorded in the checkpoint
 
     def __post_init__(self):
         self.processor = UniversalVectorProcessor(self.layout)
@@ -109,7 +110,7 @@ class NitroGenPolicy:
     # ------------------------------------------------------------------------------ output
     def save(self, path: str | os.PathLike, step: Optional[int] = None, epoch: Optional[int] = None) -> Path:
         """Write an official-format checkpoint (the official loader accepts it strictly)."""
-        extra = {"version": __version__, "action_layout": self.layout.to_dict()}
+        extra = {**self.extra, "version": __version__, "action_layout": self.layout.to_dict()}
         return save_checkpoint(
             path, self.model, self.raw_config, extra,
             step=self.step if step is None else step, epoch=self.epoch if epoch is None else epoch,
@@ -167,7 +168,7 @@ def load_policy(
     loaded.model.to(device=device, dtype=dtype)
     policy = NitroGenPolicy(
         model=loaded.model, config=cfg, raw_config=loaded.raw_config, preprocessor=loaded.preprocessor,
-        layout=layout, step=loaded.step, epoch=loaded.epoch,
+        layout=layout, step=loaded.step, epoch=loaded.epoch, extra=loaded.extra,
     )
     if verbose:
         print(f"Loaded {path}\n{policy.summary()}", file=sys.stderr)

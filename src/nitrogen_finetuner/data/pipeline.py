@@ -35,7 +35,8 @@ class ModelInputs:
     @classmethod
     def of_policy(cls, policy) -> "ModelInputs":
         cfg = policy.config
-        return cls(policy.layout, cfg.model_cfg.action_horizon, cfg.modality_cfg.action_shift, policy.preprocessor.size)
+        shift = policy.extra.get("data_action_shift", cfg.modality_cfg.action_shift)
+        return cls(policy.layout, cfg.model_cfg.action_horizon, shift, policy.preprocessor.size)
 
     @classmethod
     def of_checkpoint(cls, path: Optional[str] = None, trust_pickle: bool = False) -> "ModelInputs":
@@ -49,7 +50,10 @@ class ModelInputs:
         cfg = parse_config(raw, f"{path}: ckpt_config")
         tower = resolve_tower_config(cfg.model_cfg.vision_encoder_name, state_dict, extra.get("vision_tower"))
         size = ImagePreprocessor.for_tower(cfg.model_cfg.vision_encoder_name, tower).size
-        return cls(checkpoint_layout(cfg, extra), cfg.model_cfg.action_horizon, cfg.modality_cfg.action_shift, size)
+        # A fine-tune records the alignment it was trained with (it may be 0, which the official
+        # modality config cannot hold).
+        shift = extra.get("data_action_shift", cfg.modality_cfg.action_shift)
+        return cls(checkpoint_layout(cfg, extra), cfg.model_cfg.action_horizon, shift, size)
 
 
 @dataclass

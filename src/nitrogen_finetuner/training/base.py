@@ -32,17 +32,18 @@ class BaseCheckpoint:
     layout: ActionLayout
     preprocessor: ImagePreprocessor
     source: str
+    extra: dict
 
     def model_inputs(self, horizon: Optional[int] = None) -> ModelInputs:
         cfg = self.config
-        return ModelInputs(self.layout, horizon or cfg.model_cfg.action_horizon, cfg.modality_cfg.action_shift,
-                           self.preprocessor.size)
+        shift = self.extra.get("data_action_shift", cfg.modality_cfg.action_shift)
+        return ModelInputs(self.layout, horizon or cfg.model_cfg.action_horizon, shift, self.preprocessor.size)
 
 
 def _assemble(model: NitroGenModel, raw: dict, extra: dict, source: str) -> BaseCheckpoint:
     config = parse_config(raw, f"{source}: ckpt_config")
     preprocessor = ImagePreprocessor.for_tower(config.model_cfg.vision_encoder_name, model.vision_encoder.config)
-    return BaseCheckpoint(model, raw, config, checkpoint_layout(config, extra), preprocessor, source)
+    return BaseCheckpoint(model, raw, config, checkpoint_layout(config, extra), preprocessor, source, extra)
 
 
 def load_base(spec: str, run_dir: Path, seed: int, is_main: bool) -> BaseCheckpoint:
