@@ -48,15 +48,12 @@ class DatasetIndex:
 
     def __post_init__(self):
         """Per source: row -> episode number (-1: none) and row -> position in that episode."""
-        self.row_lookup = []
-        for s, source in enumerate(self.sources):
-            n = source.num_rows()
-            episode_of, position_of = np.full(n, -1, np.int64), np.zeros(n, np.int64)
-            for e, episode in enumerate(self.episodes):
-                if episode.source == s:
-                    episode_of[episode.rows] = e
-                    position_of[episode.rows] = np.arange(len(episode))
-            self.row_lookup.append((episode_of, position_of))
+        self.row_lookup = [(np.full(n, -1, np.int64), np.zeros(n, np.int64))
+                           for n in (source.num_rows() for source in self.sources)]
+        for e, episode in enumerate(self.episodes):
+            episode_of, position_of = self.row_lookup[episode.source]
+            episode_of[episode.rows] = e
+            position_of[episode.rows] = np.arange(len(episode))
 
     @property
     def num_frames(self) -> int:

@@ -75,12 +75,8 @@ class WindowDataset(IterableDataset):
             flags = np.zeros(len(index.episodes[e]), bool)
             flags[spec.starts(index.episodes[e])] = True
             self.is_start[e] = flags
-        self.blocks = [
-            (s, block)
-            for s, source in enumerate(index.sources)
-            if any(index.episodes[e].source == s for e in self.episodes)
-            for block in source.blocks()
-        ]
+        used = {index.episodes[e].source for e in self.episodes}
+        self.blocks = [(s, block) for s, source in enumerate(index.sources) if s in used for block in source.blocks()]
 
     @property
     def num_windows(self) -> int:
