@@ -33,10 +33,15 @@ class ModelInputs:
     image_size: int
 
     @classmethod
+    def of_config(cls, config, extra: dict, layout: ActionLayout, image_size: int) -> "ModelInputs":
+        """A fine-tune records the alignment it was trained with (it may be 0, which the official
+        modality config cannot hold); otherwise the checkpoint's ``action_shift`` applies."""
+        shift = extra.get("data_action_shift", config.modality_cfg.action_shift)
+        return cls(layout, config.model_cfg.action_horizon, shift, image_size)
+
+    @classmethod
     def of_policy(cls, policy) -> "ModelInputs":
-        cfg = policy.config
-        shift = policy.extra.get("data_action_shift", cfg.modality_cfg.action_shift)
-        return cls(policy.layout, cfg.model_cfg.action_horizon, shift, policy.preprocessor.size)
+        return cls.of_config(policy.config, policy.extra, policy.layout, policy.preprocessor.size)
 
     @classmethod
     def of_checkpoint(cls, path: Optional[str] = None, trust_pickle: bool = False) -> "ModelInputs":
@@ -50,10 +55,7 @@ class ModelInputs:
         cfg = parse_config(raw, f"{path}: ckpt_config")
         tower = resolve_tower_config(cfg.model_cfg.vision_encoder_name, state_dict, extra.get("vision_tower"))
         size = ImagePreprocessor.for_tower(cfg.model_cfg.vision_encoder_name, tower).size
-        # A fine-tune records the alignment it was trained with (it may be 0, which the official
-        # modality config cannot hold).
-        shift = extra.get("data_action_shift", cfg.modality_cfg.action_shift)
-        return cls(checkpoint_layout(cfg, extra), cfg.model_cfg.action_horizon, shift, size)
+        return cls.of_config(cfg, extra, checkpoint_layout(cfg, extra), size)
 
 
 @dataclass

@@ -6,7 +6,7 @@ exactly the same starting weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -35,9 +35,8 @@ class BaseCheckpoint:
     extra: dict
 
     def model_inputs(self, horizon: Optional[int] = None) -> ModelInputs:
-        cfg = self.config
-        shift = self.extra.get("data_action_shift", cfg.modality_cfg.action_shift)
-        return ModelInputs(self.layout, horizon or cfg.model_cfg.action_horizon, shift, self.preprocessor.size)
+        inputs = ModelInputs.of_config(self.config, self.extra, self.layout, self.preprocessor.size)
+        return replace(inputs, horizon=horizon or inputs.horizon)
 
 
 def _assemble(model: NitroGenModel, raw: dict, extra: dict, source: str) -> BaseCheckpoint:

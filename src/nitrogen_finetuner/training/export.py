@@ -57,6 +57,6 @@ def export_run(
         "fine_tuned_from": base.source,
         "method": config.method,
         "weights": "ema" if weights is state.ema else "final",
-        "data_action_shift": shift if shift is not None else base.config.modality_cfg.action_shift,
+        "data_action_shift": shift if shift is not None else base.model_inputs().action_shift,
     }
     return save_checkpoint(out, model.eval(), raw, extra, step=state.progress.step, epoch=state.progress.epoch)
