@@ -1,7 +1,10 @@
 """Collector: a top-down game. Steer with the left stick onto the yellow targets.
 
-Success: three targets within 200 steps. The expert points the stick at the target; its noise
-turns the stick by a random angle.
+The camera follows the player (the white square stays in the middle of the frame), so where the
+target sits in the frame is where the stick should point. A new target appears at a random
+bearing as soon as one is reached. An episode lasts 200 steps whatever happens (every recording
+holds 200 frames); success is at least ``GOAL`` targets in that time. The expert points the
+stick at the target; its noise turns the stick by a random angle.
 """
 
 from __future__ import annotations
@@ -10,30 +13,28 @@ import numpy as np
 
 from .base import FRAME, GamepadAction, GamepadGame, canvas, fill
 
-SPEED, REACH, SIZE, GOAL = 2.5, 6.0, 8, 3
+SPEED, REACH, SIZE, GOAL = 1.5, 6.0, 8, 5
+SPAWN = (14.0, 26.0)  # distance of a new target: always on screen
 
 
 class Collector(GamepadGame):
     name = "collector"
 
     def start(self) -> None:
-        self.position = np.array([FRAME / 2, FRAME / 2])
+        self.position = np.zeros(2)
         self.collected = 0
         self.target = self._new_target()
 
     def _new_target(self) -> np.ndarray:
-        while True:
-            target = self.rng.uniform(SIZE, FRAME - SIZE, size=2)
-            if np.linalg.norm(target - self.position) > 16:
-                return target
+        angle, distance = self.rng.uniform(0, 2 * np.pi), self.rng.uniform(*SPAWN)
+        return self.position + distance * np.array([np.cos(angle), np.sin(angle)])
 
     def advance(self, action: GamepadAction) -> tuple[float, bool]:
-        stick = np.clip(np.asarray(action.j_left, float), -1, 1)
-        self.position = np.clip(self.position + SPEED * stick, SIZE / 2, FRAME - SIZE / 2)
+        self.position = self.position + SPEED * np.clip(np.asarray(action.j_left, float), -1, 1)
         if np.linalg.norm(self.target - self.position) < REACH:
             self.collected += 1
             self.target = self._new_target()
-            return 1.0, self.collected >= GOAL
+            return 1.0, False
         return 0.0, False
 
     def success(self) -> bool:
@@ -41,7 +42,8 @@ class Collector(GamepadGame):
 
     def render(self) -> np.ndarray:
         frame = canvas((24, 96, 40))
-        for point, colour in ((self.target, (250, 220, 30)), (self.position, (250, 250, 250))):
+        centre = np.full(2, FRAME / 2)
+        for point, colour in ((self.target - self.position + centre, (250, 220, 30)), (centre, (250, 250, 250))):
             fill(frame, point[0] - SIZE / 2, point[1] - SIZE / 2, point[0] + SIZE / 2, point[1] + SIZE / 2, colour)
         return frame
 

@@ -24,14 +24,14 @@ DEMO_SETTINGS = {
     "base": "tiny",
     "method": "full",
     "output": "runs/demo",
-    "max_steps": 1500,
+    "max_steps": 4000,
     "batch_size": 32,
     "learning_rate": 1e-3,
     "warmup_steps": 20,
     "dropout": 0.0,
     "val_fraction": 0.15,
-    "val_every": 500,
-    "checkpoint_every": 500,
+    "val_every": 1000,
+    "checkpoint_every": 1000,
     "num_workers": 1,
     "data.action_shift": 0,  # frame t is what the expert saw before choosing action row t
 }

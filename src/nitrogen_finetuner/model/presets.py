@@ -17,11 +17,12 @@ from .vision import resolve_tower_config
 
 
 def _transformer(layers: int, heads: int, head_dim: int, **extra) -> dict:
-    return dict(
+    config = dict(
         num_attention_heads=heads, attention_head_dim=head_dim, output_dim=heads * head_dim,
         num_layers=layers, dropout=0.2, attention_bias=True, activation_fn="gelu-approximate",
-        positional_embeddings=None, max_num_positional_embeddings=512, final_dropout=True, **extra,
+        positional_embeddings=None, max_num_positional_embeddings=512, final_dropout=True,
     )
+    return {**config, **extra}
 
 
 def _ckpt_config(name: str, tower: str, width: int, dit: dict, mixer: dict, tokens: int, horizon: int) -> dict:
@@ -59,10 +60,14 @@ PRESETS: dict[str, dict] = {
         "nitrogen-tiny",
         "nitrogen-finetuner/tiny-siglip-64",
         width=64,
+        # Sinusoidal positions in every DiT block: with only the learned table (initialised near
+        # zero) a small model trained from scratch cannot tell the chunk's steps apart and
+        # predicts the same action for all of them.
         dit=_transformer(4, 2, 32, norm_type="ada_norm", norm_elementwise_affine=False,
-                         interleave_self_attention=True, cross_attention_dim=64),
+                         interleave_self_attention=True, cross_attention_dim=64,
+                         positional_embeddings="sinusoidal"),
         mixer=_transformer(2, 2, 32),
-        tokens=16,
+        tokens=4,
         horizon=18,
     ),
 }
