@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.actions.layout import ActionLayout
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.data.config import DataConfig
@@ -15,7 +16,7 @@ from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
 from nitrogen_finetuner.games import GAMES
 from nitrogen_finetuner.games.base import GamepadAction
 from nitrogen_finetuner.games.recorder import record_game
-from nitrogen_finetuner.games.rollout import random_player, rollout
+from nitrogen_finetuner.games.rollout import policy_player, random_player, rollout
 
 LAYOUT = ActionLayout.resolve(25, old_layout=False)
 
@@ -91,3 +92,19 @@ def test_shortened_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     exported = load_policy(tmp_path / "demo" / "model.pt", verbose=False)
     assert exported.extra["data_action_shift"] == 0 and ModelInputs.of_policy(exported).action_shift == 0
     assert ModelInputs.of_checkpoint(str(tmp_path / "demo" / "model.pt")).action_shift == 0
+
+
+def test_policy_player_replans_every_n_steps(tmp_path):
+    checkpoint = tmp_path / "tiny.pt"
+    assert main(["init", str(checkpoint)]) == 0
+    policy = load_policy(checkpoint, verbose=False)
+    calls = []
+    predict = policy.predict
+    policy.predict = lambda frame, noise: calls.append(1) or predict(frame, noise=noise)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    play = policy_player(policy, seed=0, replan_every=6)
+    for step in range(18):
+        play(frame, step)
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="replan_every"):
+        policy_player(policy, seed=0, replan_every=policy.horizon + 1)

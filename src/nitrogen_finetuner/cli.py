@@ -102,7 +102,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         raise DataError(f"unknown game '{args.game}'", hint=f"games: {', '.join(GAMES)}")
     policy = load_policy(args.checkpoint, device=args.device, verbose=False)
     gif = Path(args.output) / f"rollout_{args.game}.gif"
-    result = rollout(args.game, lambda seed: policy_player(policy, seed),
+    result = rollout(args.game, lambda seed: policy_player(policy, seed, args.replan_every),
                      range(args.seed, args.seed + args.episodes), gif=gif)
     print(f"{args.game}: success {result.success_rate:.0%} over {result.episodes} episodes, "
           f"mean return {result.mean_return:.1f}; first episode: {gif}")
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--episodes", type=int, default=10)
     play.add_argument("--seed", type=int, default=10_000, help="first game seed (recordings use 0, 1, ...)")
     play.add_argument("--output", default=".", help="folder for the GIF of the first episode")
+    play.add_argument("--replan-every", type=int, help="query the policy every N steps (default: once per "
+                      "chunk, as the official player does; the demo uses 6)")
     play.add_argument("--device", default="cpu")
     play.set_defaults(func=cmd_rollout)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .base import FRAME, GamepadAction, GamepadGame, canvas, fill
 
-SPEED, REACH, SIZE, GOAL = 1.5, 6.0, 8, 5
+SPEED, REACH, SIZE, TARGET_SIZE, GOAL = 1.5, 6.0, 8, 16, 5
 SPAWN = (14.0, 26.0)  # distance of a new target: always on screen
 
 
@@ -43,8 +43,9 @@ class Collector(GamepadGame):
     def render(self) -> np.ndarray:
         frame = canvas((24, 96, 40))
         centre = np.full(2, FRAME / 2)
-        for point, colour in ((self.target - self.position + centre, (250, 220, 30)), (centre, (250, 250, 250))):
-            fill(frame, point[0] - SIZE / 2, point[1] - SIZE / 2, point[0] + SIZE / 2, point[1] + SIZE / 2, colour)
+        for point, size, colour in ((self.target - self.position + centre, TARGET_SIZE, (250, 220, 30)),
+                                    (centre, SIZE, (250, 250, 250))):
+            fill(frame, point[0] - size / 2, point[1] - size / 2, point[0] + size / 2, point[1] + size / 2, colour)
         return frame
 
     def expert(self, rng: np.random.Generator, noise: float) -> GamepadAction:

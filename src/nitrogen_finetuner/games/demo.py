@@ -19,6 +19,9 @@ from . import GAMES
 from .rollout import policy_player, random_player, rollout
 
 HELD_OUT_SEEDS = range(10_000, 10_010)  # recordings use seeds 0..episodes-1
+# Closed loop, every model player re-plans after 6 of the chunk's 18 actions (receding horizon):
+# the later steps of a chunk guess at what happens after the next target is reached.
+REPLAN_EVERY = 6
 
 DEMO_SETTINGS = {
     "base": "tiny",
@@ -46,8 +49,8 @@ def evaluate_demo(run_dir: Path, data_folder: Path, seed: int = 0, val_fraction:
     trained = load_policy(trained_path, verbose=False)
     untrained = load_policy(untrained_path, verbose=False)
     players = {
-        "trained": lambda s: policy_player(trained, s),
-        "untrained": lambda s: policy_player(untrained, s),
+        "trained": lambda s: policy_player(trained, s, REPLAN_EVERY),
+        "untrained": lambda s: policy_player(untrained, s, REPLAN_EVERY),
         "random": lambda s: random_player(s, trained.layout.buttons),
     }
     closed_loop = {
@@ -65,6 +68,7 @@ def evaluate_demo(run_dir: Path, data_folder: Path, seed: int = 0, val_fraction:
             for name, label in (("untrained", "base"), ("trained", "model"))
         },
         "closed_loop_held_out_seeds": closed_loop,
+        "closed_loop_replan_every": REPLAN_EVERY,
     }
     (run_dir / "demo_results.json").write_text(json.dumps(results, indent=2))
     return results, format_demo(results, run_dir)
@@ -87,6 +91,7 @@ def format_demo(results: dict, run_dir: Path) -> str:
         lines.append(f"{game + ' mean return':<26}" + "".join(
             f"{by_player[p]['mean_return']:>{w}.1f}" for p, w in (("trained", 10), ("untrained", 11), ("random", 9))))
     lines += [
+        f"(closed loop: 10 unseen seeds per game; models re-plan every {results['closed_loop_replan_every']} steps)",
         f"run folder   {run_dir}  (demo_results.json, metrics.jsonl, tensorboard/)",
         f"plots        {run_dir / 'eval'}  (f1.png, horizon.png, traces_*.png), {run_dir}/rollout_*.gif",
         f"checkpoint   {run_dir / 'model.pt'}  (official format)",

@@ -33,7 +33,7 @@ NES_BUTTONS = {
     "P1 Up": "DPAD_UP", "P1 Down": "DPAD_DOWN", "P1 Left": "DPAD_LEFT", "P1 Right": "DPAD_RIGHT",
 }
 GAME_FORMATS = {"runner": "nes", "collector": "nitrogen"}
-DEMO_VERSION = "5"
+DEMO_VERSION = "6"
 
 
 def _png(frame: np.ndarray) -> bytes:

@@ -21,12 +21,16 @@ from .base import GamepadAction
 Player = Callable[[np.ndarray, int], GamepadAction]  # (frame, step) -> action
 
 
-def policy_player(policy: NitroGenPolicy, seed: int) -> Player:
-    """Queries the policy every ``horizon`` steps, with noise seeded per (seed, step)."""
+def policy_player(policy: NitroGenPolicy, seed: int, replan_every: Optional[int] = None) -> Player:
+    """Queries the policy every ``replan_every`` steps (default: the whole chunk, as the official
+    player does) and plays the chunk's actions in between; noise is seeded per (seed, step)."""
+    every = replan_every or policy.horizon
+    if not 1 <= every <= policy.horizon:
+        raise ValueError(f"replan_every must be between 1 and the horizon {policy.horizon}, got {every}")
     chunk: list[GamepadAction] = []
 
     def play(frame: np.ndarray, step: int) -> GamepadAction:
-        if step % policy.horizon == 0:
+        if step % every == 0:
             noise = torch.from_numpy(np.random.default_rng([seed, step]).standard_normal(
                 (policy.horizon, policy.action_dim)).astype(np.float32))
             out = policy.predict(frame, noise=noise)
@@ -38,7 +42,7 @@ def policy_player(policy: NitroGenPolicy, seed: int) -> Player:
                 )
                 for h in range(policy.horizon)
             ]
-        return chunk[step % policy.horizon]
+        return chunk[step % every]
 
     return play
 
