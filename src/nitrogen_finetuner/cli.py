@@ -101,6 +101,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.game not in GAMES:
         raise DataError(f"unknown game '{args.game}'", hint=f"games: {', '.join(GAMES)}")
     policy = load_policy(args.checkpoint, device=args.device, verbose=False)
+    if args.replan_every is not None and not 1 <= args.replan_every <= policy.horizon:
+        raise DataError(f"--replan-every {args.replan_every} is outside 1..{policy.horizon}",
+                        file=args.checkpoint, hint=f"the checkpoint predicts {policy.horizon} actions per chunk")
     gif = Path(args.output) / f"rollout_{args.game}.gif"
     result = rollout(args.game, lambda seed: policy_player(policy, seed, args.replan_every),
                      range(args.seed, args.seed + args.episodes), gif=gif)

@@ -91,7 +91,8 @@ def format_demo(results: dict, run_dir: Path) -> str:
         lines.append(f"{game + ' mean return':<26}" + "".join(
             f"{by_player[p]['mean_return']:>{w}.1f}" for p, w in (("trained", 10), ("untrained", 11), ("random", 9))))
     lines += [
-        f"(closed loop: 10 unseen seeds per game; models re-plan every {results['closed_loop_replan_every']} steps)",
+        f"(closed loop: {len(HELD_OUT_SEEDS)} unseen seeds per game; models re-plan every "
+        f"{results['closed_loop_replan_every']} steps)",
         f"run folder   {run_dir}  (demo_results.json, metrics.jsonl, tensorboard/)",
         f"plots        {run_dir / 'eval'}  (f1.png, horizon.png, traces_*.png), {run_dir}/rollout_*.gif",
         f"checkpoint   {run_dir / 'model.pt'}  (official format)",

@@ -40,7 +40,7 @@ def policy_player(policy: NitroGenPolicy, seed: int, replan_every: Optional[int]
                     j_left=tuple(float(v) for v in out["j_left"][h]),
                     j_right=tuple(float(v) for v in out["j_right"][h]),
                 )
-                for h in range(policy.horizon)
+                for h in range(every)  # only the actions played before the next query
             ]
         return chunk[step % every]
 
