@@ -1,6 +1,6 @@
 """Training-step throughput, peak memory and MFU at the released size (random weights).
 
-    python benchmarks/training_throughput.py                       # GPU: full and LoRA, batch 32 and 64
+    python benchmarks/training_throughput.py                       # GPU: full, FSDP and LoRA, batch 32 and 64
     python benchmarks/training_throughput.py --compile --output train.json
     python benchmarks/training_throughput.py --official-src /path/to/NitroGen   # official full fine-tune too
 
@@ -9,11 +9,16 @@ bf16 autocast forward of the flow-matching loss, backward, gradient clipping and
 step, on synthetic 256x256 frames already on the device (the data loader is measured by
 ``loader_throughput.py``). The default LoRA setup is ``LoraConfig()``: rank 16 on the DiT
 attention and feed-forward layers and the VL mixer, with the action head trained fully.
+
+``fsdp`` is full fine-tuning with ``fsdp: true`` in one process: instead of autocast, FSDP
+gathers bf16 copies of the float32 master weights and the transformers compute in bf16 end to
+end (see ``training/sharding.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import statistics
@@ -29,6 +34,7 @@ from nitrogen_finetuner.model.presets import build_preset
 from nitrogen_finetuner.training.adapters import base_model, prepare_trainable
 from nitrogen_finetuner.training.batches import window_noise
 from nitrogen_finetuner.training.config import LoraConfig
+from nitrogen_finetuner.training.sharding import shard_model
 from nitrogen_finetuner.training.throughput import flops_per_sample, peak_flops
 
 
@@ -62,9 +68,12 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
     torch.manual_seed(0)
     model, _ = build_preset(preset, device=device)
     cfg = model.config
-    module = prepare_trainable(model, method, LoraConfig())
+    sharded = method == "fsdp"
+    module = prepare_trainable(model, "full" if sharded else method, LoraConfig())
     module.train()
-    if compile_model:
+    if sharded:
+        shard_model(module, device, "bf16", compile_units=compile_model)
+    elif compile_model:
         module.compile()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
@@ -73,7 +82,8 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
 
     def step(i: int) -> None:
         noise, flow_time = window_noise(data, 0, i, *noise_args)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        autocast = contextlib.nullcontext() if sharded else torch.autocast(device.type, dtype=torch.bfloat16)
+        with autocast:
             squared, count = module(data["pixels"], data["actions"], data["mask"], noise.to(device), flow_time.to(device))
         (squared / count).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -100,7 +110,8 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
         "ms_per_step": round(seconds * 1000, 1),
         "peak_gib": peak_memory_gib(device),
         "trainable": sum(p.numel() for p in params),
-        "mfu": round(samples_per_s * flops_per_sample(base_model(module), cfg.action_horizon, method) / peak, 3)
+        "mfu": round(samples_per_s * flops_per_sample(base_model(module), cfg.action_horizon,
+                                                      "full" if sharded else method) / peak, 3)
         if peak else None,
     }
     return row
@@ -168,8 +179,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="released")
     parser.add_argument("--device", default="cuda", help="cuda; cpu only as a dry run of the script")
-    parser.add_argument("--runs", default="full:32,full:64,lora:16,lora:32,lora:64",
-                        help="method:batch pairs")
+    parser.add_argument("--runs", default="full:32,full:64,fsdp:32,fsdp:64,lora:16,lora:32,lora:64",
+                        help="method:batch pairs; methods: full, fsdp, lora")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time each run with torch.compile")
@@ -196,7 +207,7 @@ def main() -> None:
         rows.append(bench_official(Path(args.official_src), args.preset, 64, args.steps, args.warmup, device))
         print(json.dumps(rows[-1]), flush=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"\n{args.preset} NitroGen, random weights, bf16 autocast, {name}")
+    print(f"\n{args.preset} NitroGen, random weights, bf16 (autocast; fsdp rows: FSDP bf16 weights), {name}")
     print("| method | batch | samples/s | ms/step | peak GiB | MFU |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -50,9 +50,10 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tmp_path, method, monkeypatch):
-    settings = dict(max_steps=4, method=method, ema_decay=0.9, num_workers=2)
+@pytest.mark.parametrize("setup", [{"method": "lora"}, {"method": "full"}, {"method": "full", "fsdp": True}],
+                         ids=["lora", "full", "fsdp"])
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tmp_path, setup, monkeypatch):
+    settings = dict(max_steps=4, ema_decay=0.9, num_workers=2, **setup)
     straight = train(config(recordings, tmp_path / "straight", **settings))
     again = train(config(recordings, tmp_path / "again", **settings))
     assert straight.losses == again.losses  # same seed, same loss curve on CPU
@@ -172,9 +173,11 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / "one"),
                     *common], check=True, env=env, capture_output=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-                    "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / "two"), *common],
-                   check=True, env=env, capture_output=True)
-    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
-    assert one.keys() == two.keys()
-    assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5
+    one = final_weights(tmp_path / "one")
+    for name, extra in [("ddp", []), ("fsdp", ["--set", "fsdp=true"])]:
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+                        "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / name), *common, *extra],
+                       check=True, env=env, capture_output=True)
+        two = final_weights(tmp_path / name)
+        assert one.keys() == two.keys()
+        assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5, name

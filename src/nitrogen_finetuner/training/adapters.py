@@ -17,6 +17,7 @@ from peft import PeftModel, get_peft_model
 from ..data.errors import DataError
 from ..model.modeling import NitroGenModel
 from .config import LORA_COMPONENTS, LoraConfig
+from .sharding import shard_like
 
 # Which tune_* switch of the checkpoint governs each LoRA component and fully-trained module.
 _SWITCH_OF_COMPONENT = {
@@ -101,4 +102,4 @@ def load_trainable_state(module: torch.nn.Module, state: dict[str, torch.Tensor]
     params = dict(module.named_parameters())
     with torch.no_grad():
         for name, value in state.items():
-            params[name].copy_(value)
+            params[name].copy_(shard_like(params[name], value))

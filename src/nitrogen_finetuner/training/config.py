@@ -61,6 +61,8 @@ class TrainConfig(_Section):
     min_learning_rate_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    fsdp: bool = Field(False, description="shard weights, gradients and optimizer state across processes "
+                       "(PyTorch FSDP2; full fine-tuning, bf16 or fp32)")
     compile: bool = Field(False, description="torch.compile the model (GPU: ~1.35x faster full fine-tuning)")
     deterministic: Optional[bool] = Field(
         None, description="deterministic kernels (default: on CPU, where they cost little; off on GPU)"
@@ -85,6 +87,10 @@ class TrainConfig(_Section):
         unknown = [t for t in self.lora.targets if t not in LORA_COMPONENTS]
         if unknown:
             raise ValueError(f"unknown LoRA target {unknown[0]!r}; targets are: {', '.join(LORA_COMPONENTS)}")
+        if self.fsdp and self.method != "full":
+            raise ValueError("fsdp shards full fine-tuning: set method to full (LoRA trains few enough weights for DDP)")
+        if self.fsdp and self.mixed_precision == "fp16":
+            raise ValueError("fsdp computes in bf16 or fp32: set mixed_precision to bf16 or no")
         return self
 
 

@@ -36,6 +36,8 @@ from .base import load_base, set_dropout
 from .batches import micro_batches, one_pass, window_noise
 from .checkpoints import CheckpointWriter, Progress, checkpoint_dirs, load_training_state, set_rng_state
 from .config import TrainConfig, dump_config
+from .sharding import (full_optimizer_state, full_tensors, gathered, is_sharded, shard_like, shard_model,
+                       shard_optimizer_state)
 from .throughput import flops_per_sample, peak_flops
 
 
@@ -68,6 +70,12 @@ def _mixed_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def precision_label(precision: str, fsdp: bool) -> str:
+    if not fsdp:
+        return precision
+    return "fp32, FSDP" if precision == "no" else f"{precision} FSDP units, float32 master weights"
+
+
 class EMA:
     """Exponential moving average of the trainable weights, kept in float32."""
 
@@ -84,8 +92,10 @@ class EMA:
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # ------------------------------------------------------------------------------- set up
     # cpu=True on machines without CUDA: it is what makes torchrun / accelerate launch use gloo.
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
-                              cpu=not torch.cuda.is_available(), dynamo_backend="inductor" if config.compile else "no")
+    # Under FSDP the sharding does mixed precision and compiles its units itself.
+    precision = _mixed_precision(config.mixed_precision)
+    accelerator = Accelerator(mixed_precision="no" if config.fsdp else precision, cpu=not torch.cuda.is_available(),
+                              dynamo_backend="inductor" if config.compile and not config.fsdp else "no")
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     # Gradients of the per-embodiment gathers accumulate in parallel; deterministic kernels make
     # the same seed give the same weights bit for bit (and exact resume possible).
@@ -116,17 +126,24 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     data = prepare_data(config.data, base.model_inputs(config.data.prediction_horizon))
     train_episodes, val_episodes = split_episodes(len(data.index.episodes), config.val_fraction, config.seed)
     train_set = data.dataset(micro, train_episodes, seed=config.seed, rank=rank, world_size=world)
-    val_set = data.dataset(micro, val_episodes, shuffle=False, rank=rank, world_size=world, train=False,
+    # FSDP runs every forward on all processes together, so each one evaluates the whole held-out set.
+    val_rank, val_world = (0, 1) if config.fsdp else (rank, world)
+    val_set = data.dataset(micro, val_episodes, shuffle=False, rank=val_rank, world_size=val_world, train=False,
                            drop_last=False) if val_episodes else None
     if train_set.batches_per_epoch() < 1:
         raise DataError(f"the training episodes hold {train_set.num_windows} windows, fewer than one global "
                         f"batch of {micro * world}", file=config.data.dataset_name, hint="lower batch_size")
 
+    if config.fsdp:
+        module = shard_model(module, device, precision, config.compile)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config))
-    module, optimizer = accelerator.prepare(module, optimizer)
+    if config.fsdp:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        module, optimizer = accelerator.prepare(module, optimizer)
     unwrapped = accelerator.unwrap_model(module)
     ema = EMA(unwrapped, config.ema_decay) if config.ema_decay else None
 
@@ -137,10 +154,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             raise DataError("no checkpoint to resume from", file=str(run_dir))
         state = load_training_state(latest[-1], rank)
         load_trainable_state(unwrapped, state.weights)
-        optimizer.load_state_dict(state.optimizer)
+        optimizer.load_state_dict(shard_optimizer_state(state.optimizer, optimizer))
         scheduler.load_state_dict(state.scheduler)
         if ema is not None and state.ema is not None:
-            ema.shadow = {k: v.float() for k, v in state.ema.items()}
+            ema.shadow = {k: shard_like(ema.shadow[k], v.float()) for k, v in state.ema.items()}
         if state.rng is not None:
             set_rng_state(state.rng)
         progress = state.progress
@@ -154,7 +171,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     )
     sample_flops = flops_per_sample(base_model(unwrapped), data.spec.horizon, config.method)
     peak = peak_flops(device)
-    logger.start(base, data, train_set, val_set, accumulation, micro, world, accelerator.mixed_precision)
+    logger.start(base, data, train_set, val_set, accumulation, micro, world,
+                 precision_label(precision, config.fsdp))
 
     def forward_terms(batch: dict, step: int, validation: bool = False):
         pixels = preprocessor.normalize(batch["image"].to(device, non_blocking=True))
@@ -180,14 +198,18 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         return float(totals[0] / totals[1].clamp(min=1))
 
     def sampled_metrics() -> dict[str, float]:
-        """Button F1 and stick MAE of chunks sampled as a player would (main process only)."""
-        wanted = accelerator.is_main_process and val_episodes and config.val_chunks
+        """Button F1 and stick MAE of chunks sampled as a player would (the main process; under
+        FSDP every process samples the same chunks, as the weights are gathered together)."""
+        wanted = (accelerator.is_main_process or config.fsdp) and val_episodes and config.val_chunks
         if not wanted or data.spec.horizon != model_cfg.action_horizon:  # chunks must match the model's
             return {}
         model = base_model(unwrapped)
         policy = NitroGenPolicy(model, base.config, base.raw_config, base.preprocessor, base.layout)
         model.eval()
-        with accelerator.autocast():
+        # The sampler calls DiT methods other than forward, whose inputs FSDP does not cast.
+        fsdp_bf16 = config.fsdp and precision == "bf16"
+        autocast = torch.autocast(device.type, torch.bfloat16) if fsdp_bf16 else accelerator.autocast()
+        with autocast, gathered(model):
             chunks = predict_chunks(policy, data, val_episodes, seed=config.seed, limit=config.val_chunks)
         model.train()
         if not len(chunks.episodes):
@@ -195,6 +217,13 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         scores = score_chunks(chunks, policy)
         found = {"val/button_f1": scores["buttons"]["macro_f1"], "val/stick_mae": scores["sticks"]["mean_mae"]}
         return {k: v for k, v in found.items() if v is not None}
+
+    def gradient_sync(last_micro_batch: bool):
+        """Gradients are averaged across processes once per step, after the last micro-batch."""
+        if is_sharded(module):
+            module.set_requires_gradient_sync(last_micro_batch)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if last_micro_batch else accelerator.no_sync(module)
 
     # ------------------------------------------------------------------------- the update step
     module.train()
@@ -214,8 +243,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         total = accelerator.reduce(torch.tensor(local_count, device=device), "sum").clamp(min=1.0)
         step_squared = torch.zeros((), device=device)
         for i, batch in enumerate(step_batches):
-            sync = contextlib.nullcontext() if i == accumulation - 1 else accelerator.no_sync(module)
-            with sync:
+            with gradient_sync(i == accumulation - 1):
                 squared, _ = forward_terms(batch, progress.step)
                 accelerator.backward(squared * world / total)
             step_squared += squared.detach().float()
@@ -254,8 +282,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if val_set is not None and (not config.val_every or progress.step % config.val_every):
         val_loss = validate()
     exported = None
+    save_trained_weights(unwrapped, run_dir, accelerator.is_main_process)
     if accelerator.is_main_process:
-        save_trained_weights(unwrapped, run_dir)
         if config.export_at_end:
             from .export import export_run  # noqa: PLC0415
 
@@ -267,16 +295,20 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
 
 def save(writer: CheckpointWriter, progress: Progress, unwrapped, optimizer, scheduler, ema, config) -> Path:
-    return writer.save(progress, trainable_state(unwrapped), optimizer.state_dict(), scheduler.state_dict(),
-                       ema.shadow if ema else None, dump_config(config))
+    """Every process calls it: sharded tensors are gathered whole, then the main one writes."""
+    return writer.save(progress, full_tensors(trainable_state(unwrapped)), full_optimizer_state(optimizer.state_dict()),
+                       scheduler.state_dict(), full_tensors(ema.shadow) if ema else None, dump_config(config))
 
 
-def save_trained_weights(unwrapped: torch.nn.Module, run_dir: Path) -> None:
+def save_trained_weights(unwrapped: torch.nn.Module, run_dir: Path, is_main: bool) -> None:
     """The LoRA adapter in PEFT's format plus the fully trained modules under their official
-    names (``adapter/``), or all trained weights (``weights.safetensors``), as safetensors."""
+    names (``adapter/``), or all trained weights (``weights.safetensors``), as safetensors.
+    Every process calls it (sharded weights are gathered); the main one writes."""
     model = base_model(unwrapped)
-    trained = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
-               if p.requires_grad and "lora_" not in n}
+    trained = full_tensors({n: p.detach() for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n})
+    if not is_main:
+        return
+    trained = {n: t.contiguous().cpu() for n, t in trained.items()}
     if hasattr(unwrapped, "save_pretrained"):
         unwrapped.save_pretrained(str(run_dir / "adapter"), safe_serialization=True)
         save_file(trained, str(run_dir / "adapter" / "fully_trained.safetensors"))
