@@ -3,7 +3,7 @@
 #   docker build -t nitrogen-finetuner .
 #   docker run --gpus all --shm-size 8g -v $PWD/config:/config -v $PWD/recordings:/data \
 #       -v $PWD/runs:/runs nitrogen-finetuner
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -5,7 +5,7 @@
     train(resolve_config("my_run.yaml"))
 
 Runs on HF Accelerate, so the same code trains on a CPU, one GPU or many (``accelerate launch``
-or ``torchrun``): fp32 / bf16 / fp16, gradient accumulation, clipping, fused AdamW, cosine
+or ``torchrun``; DDP, or FSDP with ``fsdp: true``): fp32 / bf16 / fp16, gradient accumulation, clipping, fused AdamW, cosine
 schedule with warmup, optional EMA, validation on held-out episodes, atomic checkpoints and exact
 resume.
 """
@@ -23,6 +23,7 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -96,6 +97,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     precision = _mixed_precision(config.mixed_precision)
     accelerator = Accelerator(mixed_precision="no" if config.fsdp else precision, cpu=not torch.cuda.is_available(),
                               dynamo_backend="inductor" if config.compile and not config.fsdp else "no")
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise DataError("accelerate's own FSDP wrapping is not used here",
+                        hint="launch without it (accelerate launch --multi_gpu, or torchrun) and set fsdp: true")
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     # Gradients of the per-embodiment gathers accumulate in parallel; deterministic kernels make
     # the same seed give the same weights bit for bit (and exact resume possible).
