@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -174,6 +175,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, 
     subprocess.run([sys.executable, "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / "one"),
                     *common], check=True, env=env, capture_output=True)
     one = final_weights(tmp_path / "one")
+    one_summary = json.loads((tmp_path / "one" / "summary.json").read_text())
     for name, extra in [("ddp", []), ("fsdp", ["--set", "fsdp=true"])]:
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
                         "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / name), *common, *extra],
@@ -181,3 +183,6 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, 
         two = final_weights(tmp_path / name)
         assert one.keys() == two.keys()
         assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5, name
+        # The held-out loss is over the same windows, however the processes share them.
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["val_loss"] == pytest.approx(one_summary["val_loss"], rel=1e-5), name
