@@ -121,8 +121,10 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
         return TrainConfig.model_validate(tree)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise DataError(f"invalid setting {where}: {first['msg']}", file=str(file) if file else None) from None
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise DataError(f"invalid setting {where}: {message}" if where else f"invalid config: {message}",
+                        file=str(file) if file else None) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
