@@ -81,6 +81,16 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tm
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
+@pytest.mark.parametrize("setup", [{"method": "lora"}, {"method": "full", "fsdp": True}], ids=["lora", "fsdp"])
+def test_activation_checkpointing_trains_the_same_weights(recordings, tmp_path, setup):
+    settings = dict(max_steps=2, checkpoint_every=0, **setup)
+    plain = train(config(recordings, tmp_path / "plain", **settings))
+    checkpointed = train(config(recordings, tmp_path / "checkpointed", activation_checkpointing=True, **settings))
+    assert plain.losses == checkpointed.losses
+    a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "checkpointed")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 def test_lora_trains_adapters_and_the_action_head_only(recordings, tmp_path):
     cfg = config(recordings, tmp_path / "run", max_steps=1)
     base = load_base(cfg.base, tmp_path, cfg.seed, is_main=False)
@@ -186,3 +196,14 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, 
         # The held-out loss is over the same windows, however the processes share them.
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["val_loss"] == pytest.approx(one_summary["val_loss"], rel=1e-5), name
+
+
+@pytest.mark.slow
+def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_path):
+    settings = dict(method="full", max_steps=1, dropout=0.0)
+    train(config(recordings, tmp_path / "eager", **settings))
+    compiled = train(config(recordings, tmp_path / "compiled", compile=True, export_at_end=True, **settings))
+    a, b = final_weights(tmp_path / "eager"), final_weights(tmp_path / "compiled")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4  # fused kernels round differently
+    assert load_policy(compiled.exported).model.config.action_dim > 0

@@ -61,6 +61,9 @@ class TrainConfig(_Section):
     min_learning_rate_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    activation_checkpointing: bool = Field(
+        False, description="recompute each transformer layer in backward: far less activation memory, more compute"
+    )
     fsdp: bool = Field(False, description="shard weights, gradients and optimizer state across processes "
                        "(PyTorch FSDP2; full fine-tuning, bf16 or fp32)")
     compile: bool = Field(False, description="torch.compile the model (GPU: ~1.35x faster full fine-tuning)")

@@ -32,6 +32,7 @@ from ..data.episodes import split_episodes
 from ..data.pipeline import prepare_data
 from ..evaluation.open_loop import predict_chunks, score_chunks
 from ..policy import NitroGenPolicy
+from .activation_checkpointing import enable_activation_checkpointing
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
 from .base import load_base, set_dropout
 from .batches import micro_batches, one_pass, window_noise
@@ -93,10 +94,9 @@ class EMA:
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # ------------------------------------------------------------------------------- set up
     # cpu=True on machines without CUDA: it is what makes torchrun / accelerate launch use gloo.
-    # Under FSDP the sharding does mixed precision and compiles its units itself.
+    # Under FSDP the sharding does mixed precision itself.
     precision = _mixed_precision(config.mixed_precision)
-    accelerator = Accelerator(mixed_precision="no" if config.fsdp else precision, cpu=not torch.cuda.is_available(),
-                              dynamo_backend="inductor" if config.compile and not config.fsdp else "no")
+    accelerator = Accelerator(mixed_precision="no" if config.fsdp else precision, cpu=not torch.cuda.is_available())
     if accelerator.distributed_type == DistributedType.FSDP:
         raise DataError("accelerate's own FSDP wrapping is not used here",
                         hint="launch without it (accelerate launch --multi_gpu, or torchrun) and set fsdp: true")
@@ -126,6 +126,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if config.dropout is not None:
         set_dropout(base.model, config.dropout)
     module = prepare_trainable(base.model, config.method, config.lora)
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(base.model)
 
     data = prepare_data(config.data, base.model_inputs(config.data.prediction_horizon))
     train_episodes, val_episodes = split_episodes(len(data.index.episodes), config.val_fraction, config.seed)
@@ -140,6 +142,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     if config.fsdp:
         module = shard_model(module, device, precision, config.compile)
+    elif config.compile:
+        module.compile()  # in place: parameter names stay the model's own, for checkpoints and export
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
