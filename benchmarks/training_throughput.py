@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from nitrogen_finetuner.model.presets import build_preset
+from nitrogen_finetuner.training.activation_checkpointing import enable_activation_checkpointing
 from nitrogen_finetuner.training.adapters import base_model, prepare_trainable
 from nitrogen_finetuner.training.batches import window_noise
 from nitrogen_finetuner.training.config import LoraConfig
@@ -64,13 +65,16 @@ def reset_memory(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_model: bool, device) -> dict:
+def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_model: bool,
+          recompute: bool, device) -> dict:
     torch.manual_seed(0)
     model, _ = build_preset(preset, device=device)
     cfg = model.config
     sharded = method == "fsdp"
     module = prepare_trainable(model, "full" if sharded else method, LoraConfig())
     module.train()
+    if recompute:
+        enable_activation_checkpointing(model)
     if sharded:
         shard_model(module, device, "bf16", compile_units=compile_model)
     elif compile_model:
@@ -104,7 +108,7 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
     samples_per_s = batch_size / seconds
     peak = peak_flops(device)
     row = {
-        "method": method + (" (compiled)" if compile_model else ""),
+        "method": method + (" (compiled)" if compile_model else "") + (" +AC" if recompute else ""),
         "batch": batch_size,
         "samples_per_s": round(samples_per_s, 1),
         "ms_per_step": round(seconds * 1000, 1),
@@ -184,6 +188,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time each run with torch.compile")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute layers in backward")
     parser.add_argument("--official-src", help="a checkout of github.com/MineDojo/NitroGen (full fine-tune, batch 64)")
     parser.add_argument("--output")
     args = parser.parse_args()
@@ -197,7 +202,8 @@ def main() -> None:
         method, batch = run.split(":")
         for compiled in (False, True) if args.compile else (False,):
             try:
-                rows.append(bench(args.preset, method, int(batch), args.steps, args.warmup, compiled, device))
+                rows.append(bench(args.preset, method, int(batch), args.steps, args.warmup, compiled,
+                                  args.activation_checkpointing, device))
             except Exception as err:  # report (e.g. out of memory) and go on
                 rows.append({"method": method, "batch": int(batch), "error": f"{type(err).__name__}: {str(err)[:200]}"})
                 reset_memory(device)
