@@ -207,3 +207,24 @@ def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4  # fused kernels round differently
     assert load_policy(compiled.exported).model.config.action_dim > 0
+
+
+@pytest.mark.slow
+def test_bf16_fsdp_follows_a_bf16_autocast_run_in_one_process_with_the_same_losses(recordings, tmp_path):
+    """In a subprocess: Accelerate keeps one precision per process, so a bf16 run here would
+    clash with the fp32 tests around it. FSDP's bf16 layers and bf16 autocast train alike."""
+    script = f"""
+import json, sys
+from nitrogen_finetuner.training.config import resolve_config
+from nitrogen_finetuner.training.trainer import train
+common = {{"data.dataset_name": {str(recordings)!r}, "mixed_precision": "bf16", "method": "full", "max_steps": 3,
+           "num_workers": 0, "batch_size": 4, "export_at_end": False, "val_every": 0, "dropout": 0.0}}
+autocast = train(resolve_config(None, {{**common, "output": {str(tmp_path / "autocast")!r}}})).losses
+sharded = train(resolve_config(None, {{**common, "fsdp": True, "output": {str(tmp_path / "fsdp")!r}}})).losses
+print(json.dumps([autocast, sharded]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    autocast, sharded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sharded == pytest.approx(autocast, rel=0.02)
+    assert sharded != autocast  # bf16 layers, not autocast: the rounding differs

@@ -94,9 +94,8 @@ class EMA:
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # ------------------------------------------------------------------------------- set up
     # cpu=True on machines without CUDA: it is what makes torchrun / accelerate launch use gloo.
-    # Under FSDP the sharding does mixed precision itself.
     precision = _mixed_precision(config.mixed_precision)
-    accelerator = Accelerator(mixed_precision="no" if config.fsdp else precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     if accelerator.distributed_type == DistributedType.FSDP:
         raise DataError("accelerate's own FSDP wrapping is not used here",
                         hint="launch without it (accelerate launch --multi_gpu, or torchrun) and set fsdp: true")
@@ -182,10 +181,14 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     logger.start(base, data, train_set, val_set, accumulation, micro, world,
                  precision_label(precision, config.fsdp))
 
+    # Under FSDP the sharded layers compute in bf16 by themselves; autocast would bring back the
+    # float32 residual stream.
+    training_autocast = contextlib.nullcontext if config.fsdp else accelerator.autocast
+
     def forward_terms(batch: dict, step: int, validation: bool = False):
         pixels = preprocessor.normalize(batch["image"].to(device, non_blocking=True))
         noise, flow_time = window_noise(batch, config.seed, step, *noise_args, validation=validation)
-        with accelerator.autocast():
+        with training_autocast():
             return module(pixels, batch["actions"].to(device), batch["actions_mask"].to(device),
                           noise.to(device), flow_time.to(device))
 
@@ -214,10 +217,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         model = base_model(unwrapped)
         policy = NitroGenPolicy(model, base.config, base.raw_config, base.preprocessor, base.layout)
         model.eval()
-        # The sampler calls DiT methods other than forward, whose inputs FSDP does not cast.
-        fsdp_bf16 = config.fsdp and precision == "bf16"
-        autocast = torch.autocast(device.type, torch.bfloat16) if fsdp_bf16 else accelerator.autocast()
-        with autocast, gathered(model):
+        # Autocast under FSDP too: the sampler calls DiT methods other than forward, whose inputs
+        # FSDP does not cast.
+        with accelerator.autocast(), gathered(model):
             chunks = predict_chunks(policy, data, val_episodes, seed=config.seed, limit=config.val_chunks)
         model.train()
         if not len(chunks.episodes):
