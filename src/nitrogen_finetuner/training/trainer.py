@@ -5,9 +5,9 @@
     train(resolve_config("my_run.yaml"))
 
 Runs on HF Accelerate, so the same code trains on a CPU, one GPU or many (``accelerate launch``
-or ``torchrun``; DDP, or FSDP with ``fsdp: true``): fp32 / bf16 / fp16, gradient accumulation, clipping, fused AdamW, cosine
-schedule with warmup, optional EMA, validation on held-out episodes, atomic checkpoints and exact
-resume.
+or ``torchrun``; DDP, or FSDP with ``fsdp: true``): fp32 / bf16 / fp16, gradient accumulation,
+clipping, fused AdamW, cosine schedule with warmup, optional EMA, validation on held-out
+episodes, atomic checkpoints and exact resume.
 """
 
 from __future__ import annotations
