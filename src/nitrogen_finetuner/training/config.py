@@ -91,7 +91,8 @@ class TrainConfig(_Section):
         if unknown:
             raise ValueError(f"unknown LoRA target {unknown[0]!r}; targets are: {', '.join(LORA_COMPONENTS)}")
         if self.fsdp and self.method != "full":
-            raise ValueError("fsdp shards full fine-tuning: set method to full (LoRA trains few enough weights for DDP)")
+            raise ValueError("fsdp shards full fine-tuning: set method to full "
+                             "(LoRA trains few enough weights for DDP)")
         if self.fsdp and self.mixed_precision == "fp16":
             raise ValueError("fsdp computes in bf16 or fp32: set mixed_precision to bf16 or no")
         return self
