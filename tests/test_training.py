@@ -91,6 +91,15 @@ def test_activation_checkpointing_trains_the_same_weights(recordings, tmp_path, 
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
+def test_gradient_accumulation_trains_the_weights_of_one_big_batch(recordings, tmp_path):
+    settings = dict(method="full", max_steps=3, dropout=0.0, checkpoint_every=0)
+    whole = train(config(recordings, tmp_path / "whole", **settings))
+    split = train(config(recordings, tmp_path / "split", micro_batch_size=1, **settings))
+    assert split.losses == pytest.approx(whole.losses, rel=1e-5)
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+
+
 def test_lora_trains_adapters_and_the_action_head_only(recordings, tmp_path):
     cfg = config(recordings, tmp_path / "run", max_steps=1)
     base = load_base(cfg.base, tmp_path, cfg.seed, is_main=False)
