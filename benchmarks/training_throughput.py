@@ -71,7 +71,8 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
     model, _ = build_preset(preset, device=device)
     cfg = model.config
     sharded = method == "fsdp"
-    module = prepare_trainable(model, "full" if sharded else method, LoraConfig())
+    trained = "full" if sharded else method  # fsdp shards a full fine-tune
+    module = prepare_trainable(model, trained, LoraConfig())
     module.train()
     if recompute:
         enable_activation_checkpointing(model)
@@ -114,8 +115,7 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
         "ms_per_step": round(seconds * 1000, 1),
         "peak_gib": peak_memory_gib(device),
         "trainable": sum(p.numel() for p in params),
-        "mfu": round(samples_per_s * flops_per_sample(base_model(module), cfg.action_horizon,
-                                                      "full" if sharded else method) / peak, 3)
+        "mfu": round(samples_per_s * flops_per_sample(base_model(module), cfg.action_horizon, trained) / peak, 3)
         if peak else None,
     }
     return row

@@ -73,10 +73,6 @@ def shard_model(model: NitroGenModel, device: torch.device, precision: str, comp
     return model
 
 
-def is_sharded(module: torch.nn.Module) -> bool:
-    return isinstance(module, FSDPModule)
-
-
 @contextlib.contextmanager
 def gathered(model: torch.nn.Module) -> Iterator[None]:
     """All weights gathered, for code that calls the model by other methods than ``forward``

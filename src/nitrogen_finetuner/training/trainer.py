@@ -38,7 +38,7 @@ from .base import load_base, set_dropout
 from .batches import micro_batches, one_pass, window_noise
 from .checkpoints import CheckpointWriter, Progress, checkpoint_dirs, load_training_state, set_rng_state
 from .config import TrainConfig, dump_config
-from .sharding import (full_optimizer_state, full_tensors, gathered, is_sharded, shard_like, shard_model,
+from .sharding import (full_optimizer_state, full_tensors, gathered, shard_like, shard_model,
                        shard_optimizer_state)
 from .throughput import flops_per_sample, peak_flops
 
@@ -230,7 +230,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     def gradient_sync(last_micro_batch: bool):
         """Gradients are averaged across processes once per step, after the last micro-batch."""
-        if is_sharded(module):
+        if config.fsdp:
             module.set_requires_gradient_sync(last_micro_batch)
             return contextlib.nullcontext()
         return contextlib.nullcontext() if last_micro_batch else accelerator.no_sync(module)
