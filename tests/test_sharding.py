@@ -67,8 +67,9 @@ def test_full_tensors_and_shard_like_round_trip(process_group):
     plain = {k: v.clone() for k, v in model.state_dict().items()}
     shard_model(model, torch.device("cpu"), "no", compile_units=False)
     params = dict(model.named_parameters())
-    gathered = full_tensors({k: p.detach() for k, p in params.items()})
-    assert all(torch.equal(gathered[k], plain[k]) for k in params)
+    gathered = full_tensors(params)
+    assert all(torch.equal(gathered[k], plain[k]) and not isinstance(gathered[k], DTensor) for k in params)
+    assert full_tensors(params, keep=False) == {}
     name = "model.proj_out_2.weight"
     resharded = shard_like(params[name], gathered[name] + 1)
     assert isinstance(resharded, DTensor) and torch.equal(resharded.full_tensor(), plain[name] + 1)

@@ -87,9 +87,17 @@ def gathered(model: torch.nn.Module) -> Iterator[None]:
             module.reshard()
 
 
-def full_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The whole tensor for each shard (a collective: every process calls it, in the same order)."""
-    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in tensors.items()}
+def full_tensors(tensors: dict[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
+    """The whole tensors, on the CPU, for the process that writes them (``keep``); the others get
+    nothing. A collective: every process calls it, in the same order. Each tensor is gathered and
+    moved off the accelerator in turn, so saving a sharded run needs no room for a second whole
+    model and optimizer state on any GPU, nor a host copy per process."""
+    whole = {}
+    for name, tensor in tensors.items():
+        full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        if keep:
+            whole[name] = full.detach().cpu()
+    return whole
 
 
 def shard_like(reference: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
@@ -99,9 +107,9 @@ def shard_like(reference: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(full.to(reference.device, reference.dtype), reference.device_mesh, reference.placements)
 
 
-def full_optimizer_state(state: dict) -> dict:
-    """An optimizer ``state_dict`` with every sharded tensor gathered whole."""
-    return {**state, "state": {i: full_tensors(s) for i, s in state["state"].items()}}
+def full_optimizer_state(state: dict, keep: bool = True) -> dict:
+    """An optimizer ``state_dict`` with every tensor gathered whole onto the CPU (see ``full_tensors``)."""
+    return {**state, "state": {i: full_tensors(s, keep) for i, s in state["state"].items()}}
 
 
 def shard_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict:

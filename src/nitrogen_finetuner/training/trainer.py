@@ -306,8 +306,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
 def save(writer: CheckpointWriter, progress: Progress, unwrapped, optimizer, scheduler, ema, config) -> Path:
     """Every process calls it: sharded tensors are gathered whole, then the main one writes."""
-    return writer.save(progress, full_tensors(trainable_state(unwrapped)), full_optimizer_state(optimizer.state_dict()),
-                       scheduler.state_dict(), full_tensors(ema.shadow) if ema else None, dump_config(config))
+    main = writer.rank == 0
+    return writer.save(progress, full_tensors(trainable_state(unwrapped), main),
+                       full_optimizer_state(optimizer.state_dict(), main), scheduler.state_dict(),
+                       full_tensors(ema.shadow, main) if ema else None, dump_config(config))
 
 
 def save_trained_weights(unwrapped: torch.nn.Module, run_dir: Path, is_main: bool) -> None:
@@ -315,10 +317,10 @@ def save_trained_weights(unwrapped: torch.nn.Module, run_dir: Path, is_main: boo
     names (``adapter/``), or all trained weights (``weights.safetensors``), as safetensors.
     Every process calls it (sharded weights are gathered); the main one writes."""
     model = base_model(unwrapped)
-    trained = full_tensors({n: p.detach() for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n})
+    trained = full_tensors({n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}, is_main)
     if not is_main:
         return
-    trained = {n: t.contiguous().cpu() for n, t in trained.items()}
+    trained = {n: t.contiguous() for n, t in trained.items()}
     if hasattr(unwrapped, "save_pretrained"):
         unwrapped.save_pretrained(str(run_dir / "adapter"), safe_serialization=True)
         save_file(trained, str(run_dir / "adapter" / "fully_trained.safetensors"))
