@@ -111,8 +111,9 @@ def test_lora_trains_adapters_and_the_action_head_only(recordings, tmp_path):
     assert not any("vision_encoder" in n or "norm1.linear" in n for n in trained)
 
 
-def test_merged_export_predicts_like_the_adapter_model(recordings, tmp_path):
+def test_merged_export_predicts_like_the_adapter_model(recordings, tmp_path, capsys):
     run = train(config(recordings, tmp_path / "run", max_steps=3, export_at_end=True, learning_rate=1e-2))
+    printed = capsys.readouterr().out
     exported = load_policy(run.exported, verbose=False)
     ckpt = torch.load(run.exported, weights_only=True)
     assert not [k for k in ckpt["model"] if "lora" in k or "base_model" in k]
@@ -120,8 +121,11 @@ def test_merged_export_predicts_like_the_adapter_model(recordings, tmp_path):
     assert ckpt["model"].keys() == base_ckpt["model"].keys()
     cfg = resolve_config(tmp_path / "run" / "config.yaml")
     base = load_base(cfg.base, tmp_path / "run", cfg.seed, is_main=False)
+    assert f"({sum(p.numel() for p in base.model.parameters()):,} parameters)" in printed
     adapter_model = prepare_trainable(base.model, "lora", cfg.lora)
-    load_trainable_state(adapter_model, load_training_state(checkpoint_dirs(tmp_path / "run")[-1]).weights)
+    trained = load_training_state(checkpoint_dirs(tmp_path / "run")[-1]).weights
+    assert f"lora: {sum(t.numel() for t in trained.values()):,} parameters trained" in printed
+    load_trainable_state(adapter_model, trained)
     adapter_model.eval()
     frames = [np.random.RandomState(i).randint(0, 256, (64, 64, 3), dtype=np.uint8) for i in range(2)]
     pixels = exported.preprocess(frames)

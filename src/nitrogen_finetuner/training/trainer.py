@@ -178,7 +178,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     )
     sample_flops = flops_per_sample(base_model(unwrapped), data.spec.horizon, config.method)
     peak = peak_flops(device)
-    logger.start(base, data, train_set, val_set, accumulation, micro, world,
+    logger.start(base, config.method, data, train_set, val_set, accumulation, micro, world,
                  precision_label(precision, config.fsdp))
 
     # Under FSDP the sharded layers compute in bf16 by themselves; autocast would bring back the
@@ -348,10 +348,14 @@ class RunLogger:
                 self.wandb = wandb.init(project=config.wandb_project, config=config.model_dump(mode="json"),
                                         dir=str(run_dir))
 
-    def start(self, base, data, train_set, val_set, accumulation, micro, world, precision) -> None:
+    def start(self, base, method, data, train_set, val_set, accumulation, micro, world, precision) -> None:
         if not self.enabled:
             return
-        print(f"base        {base.source} ({sum(p.numel() for p in base.model.parameters()):,} parameters)")
+        params = dict(base.model.named_parameters())  # LoRA's adapters are in the model by now
+        total = sum(p.numel() for name, p in params.items() if "lora_" not in name)
+        trained = sum(p.numel() for p in params.values() if p.requires_grad)
+        print(f"base        {base.source} ({total:,} parameters)")
+        print(f"method      {method}: {trained:,} parameters trained")
         print(f"data        {data.config.dataset_name}: {len(data.index.episodes)} episodes, "
               f"{train_set.num_windows} training windows" + (f", {val_set.num_windows} validation" if val_set else ""))
         print(f"batch       {micro} per forward x {accumulation} accumulation x {world} process(es); "
