@@ -182,6 +182,36 @@ def test_misspelled_lora_target_is_a_clear_error(recordings, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "unknown LoRA target 'vl_mixr'" in err[0]
 
 
+def test_the_run_tune_section_overrides_the_checkpoint_switches(recordings, tmp_path):
+    run = train(config(recordings, tmp_path / "run", method="full", max_steps=2, export_at_end=True,
+                       learning_rate=1e-2, **{"tune.vision_tower": False}))
+    saved = final_weights(tmp_path / "run")
+    assert saved and not [n for n in saved if n.startswith("vision_encoder.")]
+    assert any(n.startswith("model.") for n in saved)
+    base = torch.load(tmp_path / "run" / "base.pt", weights_only=True)
+    exported = torch.load(run.exported, weights_only=True)
+    vision = [k for k in base["model"] if k.startswith("vision_encoder.")]
+    assert all(torch.equal(exported["model"][k], base["model"][k]) for k in vision)
+    assert not torch.equal(exported["model"]["model.proj_out_2.weight"], base["model"]["model.proj_out_2.weight"])
+    assert exported["ckpt_config"]["model_cfg"] == base["ckpt_config"]["model_cfg"]  # the base's switches, kept
+
+    # A checkpoint that freezes its tower: LoRA on it is refused unless the run unfreezes it.
+    base["ckpt_config"]["model_cfg"]["tune_vision_tower"] = False
+    torch.save(base, tmp_path / "frozen.pt")
+    vision_lora = {"base": str(tmp_path / "frozen.pt"), "lora.targets": ["vision_tower"]}
+    with pytest.raises(DataError, match=r"LoRA target 'vision_tower' is frozen \(tune_vision_tower: false\)"):
+        train(config(recordings, tmp_path / "refused", max_steps=1, **vision_lora))
+    unfrozen = config(recordings, tmp_path / "unfrozen", max_steps=1, **vision_lora, **{"tune.vision_tower": True})
+    module = prepare_trainable(load_base(unfrozen.base, tmp_path, 0, is_main=False).model, "lora", unfrozen.lora,
+                               unfrozen.tune)
+    adapted = {n for n, p in module.named_parameters() if p.requires_grad and "lora_" in n}
+    assert adapted and all(".vision_encoder.encoder.layers." in n for n in adapted)
+
+    everything_off = {f"tune.{part}": False for part in ("vision_tower", "vl_mixing", "diffusion_model", "multi_projector")}
+    with pytest.raises(DataError, match="nothing to train"):
+        train(config(recordings, tmp_path / "none", method="full", max_steps=1, **everything_off))
+
+
 def test_config_precedence_defaults_file_flags(recordings, tmp_path):
     file = tmp_path / "run.yaml"
     file.write_text(f"data:\n  dataset_name: {recordings}\nmax_steps: 7\nlora:\n  rank: 4\n")

@@ -2,13 +2,15 @@
 
 LoRA goes on the chosen components; the action encoder and decoder (and the position and game
 embeddings) train in full next to it, because a new game brings new action statistics that a
-frozen encoder cannot absorb. The checkpoint's ``tune_*`` switches and the released model's
-freeze of vision layer 11 and the pooling head hold in both methods.
+frozen encoder cannot absorb. The checkpoint's ``tune_*`` switches (which a run's ``tune`` section
+may override) and the released model's freeze of vision layer 11 and the pooling head hold in both
+methods.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -16,7 +18,7 @@ from peft import PeftModel, get_peft_model
 
 from ..data.errors import DataError
 from ..model.modeling import NitroGenModel
-from .config import LORA_COMPONENTS, LoraConfig
+from .config import LORA_COMPONENTS, LoraConfig, TuneConfig
 from .sharding import shard_like
 
 # Which tune_* switch of the checkpoint governs each LoRA component and fully-trained module.
@@ -43,8 +45,8 @@ def lora_target_modules(model: NitroGenModel, targets: list[str]) -> list[str]:
             raise DataError(f"unknown LoRA target '{target}'", hint=f"targets are: {', '.join(LORA_COMPONENTS)}")
         switch = _SWITCH_OF_COMPONENT[target]
         if not getattr(model.config, switch):
-            raise DataError(f"LoRA target '{target}' is frozen by the checkpoint ({switch}: false)",
-                            hint="remove it from lora.targets")
+            raise DataError(f"LoRA target '{target}' is frozen ({switch}: false)",
+                            hint=f"remove it from lora.targets, or set tune.{switch.removeprefix('tune_')}: true")
         matched = [n for n in linear_names if re.fullmatch(LORA_COMPONENTS[target], n)]
         if not matched:
             raise DataError(f"LoRA target '{target}' matches no layer of this model",
@@ -74,12 +76,19 @@ def apply_lora(model: NitroGenModel, settings: LoraConfig) -> PeftModel:
     return wrapped
 
 
-def prepare_trainable(model: NitroGenModel, method: str, lora: LoraConfig) -> torch.nn.Module:
-    """The module to optimise: the full model (tune switches applied) or its LoRA wrapper."""
+def prepare_trainable(model: NitroGenModel, method: str, lora: LoraConfig,
+                      tune: Optional[TuneConfig] = None) -> torch.nn.Module:
+    """The module to optimise: the full model or its LoRA wrapper, with the checkpoint's tune
+    switches as ``tune`` overrides them."""
+    if tune is not None:
+        model.config = model.config.model_copy(update=tune.switches())
     model.apply_tune_switches()
-    if method == "full":
-        return model
-    return apply_lora(model, lora)
+    module = model if method == "full" else apply_lora(model, lora)
+    if not any(p.requires_grad for p in module.parameters()):
+        raise DataError(f"nothing to train: the tune switches freeze every part that {method} fine-tuning trains",
+                        hint="set one of tune.vision_tower, tune.vl_mixing, tune.diffusion_model, "
+                             "tune.multi_projector to true")
+    return module
 
 
 def base_model(module: torch.nn.Module) -> NitroGenModel:

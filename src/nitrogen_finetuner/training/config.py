@@ -46,6 +46,20 @@ class LoraConfig(_Section):
     )
 
 
+class TuneConfig(_Section):
+    """This run's ``tune_*`` switches, over the checkpoint's (null keeps the checkpoint's). The
+    exported checkpoint keeps the base's switches."""
+
+    vision_tower: Optional[bool] = Field(None, description="the SigLIP tower (layer 11 and the pooling head stay frozen)")
+    vl_mixing: Optional[bool] = Field(None, description="the VL mixer")
+    diffusion_model: Optional[bool] = Field(None, description="the DiT")
+    multi_projector: Optional[bool] = Field(None, description="the action encoder, decoder and position embedding")
+
+    def switches(self) -> dict[str, bool]:
+        """The overridden switches under the checkpoint's names (``tune_vision_tower``, ...)."""
+        return {f"tune_{name}": value for name, value in self.model_dump().items() if value is not None}
+
+
 class TrainConfig(_Section):
     base: str = Field("tiny", description="official-format checkpoint, or a preset name for random weights")
     data: DataConfig
@@ -83,6 +97,7 @@ class TrainConfig(_Section):
     export_at_end: bool = True
     wandb: bool = False
     wandb_project: str = "nitrogen-finetuner"
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
     @model_validator(mode="after")

@@ -124,7 +124,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     model_cfg = base.model.config
     if config.dropout is not None:
         set_dropout(base.model, config.dropout)
-    module = prepare_trainable(base.model, config.method, config.lora)
+    module = prepare_trainable(base.model, config.method, config.lora, config.tune)
     if config.activation_checkpointing:
         enable_activation_checkpointing(base.model)
 
@@ -176,7 +176,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         data.spec.horizon, model_cfg.action_dim, model_cfg.noise_beta_alpha, model_cfg.noise_beta_beta,
         model_cfg.noise_s,
     )
-    sample_flops = flops_per_sample(base_model(unwrapped), data.spec.horizon, config.method)
+    sample_flops = flops_per_sample(base_model(unwrapped), data.spec.horizon)
     peak = peak_flops(device)
     logger.start(base, config.method, data, train_set, val_set, accumulation, micro, world,
                  precision_label(precision, config.fsdp))
