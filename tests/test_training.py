@@ -226,13 +226,13 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, 
               "--set", "checkpoint_every=0", "--set", "val_every=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / "one"),
-                    *common], check=True, env=env, capture_output=True)
+                    *common], check=True, env=env, capture_output=True, timeout=300)
     one = final_weights(tmp_path / "one")
     one_summary = json.loads((tmp_path / "one" / "summary.json").read_text())
     for name, extra in [("ddp", []), ("fsdp", ["--set", "fsdp=true"])]:
         launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
         subprocess.run([*launch, "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / name), *common,
-                        *extra], check=True, env=env, capture_output=True)
+                        *extra], check=True, env=env, capture_output=True, timeout=300)
         two = final_weights(tmp_path / name)
         assert one.keys() == two.keys()
         assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5, name

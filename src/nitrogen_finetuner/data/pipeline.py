@@ -76,15 +76,16 @@ class PreparedData:
         train: bool = True,
         drop_last: bool = True,
     ) -> WindowDataset:
-        """Batches of windows of the chosen episodes; augmentation (when configured) only with
-        ``train``."""
+        """Batches of windows of the chosen episodes. Augmentation (when configured) only with
+        ``train``; without it (validation) the split over processes is always by window, so every
+        process runs the same number of batches."""
         transform = self.transform
         if not train and transform.augmentation is not None:
             transform = FrameTransform(transform.size, transform.fit)
         return WindowDataset(
             self.index, self.spec, transform, batch_size, episodes=episodes, shuffle=shuffle, seed=seed,
             shuffle_buffer=self.config.shuffle_buffer, skip_bad_rows=self.config.skip_bad_rows,
-            rank=rank, world_size=world_size, shard=self.config.shard, drop_last=drop_last,
+            rank=rank, world_size=world_size, shard=self.config.shard if train else "windows", drop_last=drop_last,
         )
 
 

@@ -36,6 +36,13 @@ def one_pass(dataset: WindowDataset, num_workers: int) -> Iterator[dict]:
     yield from make_loader(dataset, num_workers)
 
 
+def padding_window(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One blank window, masked out everywhere, shaped like ``batch`` (which may be empty). It adds
+    nothing to a loss; under FSDP a process with no window of its own runs it, because every
+    process must run every forward pass."""
+    return {key: value.new_zeros((1, *value.shape[1:])) for key, value in batch.items()}
+
+
 def window_noise(
     batch: dict, seed: int, step: int, horizon: int, action_dim: int, alpha: float, beta: float, noise_s: float,
     validation: bool = False,

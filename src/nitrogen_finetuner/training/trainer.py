@@ -35,7 +35,7 @@ from ..policy import NitroGenPolicy
 from .activation_checkpointing import enable_activation_checkpointing
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
 from .base import load_base, set_dropout
-from .batches import micro_batches, one_pass, window_noise
+from .batches import micro_batches, one_pass, padding_window, window_noise
 from .checkpoints import CheckpointWriter, Progress, checkpoint_dirs, load_training_state, set_rng_state
 from .config import TrainConfig, dump_config
 from .sharding import (full_optimizer_state, full_tensors, gathered, shard_like, shard_model,
@@ -131,9 +131,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     data = prepare_data(config.data, base.model_inputs(config.data.prediction_horizon))
     train_episodes, val_episodes = split_episodes(len(data.index.episodes), config.val_fraction, config.seed)
     train_set = data.dataset(micro, train_episodes, seed=config.seed, rank=rank, world_size=world)
-    # FSDP runs every forward on all processes together, so each one evaluates the whole held-out set.
-    val_rank, val_world = (0, 1) if config.fsdp else (rank, world)
-    val_set = data.dataset(micro, val_episodes, shuffle=False, rank=val_rank, world_size=val_world, train=False,
+    val_set = data.dataset(micro, val_episodes, shuffle=False, rank=rank, world_size=world, train=False,
                            drop_last=False) if val_episodes else None
     if train_set.batches_per_epoch() < 1:
         raise DataError(f"the training episodes hold {train_set.num_windows} windows, fewer than one global "
@@ -201,9 +199,12 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             for i, batch in enumerate(one_pass(val_set, config.num_workers)):
                 if config.val_batches and i >= config.val_batches:
                     break
-                if len(batch["episode"]):
-                    squared, count = forward_terms(batch, 0, validation=True)
-                    totals += torch.stack([squared.float(), count.float()])
+                if not len(batch["episode"]):
+                    if not config.fsdp:
+                        continue
+                    batch = padding_window(batch)  # FSDP runs every forward on all processes together
+                squared, count = forward_terms(batch, 0, validation=True)
+                totals += torch.stack([squared.float(), count.float()])
         module.train()
         totals = accelerator.reduce(totals, "sum")
         return float(totals[0] / totals[1].clamp(min=1))
