@@ -212,11 +212,16 @@ def test_the_run_tune_section_overrides_the_checkpoint_switches(recordings, tmp_
         train(config(recordings, tmp_path / "none", method="full", max_steps=1, **everything_off))
 
 
-def test_config_precedence_defaults_file_flags(recordings, tmp_path):
+def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     file = tmp_path / "run.yaml"
     file.write_text(f"data:\n  dataset_name: {recordings}\nmax_steps: 7\nlora:\n  rank: 4\n")
     cfg = resolve_config(file, {"lora.rank": 2})
     assert (cfg.max_steps, cfg.lora.rank, cfg.lora.alpha, cfg.method) == (7, 2, 32.0, "lora")
+    output = tmp_path / "run"
+    assert main(["train", str(file), "--set", "lora.rank=2", "--output", str(output), "--print-config"]) == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    assert resolve_config(printed) == cfg.model_copy(update={"output": str(output)}) and not output.exists()
 
 
 @pytest.mark.slow

@@ -59,7 +59,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.config import parse_override, resolve_config  # noqa: PLC0415
+    from .training.config import dump_config, parse_override, resolve_config  # noqa: PLC0415
     from .training.trainer import train
 
     overrides = dict(parse_override(item) for item in args.set)
@@ -74,11 +74,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     demo = config_file is None and "data.dataset_name" not in overrides
     if demo:  # no config and no data: the built-in games, end to end
         from .games.demo import DEMO_SETTINGS  # noqa: PLC0415
-        from .games.recorder import demo_dataset
+        from .games.recorder import demo_dataset, demo_folder
 
-        print("no --data given: recording the built-in games (cached) and fine-tuning the tiny preset on them")
-        overrides = {**DEMO_SETTINGS, "data.dataset_name": str(demo_dataset()), **overrides}
+        if args.print_config:
+            overrides = {**DEMO_SETTINGS, "data.dataset_name": str(demo_folder()), **overrides}
+        else:
+            print("no --data given: recording the built-in games (cached) and fine-tuning the tiny preset on them")
+            overrides = {**DEMO_SETTINGS, "data.dataset_name": str(demo_dataset()), **overrides}
     config = resolve_config(config_file, overrides)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
     result = train(config, resume=bool(args.resume))
     if int(os.environ.get("RANK", "0")) != 0:  # one report per run, not per process
         return 0
@@ -209,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config key, dotted (repeatable): --set lora.rank=8 --set data.augment=true")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (as the run folder's config.yaml) and exit")
     train.set_defaults(func=cmd_train)
 
     export = sub.add_parser("export", help="merge a run into an official-format checkpoint")
