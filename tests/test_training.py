@@ -51,6 +51,19 @@ class Killed(Exception):
     pass
 
 
+def killed_after_saving(monkeypatch, step: int) -> None:
+    """The next runs stop (raise Killed) right after writing the checkpoint of ``step``."""
+    real_save = checkpoints_module.CheckpointWriter.save
+
+    def save_then_die(self, progress, *args, **kwargs):
+        path = real_save(self, progress, *args, **kwargs)
+        if progress.step == step:
+            raise Killed
+        return path
+
+    monkeypatch.setattr(checkpoints_module.CheckpointWriter, "save", save_then_die)
+
+
 @pytest.mark.parametrize("setup", [{"method": "lora"}, {"method": "full"}, {"method": "full", "fsdp": True}],
                          ids=["lora", "full", "fsdp"])
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tmp_path, setup, monkeypatch):
@@ -59,15 +72,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tm
     again = train(config(recordings, tmp_path / "again", **settings))
     assert straight.losses == again.losses  # same seed, same loss curve on CPU
 
-    real_save = checkpoints_module.CheckpointWriter.save
-
-    def killed_after_step_2(self, progress, *args, **kwargs):
-        path = real_save(self, progress, *args, **kwargs)
-        if progress.step == 2:
-            raise Killed
-        return path
-
-    monkeypatch.setattr(checkpoints_module.CheckpointWriter, "save", killed_after_step_2)
+    killed_after_saving(monkeypatch, 2)
     with pytest.raises(Killed):
         train(config(recordings, tmp_path / "resumed", **settings))
     monkeypatch.undo()
@@ -171,6 +176,30 @@ def test_a_run_killed_while_checkpointing_keeps_the_previous_checkpoint(recordin
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_000002"]
     assert load_training_state(checkpoint_dirs(tmp_path / "run")[-1]).progress.step == 2
     assert train(config(recordings, tmp_path / "run", max_steps=4), resume=True).step == 4
+
+
+def test_keep_best_spares_the_lowest_validation_loss_checkpoint_across_a_resume(recordings, tmp_path, capsys,
+                                                                                monkeypatch):
+    # A learning rate this high makes the first step's held-out loss the lowest of the run.
+    settings = dict(method="full", learning_rate=0.05, warmup_steps=0, val_every=1, checkpoint_every=1, keep_last=1,
+                    keep_best=True, val_chunks=0, max_steps=5)
+    killed_after_saving(monkeypatch, 3)
+    with pytest.raises(Killed):
+        train(config(recordings, tmp_path / "run", **settings))
+    monkeypatch.undo()
+    train(config(recordings, tmp_path / "run", **settings), resume=True)
+    val_losses = [json.loads(line)["val/loss"] for line in open(tmp_path / "run" / "metrics.jsonl") if "val/loss" in line]
+    assert len(val_losses) == 5 and min(val_losses) == val_losses[0]
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_000001", "step_000005"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_checkpoint"].endswith("step_000001") and summary["best_val_loss"] == val_losses[0]
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "best.pt"), "--checkpoint", "best"]) == 0
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] == 1
+    capsys.readouterr()
+    plain = tmp_path / "plain"
+    train(config(recordings, plain, max_steps=1))
+    assert main(["export", str(plain), str(tmp_path / "none.pt"), "--checkpoint", "best"]) == 2
+    assert "the run kept no best checkpoint" in capsys.readouterr().err
 
 
 def test_misspelled_lora_target_is_a_clear_error(recordings, tmp_path, capsys):

@@ -121,7 +121,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .training.export import export_run  # noqa: PLC0415
 
-    path = export_run(args.run_dir, args.out, checkpoint=args.checkpoint, use_ema={"ema": True, "final": False}.get(args.weights))
+    best = args.checkpoint == "best"
+    path = export_run(args.run_dir, args.out, checkpoint=None if best else args.checkpoint, best=best,
+                      use_ema={"ema": True, "final": False}.get(args.weights))
     policy = load_policy(path, verbose=False)
     print(f"wrote {path}\n{policy.summary()}")
     if args.push_to_hub:
@@ -222,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="merge a run into an official-format checkpoint")
     export.add_argument("run_dir")
     export.add_argument("out", help="the .pt file to write")
-    export.add_argument("--checkpoint", help="a checkpoints/step_N folder (default: the latest)")
+    export.add_argument("--checkpoint", help="a checkpoints/step_N folder, or best: the one with the lowest "
+                        "validation loss (keep_best); default: the latest")
     export.add_argument("--weights", choices=("auto", "ema", "final"), default="auto",
                         help="EMA weights when the run kept them (auto), or as named")
     export.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the file to this hub model repo")

@@ -4,7 +4,8 @@ A checkpoint is a folder ``checkpoints/step_000120/`` holding the trainable weig
 weights) as safetensors, the optimizer and scheduler state (plain tensors and numbers, loaded
 with ``weights_only=True``), the RNG state of every process and the data position. It is
 assembled in a temporary folder and renamed into place, so a run killed while saving leaves the
-previous checkpoint intact; only the newest ``keep_last`` are kept.
+previous checkpoint intact; only the newest ``keep_last`` are kept, and with ``keep_best`` the one
+with the lowest validation loss (its step is in every later checkpoint's progress).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Progress:
     step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    best_step: Optional[int] = None  # the checkpoint with the lowest validation loss (keep_best)
+    best_val_loss: Optional[float] = None
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -109,8 +112,10 @@ class CheckpointWriter:
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
+            best = None if progress.best_step is None else f"step_{progress.best_step:06d}"
             for old in checkpoint_dirs(self.root.parent)[: -self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                if old.name != best:
+                    shutil.rmtree(old, ignore_errors=True)
         self.barrier()
         return final
 
@@ -125,12 +130,16 @@ class LoadedTrainingState:
     rng: Optional[dict[str, torch.Tensor]]
 
 
+def read_progress(checkpoint: Path) -> Progress:
+    return Progress(**json.loads((checkpoint / "progress.json").read_text()))
+
+
 def load_training_state(checkpoint: Path, rank: int = 0) -> LoadedTrainingState:
     states = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
     rng_file = checkpoint / f"rng_rank{rank}.safetensors"
     ema_file = checkpoint / "ema.safetensors"
     return LoadedTrainingState(
-        progress=Progress(**json.loads((checkpoint / "progress.json").read_text())),
+        progress=read_progress(checkpoint),
         weights=load_file(str(checkpoint / "weights.safetensors")),
         ema=load_file(str(ema_file)) if ema_file.exists() else None,
         optimizer=states["optimizer"],

@@ -92,6 +92,8 @@ class TrainConfig(_Section):
     val_chunks: int = Field(32, ge=0, description="chunks sampled per validation for button F1 and stick MAE")
     checkpoint_every: int = Field(100, ge=0)
     keep_last: int = Field(3, ge=1)
+    keep_best: bool = Field(False, description="also keep the checkpoint with the lowest validation loss "
+                            "(of the steps that both validate and checkpoint)")
     log_every: int = Field(10, ge=1)
     num_workers: int = Field(2, ge=0)
     export_at_end: bool = True

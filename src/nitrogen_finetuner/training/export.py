@@ -19,20 +19,28 @@ from ..model.checkpoint import save_checkpoint
 from ..policy import __version__
 from .adapters import load_trainable_state, prepare_trainable
 from .base import load_base
-from .checkpoints import checkpoint_dirs, load_training_state
+from .checkpoints import checkpoint_dirs, load_training_state, read_progress
 from .config import resolve_config
 
 
 def export_run(
-    run_dir: str | Path, out: str | Path, checkpoint: Optional[str | Path] = None, use_ema: Optional[bool] = None
+    run_dir: str | Path, out: str | Path, checkpoint: Optional[str | Path] = None, use_ema: Optional[bool] = None,
+    best: bool = False,
 ) -> Path:
-    """Merge a run's trained weights into its base and write ``out``; returns the path."""
+    """Merge a run's trained weights into its base and write ``out``; returns the path. The newest
+    checkpoint by default, or ``checkpoint``, or with ``best`` the one keep_best kept."""
     run_dir = Path(run_dir)
     config = resolve_config(run_dir / "config.yaml")
     found = checkpoint_dirs(run_dir)
     if checkpoint is None and not found:
         raise DataError("the run has no checkpoint to export", file=str(run_dir))
     path = Path(checkpoint) if checkpoint else found[-1]
+    if best:
+        best_step = read_progress(found[-1]).best_step if found else None
+        if best_step is None:
+            raise DataError("the run kept no best checkpoint", file=str(run_dir),
+                            hint="train with keep_best: true and a validation set (val_fraction > 0)")
+        path = run_dir / "checkpoints" / f"step_{best_step:06d}"
     state = load_training_state(path)
     if use_ema and state.ema is None:
         raise DataError("this checkpoint has no EMA weights (the run had no ema_decay)", file=str(path))

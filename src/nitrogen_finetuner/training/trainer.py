@@ -229,6 +229,15 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         found = {"val/button_f1": scores["buttons"]["macro_f1"], "val/stick_mae": scores["sticks"]["mean_mae"]}
         return {k: v for k, v in found.items() if v is not None}
 
+    def note_best(val_loss: Optional[float]) -> None:
+        """With keep_best, remember this step if its validation loss is the lowest so far and a
+        checkpoint is written at this step (the checkpoints carry it; rotation spares it)."""
+        checkpointed = (config.checkpoint_every and progress.step % config.checkpoint_every == 0
+                        or progress.step == config.max_steps)
+        lowest = progress.best_val_loss is None or (val_loss is not None and val_loss < progress.best_val_loss)
+        if config.keep_best and checkpointed and val_loss is not None and lowest:
+            progress.best_step, progress.best_val_loss = progress.step, val_loss
+
     def gradient_sync(last_micro_batch: bool):
         """Gradients are averaged across processes once per step, after the last micro-batch."""
         if config.fsdp:
@@ -283,15 +292,17 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             val_loss = validate()
             if val_loss is not None:
                 logger.scalars(progress.step, {"val/loss": val_loss, **sampled_metrics()})
+            note_best(val_loss)
         if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
             save(writer, progress, unwrapped, optimizer, scheduler, ema, config)
     bar.close()
 
     # ----------------------------------------------------------------------------- finish
-    if not checkpoint_dirs(run_dir) or checkpoint_dirs(run_dir)[-1].name != f"step_{progress.step:06d}":
-        save(writer, progress, unwrapped, optimizer, scheduler, ema, config)
     if val_set is not None and (not config.val_every or progress.step % config.val_every):
         val_loss = validate()
+        note_best(val_loss)
+    if not checkpoint_dirs(run_dir) or checkpoint_dirs(run_dir)[-1].name != f"step_{progress.step:06d}":
+        save(writer, progress, unwrapped, optimizer, scheduler, ema, config)
     exported = None
     save_trained_weights(unwrapped, run_dir, accelerator.is_main_process)
     if accelerator.is_main_process:
@@ -299,7 +310,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             from .export import export_run  # noqa: PLC0415
 
             exported = export_run(run_dir, run_dir / "model.pt")
-    logger.finish(progress.step, losses, val_loss, exported)
+    logger.finish(progress, losses, val_loss, exported)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(run_dir, progress.step, losses, val_loss, exported)
@@ -372,11 +383,15 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log(values, step=step)
 
-    def finish(self, step: int, losses: list[float], val_loss: Optional[float], exported: Optional[Path]) -> None:
+    def finish(self, progress: Progress, losses: list[float], val_loss: Optional[float],
+               exported: Optional[Path]) -> None:
         if not self.enabled:
             return
-        summary = {"step": step, "final_train_loss": losses[-1] if losses else None, "val_loss": val_loss,
-                   "exported": str(exported) if exported else None}
+        best = progress.best_step
+        summary = {"step": progress.step, "final_train_loss": losses[-1] if losses else None, "val_loss": val_loss,
+                   "exported": str(exported) if exported else None,
+                   "best_checkpoint": str(self.run_dir / "checkpoints" / f"step_{best:06d}") if best else None,
+                   "best_val_loss": progress.best_val_loss}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.tensorboard.close()
         self.metrics.close()
