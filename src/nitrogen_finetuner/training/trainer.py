@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, parse_flag_from_env
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -66,10 +66,10 @@ def lr_schedule(config: TrainConfig):
     return factor
 
 
-def _mixed_precision(choice: str) -> str:
+def _mixed_precision(choice: str, on_gpu: bool) -> str:
     if choice != "auto":
         return choice
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
 
 
 def precision_label(precision: str, fsdp: bool) -> str:
@@ -93,9 +93,11 @@ class EMA:
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # ------------------------------------------------------------------------------- set up
-    # cpu=True on machines without CUDA: it is what makes torchrun / accelerate launch use gloo.
-    precision = _mixed_precision(config.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    # cpu=True on machines without CUDA (or with ACCELERATE_USE_CPU, as `accelerate launch --cpu`
+    # sets it): it is what makes torchrun / accelerate launch use gloo.
+    on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    precision = _mixed_precision(config.mixed_precision, on_gpu)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not on_gpu)
     if accelerator.distributed_type == DistributedType.FSDP:
         raise DataError("accelerate's own FSDP wrapping is not used here",
                         hint="launch without it (accelerate launch --multi_gpu, or torchrun) and set fsdp: true")
