@@ -241,6 +241,18 @@ def test_the_run_tune_section_overrides_the_checkpoint_switches(recordings, tmp_
         train(config(recordings, tmp_path / "none", method="full", max_steps=1, **everything_off))
 
 
+def test_out_of_gpu_memory_is_one_line_with_what_to_lower(recordings, tmp_path, capsys, monkeypatch):
+    from nitrogen_finetuner.training import trainer  # noqa: PLC0415
+
+    def runs_out(config, resume=False):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "train", runs_out)
+    code = main(["train", "--data", str(recordings), "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "out of GPU memory (lower micro_batch_size" in err[0]
+
+
 def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     file = tmp_path / "run.yaml"
     file.write_text(f"data:\n  dataset_name: {recordings}\nmax_steps: 7\nlora:\n  rank: 4\n")

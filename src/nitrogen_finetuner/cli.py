@@ -1,7 +1,8 @@
 """``nitrogen-finetune``: a thin command line over the library.
 
 A user's mistake (a missing file, a checkpoint that is not NitroGen, an unknown preset) ends with
-one line on stderr and exit status 2, never a traceback.
+one line on stderr and exit status 2, never a traceback; running out of GPU memory ends with one
+line saying what to lower, and status 1.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 from pydantic import ValidationError
 
 from .actions.layout import LayoutError
@@ -289,6 +291,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as err:
         print(f"nitrogen-finetune: error: {user_message(err)}", file=sys.stderr)
         return 2
+    except torch.OutOfMemoryError:
+        print("nitrogen-finetune: error: out of GPU memory (lower micro_batch_size, and gradient accumulation "
+              "keeps batch_size; or set activation_checkpointing: true, or fsdp: true for full fine-tuning on "
+              "several GPUs)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
