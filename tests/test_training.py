@@ -43,6 +43,12 @@ def config(data: Path, output: Path, **overrides):
     return resolve_config(None, {"data.dataset_name": str(data), "output": str(output), **SMALL, **overrides})
 
 
+def logged(run_dir: Path, name: str) -> list[float]:
+    """Every value of one metric in the run's metrics.jsonl, in order."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row[name] for row in rows if name in row]
+
+
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(checkpoint_dirs(run_dir)[-1] / "weights.safetensors"))
 
@@ -188,7 +194,7 @@ def test_keep_best_spares_the_lowest_validation_loss_checkpoint_across_a_resume(
         train(config(recordings, tmp_path / "run", **settings))
     monkeypatch.undo()
     train(config(recordings, tmp_path / "run", **settings), resume=True)
-    val_losses = [json.loads(line)["val/loss"] for line in open(tmp_path / "run" / "metrics.jsonl") if "val/loss" in line]
+    val_losses = logged(tmp_path / "run", "val/loss")
     assert len(val_losses) == 5 and min(val_losses) == val_losses[0]
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_000001", "step_000005"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -269,12 +275,14 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
 def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, tmp_path):
     common = ["--data", str(recordings), "--max-steps", "3", "--method", "full", "--set", "dropout=0.0",
               "--set", "num_workers=0", "--set", "export_at_end=false", "--set", "batch_size=4",
-              "--set", "checkpoint_every=0", "--set", "val_every=0"]
+              "--set", "checkpoint_every=0", "--set", "val_every=0", "--set", "log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / "one"),
                     *common], check=True, env=env, capture_output=True, timeout=300)
     one = final_weights(tmp_path / "one")
     one_summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+    one_norms = logged(tmp_path / "one", "train/grad_norm")
+    assert len(one_norms) == 3 and all(n > 0 for n in one_norms)
     for name, extra in [("ddp", []), ("fsdp", ["--set", "fsdp=true"])]:
         launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
         subprocess.run([*launch, "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / name), *common,
@@ -285,6 +293,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, 
         # The held-out loss is over the same windows, however the processes share them.
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["val_loss"] == pytest.approx(one_summary["val_loss"], rel=1e-5), name
+        # The logged gradient norm is the whole model's, not one process's share.
+        assert logged(tmp_path / name, "train/grad_norm") == pytest.approx(one_norms, rel=1e-4), name
 
 
 @pytest.mark.slow

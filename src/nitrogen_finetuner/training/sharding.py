@@ -87,6 +87,11 @@ def gathered(model: torch.nn.Module) -> Iterator[None]:
             module.reshard()
 
 
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, sharded or not (a collective for a sharded one)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def full_tensors(tensors: dict[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
     """The whole tensors, on the CPU, for the process that writes them (``keep``); the others get
     nothing. A collective: every process calls it, in the same order. Each tensor is gathered and
@@ -94,7 +99,7 @@ def full_tensors(tensors: dict[str, torch.Tensor], keep: bool = True) -> dict[st
     model and optimizer state on any GPU, nor a host copy per process."""
     whole = {}
     for name, tensor in tensors.items():
-        full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        full = full_tensor(tensor)
         if keep:
             whole[name] = full.detach().cpu()
     return whole

@@ -38,7 +38,7 @@ from .base import load_base, set_dropout
 from .batches import micro_batches, one_pass, padding_window, window_noise
 from .checkpoints import CheckpointWriter, Progress, checkpoint_dirs, load_training_state, set_rng_state
 from .config import TrainConfig, dump_config
-from .sharding import (full_optimizer_state, full_tensors, gathered, shard_like, shard_model,
+from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
                        shard_optimizer_state)
 from .throughput import flops_per_sample, peak_flops
 
@@ -269,8 +269,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 squared, _ = forward_terms(batch, progress.step)
                 accelerator.backward(squared * world / total)
             step_squared += squared.detach().float()
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm else None
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -286,10 +285,13 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                         refresh=False)
         bar.update(1)
         if progress.step % config.log_every == 0 or progress.step == config.max_steps:
-            mfu = samples_per_s * sample_flops / (peak * world) if peak else None
-            logger.scalars(progress.step, {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
-                                           "train/samples_per_s": samples_per_s, "train/ms_per_step": seconds * 1000,
-                                           **({"train/mfu": mfu} if mfu is not None else {})})
+            scalars = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+                       "train/samples_per_s": samples_per_s, "train/ms_per_step": seconds * 1000}
+            if peak:
+                scalars["train/mfu"] = samples_per_s * sample_flops / (peak * world)
+            if grad_norm is not None:  # before clipping; under FSDP, the whole model's
+                scalars["train/grad_norm"] = float(full_tensor(grad_norm))
+            logger.scalars(progress.step, scalars)
         if config.val_every and progress.step % config.val_every == 0:
             val_loss = validate()
             if val_loss is not None:
