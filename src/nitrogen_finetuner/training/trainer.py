@@ -234,10 +234,11 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     def note_best(val_loss: Optional[float]) -> None:
         """With keep_best, remember this step if its validation loss is the lowest so far and a
         checkpoint is written at this step (the checkpoints carry it; rotation spares it)."""
+        if not config.keep_best or val_loss is None:
+            return
         checkpointed = (config.checkpoint_every and progress.step % config.checkpoint_every == 0
                         or progress.step == config.max_steps)
-        lowest = progress.best_val_loss is None or (val_loss is not None and val_loss < progress.best_val_loss)
-        if config.keep_best and checkpointed and val_loss is not None and lowest:
+        if checkpointed and (progress.best_val_loss is None or val_loss < progress.best_val_loss):
             progress.best_step, progress.best_val_loss = progress.step, val_loss
 
     def gradient_sync(last_micro_batch: bool):
