@@ -17,7 +17,7 @@ import torch
 from pydantic import ValidationError
 
 from .actions.layout import LayoutError
-from .data.errors import DataError, user_message
+from .data.errors import DataError, invalid_setting, user_message
 from .model.checkpoint import CheckpointError, save_checkpoint
 from .model.presets import PRESETS, build_preset
 from .policy import __version__, load_policy
@@ -78,11 +78,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .games.demo import DEMO_SETTINGS  # noqa: PLC0415
         from .games.recorder import demo_dataset, demo_folder
 
-        if args.print_config:
-            overrides = {**DEMO_SETTINGS, "data.dataset_name": str(demo_folder()), **overrides}
-        else:
+        if not args.print_config:
             print("no --data given: recording the built-in games (cached) and fine-tuning the tiny preset on them")
-            overrides = {**DEMO_SETTINGS, "data.dataset_name": str(demo_dataset()), **overrides}
+            demo_dataset()
+        overrides = {**DEMO_SETTINGS, "data.dataset_name": str(demo_folder()), **overrides}
     config = resolve_config(config_file, overrides)
     if args.print_config:
         print(dump_config(config), end="")
@@ -149,8 +148,7 @@ def _data_config(args: argparse.Namespace, dataset: str):
             image_column=args.image_column, image_fit=args.image_fit, skip_bad_rows=args.skip_bad_rows,
         )
     except ValidationError as err:
-        first = err.errors()[0]
-        raise DataError(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise invalid_setting(err) from None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from pydantic import ValidationError
+
 
 class DataError(ValueError):
     """A problem in the user's data, located by file, row and column, with what to do about it.
@@ -33,3 +35,11 @@ def user_message(err: BaseException) -> str:
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
     last = lines[-1] if lines else type(err).__name__
     return re.sub(rf"^[\w.]*\b{type(err).__name__}: ", "", last)
+
+
+def invalid_setting(err: ValidationError, file: Optional[str] = None) -> DataError:
+    """pydantic's first complaint about a config, as one line naming the setting."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return DataError(f"invalid setting {where}: {message}" if where else f"invalid config: {message}", file=file)

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..data.config import DataConfig
-from ..data.errors import DataError
+from ..data.errors import DataError, invalid_setting
 
 LORA_COMPONENTS = {
     # DiT attention projections (self- and cross-attention blocks).
@@ -141,11 +141,7 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        raise DataError(f"invalid setting {where}: {message}" if where else f"invalid config: {message}",
-                        file=str(file) if file else None) from None
+        raise invalid_setting(err, file=str(file) if file else None) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
