@@ -12,7 +12,8 @@ attention and feed-forward layers and the VL mixer, with the action head trained
 
 ``fsdp`` is full fine-tuning with ``fsdp: true`` in one process: instead of autocast, FSDP
 gathers bf16 copies of the float32 master weights and the transformers compute in bf16 end to
-end (see ``training/sharding.py``).
+end (see ``training/sharding.py``). In one process that is slower than autocast: FSDP is there
+for sharding across GPUs, and these rows measure its cost.
 """
 
 from __future__ import annotations

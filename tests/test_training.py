@@ -93,9 +93,11 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tm
 
 
 @pytest.mark.parametrize("setup", [{"method": "lora"}, {"method": "full", "fsdp": True}], ids=["lora", "fsdp"])
-def test_activation_checkpointing_trains_the_same_weights(recordings, tmp_path, setup):
+def test_activation_checkpointing_trains_the_same_weights(recordings, tmp_path, setup, capsys):
     settings = dict(max_steps=2, checkpoint_every=0, **setup)
     plain = train(config(recordings, tmp_path / "plain", **settings))
+    # One process gains nothing from FSDP, and the run says so.
+    assert ("fsdp in one process shards nothing" in capsys.readouterr().out) == ("fsdp" in setup)
     checkpointed = train(config(recordings, tmp_path / "checkpointed", activation_checkpointing=True, **settings))
     assert plain.losses == checkpointed.losses
     a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "checkpointed")

@@ -79,7 +79,7 @@ class TrainConfig(_Section):
         False, description="recompute each transformer layer in backward: far less activation memory, more compute"
     )
     fsdp: bool = Field(False, description="shard weights, gradients and optimizer state across processes "
-                       "(PyTorch FSDP2; full fine-tuning, bf16 or fp32)")
+                       "(PyTorch FSDP2; full fine-tuning, bf16 or fp32; slower in one process)")
     compile: bool = Field(False, description="torch.compile the model (GPU: ~1.35x faster full fine-tuning)")
     deterministic: Optional[bool] = Field(
         None, description="deterministic kernels (default: on CPU, where they cost little; off on GPU)"
