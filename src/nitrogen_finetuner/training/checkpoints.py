@@ -36,6 +36,11 @@ class Progress:
     best_val_loss: Optional[float] = None
 
 
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """The folder of the checkpoint written at ``step``."""
+    return run_dir / "checkpoints" / f"step_{step:06d}"
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = run_dir / "checkpoints"
@@ -93,8 +98,8 @@ class CheckpointWriter:
         ema: Optional[dict[str, torch.Tensor]],
         config_text: str,
     ) -> Path:
-        final = self.root / f"step_{progress.step:06d}"
-        tmp = self.root / f".step_{progress.step:06d}.tmp"
+        final = checkpoint_dir(self.root.parent, progress.step)
+        tmp = final.with_name(f".{final.name}.tmp")
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -112,9 +117,9 @@ class CheckpointWriter:
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
-            best = None if progress.best_step is None else f"step_{progress.best_step:06d}"
+            best = None if progress.best_step is None else checkpoint_dir(self.root.parent, progress.best_step)
             for old in checkpoint_dirs(self.root.parent)[: -self.keep_last]:
-                if old.name != best:
+                if old != best:
                     shutil.rmtree(old, ignore_errors=True)
         self.barrier()
         return final

@@ -19,7 +19,7 @@ from ..model.checkpoint import save_checkpoint
 from ..policy import __version__
 from .adapters import load_trainable_state, prepare_trainable
 from .base import load_base
-from .checkpoints import checkpoint_dirs, load_training_state, read_progress
+from .checkpoints import checkpoint_dir, checkpoint_dirs, load_training_state, read_progress
 from .config import resolve_config
 
 
@@ -40,7 +40,7 @@ def export_run(
         if best_step is None:
             raise DataError("the run kept no best checkpoint", file=str(run_dir),
                             hint="train with keep_best: true and a validation set (val_fraction > 0)")
-        path = run_dir / "checkpoints" / f"step_{best_step:06d}"
+        path = checkpoint_dir(run_dir, best_step)
     state = load_training_state(path)
     if use_ema and state.ema is None:
         raise DataError("this checkpoint has no EMA weights (the run had no ema_decay)", file=str(path))

@@ -36,7 +36,8 @@ from .activation_checkpointing import enable_activation_checkpointing
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
 from .base import load_base, set_dropout
 from .batches import micro_batches, one_pass, padding_window, window_noise
-from .checkpoints import CheckpointWriter, Progress, checkpoint_dirs, load_training_state, set_rng_state
+from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
+                          set_rng_state)
 from .config import TrainConfig, dump_config
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
                        shard_optimizer_state)
@@ -309,7 +310,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if val_set is not None and (not config.val_every or progress.step % config.val_every):
         val_loss = validate()
         note_best(val_loss)
-    if not checkpoint_dirs(run_dir) or checkpoint_dirs(run_dir)[-1].name != f"step_{progress.step:06d}":
+    if checkpoint_dirs(run_dir)[-1:] != [checkpoint_dir(run_dir, progress.step)]:
         save(writer, progress, unwrapped, optimizer, scheduler, ema, config)
     exported = None
     save_trained_weights(unwrapped, run_dir, accelerator.is_main_process)
@@ -402,7 +403,7 @@ class RunLogger:
         best = progress.best_step
         summary = {"step": progress.step, "final_train_loss": losses[-1] if losses else None, "val_loss": val_loss,
                    "exported": str(exported) if exported else None,
-                   "best_checkpoint": str(self.run_dir / "checkpoints" / f"step_{best:06d}") if best else None,
+                   "best_checkpoint": str(checkpoint_dir(self.run_dir, best)) if best else None,
                    "best_val_loss": progress.best_val_loss}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.tensorboard.close()
