@@ -2,6 +2,7 @@
 
     python benchmarks/training_throughput.py                       # GPU: full, FSDP and LoRA, batch 32 and 64
     python benchmarks/training_throughput.py --compile --output train.json
+    python benchmarks/training_throughput.py --runs bf16_weights:64 --compile --profile   # where the time goes
     python benchmarks/training_throughput.py --official-src /path/to/NitroGen   # official full fine-tune too
 
 One step is what ``nitrogen-finetune train`` does per optimizer step: per-window flow noise,
@@ -10,6 +11,8 @@ step, on synthetic 256x256 frames already on the device (the data loader is meas
 ``loader_throughput.py``). The default LoRA setup is ``LoraConfig()``: rank 16 on the DiT
 attention and feed-forward layers and the VL mixer, with the action head trained fully.
 
+``bf16_weights`` is full fine-tuning with ``bf16_weights: true``: a bf16 copy of the model computes
+with no autocast and AdamW updates the float32 masters (see ``training/bf16_weights.py``).
 ``fsdp`` is full fine-tuning with ``fsdp: true`` in one process: instead of autocast, FSDP
 gathers bf16 copies of the float32 master weights and the transformers compute in bf16 end to
 end (see ``training/sharding.py``). In one process that is slower than autocast: FSDP is there
@@ -35,6 +38,7 @@ from nitrogen_finetuner.model.presets import build_preset
 from nitrogen_finetuner.training.activation_checkpointing import enable_activation_checkpointing
 from nitrogen_finetuner.training.adapters import base_model, prepare_trainable
 from nitrogen_finetuner.training.batches import window_noise
+from nitrogen_finetuner.training.bf16_weights import Bf16Weights
 from nitrogen_finetuner.training.config import LoraConfig
 from nitrogen_finetuner.training.sharding import shard_model
 from nitrogen_finetuner.training.throughput import flops_per_sample, peak_flops
@@ -66,35 +70,63 @@ def reset_memory(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def kernel_time_by_kind(step, steps: int = 3) -> dict:
+    """GPU kernel milliseconds per step, by kind of kernel, from the PyTorch profiler."""
+    kinds = {"matmul": ("gemm", "nvjet", "cutlass", "xmma", "sm90", "cublas", "matmul", "scaled_mm"),
+             "attention": ("flash", "fmha", "attention", "cudnn"),
+             "optimizer and clipping": ("adam", "multi_tensor", "foreach", "norm_kernel"),
+             "fused (triton)": ("triton",)}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        for i in range(steps):
+            step(1000 + i)
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in profiler.key_averages():
+        if event.self_device_time_total <= 0 or str(event.device_type).endswith("CPU"):
+            continue
+        name = event.key.lower()
+        kind = next((k for k, marks in kinds.items() if any(m in name for m in marks)), "other element-wise")
+        totals[kind] = totals.get(kind, 0.0) + event.self_device_time_total / 1000 / steps
+    return {"kernel_ms": round(sum(totals.values()), 1),
+            **{k: round(v, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}}
+
+
 def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_model: bool,
-          recompute: bool, device) -> dict:
+          recompute: bool, device, profile: bool = False) -> dict:
     torch.manual_seed(0)
     model, _ = build_preset(preset, device=device)
     cfg = model.config
     sharded = method == "fsdp"
-    trained = "full" if sharded else method  # fsdp shards a full fine-tune
-    module = prepare_trainable(model, trained, LoraConfig())
-    module.train()
+    trained = "lora" if method == "lora" else "full"  # fsdp and bf16_weights are full fine-tunes
+    master = prepare_trainable(model, trained, LoraConfig())
+    master.train()
+    bf16_weights = Bf16Weights(master) if method == "bf16_weights" else None
+    module = bf16_weights.module if bf16_weights else master
     if recompute:
-        enable_activation_checkpointing(model)
+        enable_activation_checkpointing(base_model(module))
     if sharded:
         shard_model(module, device, "bf16", compile_units=compile_model)
     elif compile_model:
         module.compile()
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [p for p in master.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
     data = synthetic_batch(batch_size, model.vision_encoder.config.image_size, cfg.action_horizon, cfg.action_dim, device)
     noise_args = (cfg.action_horizon, cfg.action_dim, cfg.noise_beta_alpha, cfg.noise_beta_beta, cfg.noise_s)
 
     def step(i: int) -> None:
         noise, flow_time = window_noise(data, 0, i, *noise_args)
-        autocast = contextlib.nullcontext() if sharded else torch.autocast(device.type, dtype=torch.bfloat16)
+        bf16_end_to_end = sharded or bf16_weights
+        autocast = contextlib.nullcontext() if bf16_end_to_end else torch.autocast(device.type, dtype=torch.bfloat16)
         with autocast:
             squared, count = module(data["pixels"], data["actions"], data["mask"], noise.to(device), flow_time.to(device))
         (squared / count).backward()
+        if bf16_weights:
+            bf16_weights.gradients_to_master()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if bf16_weights:
+            bf16_weights.weights_from_master()
 
     for i in range(warmup):
         step(i)
@@ -116,9 +148,11 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
         "ms_per_step": round(seconds * 1000, 1),
         "peak_gib": peak_memory_gib(device),
         "trainable": sum(p.numel() for p in params),
-        "mfu": round(samples_per_s * flops_per_sample(base_model(module), cfg.action_horizon) / peak, 3)
+        "mfu": round(samples_per_s * flops_per_sample(base_model(master), cfg.action_horizon) / peak, 3)
         if peak else None,
     }
+    if profile and device.type == "cuda":
+        row["profile"] = kernel_time_by_kind(step)
     return row
 
 
@@ -185,11 +219,12 @@ def main() -> None:
     parser.add_argument("--preset", default="released")
     parser.add_argument("--device", default="cuda", help="cuda; cpu only as a dry run of the script")
     parser.add_argument("--runs", default="full:32,full:64,fsdp:32,fsdp:64,lora:16,lora:32,lora:64",
-                        help="method:batch pairs; methods: full, fsdp, lora")
+                        help="method:batch pairs; methods: full, bf16_weights, fsdp, lora")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time each run with torch.compile")
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute layers in backward")
+    parser.add_argument("--profile", action="store_true", help="also GPU kernel time per step, by kind of kernel")
     parser.add_argument("--official-src", help="a checkout of github.com/MineDojo/NitroGen (full fine-tune, batch 64)")
     parser.add_argument("--output")
     args = parser.parse_args()
@@ -204,7 +239,7 @@ def main() -> None:
         for compiled in (False, True) if args.compile else (False,):
             try:
                 rows.append(bench(args.preset, method, int(batch), args.steps, args.warmup, compiled,
-                                  args.activation_checkpointing, device))
+                                  args.activation_checkpointing, device, args.profile))
             except Exception as err:  # report (e.g. out of memory) and go on
                 rows.append({"method": method, "batch": int(batch), "error": f"{type(err).__name__}: {str(err)[:200]}"})
                 reset_memory(device)
@@ -214,7 +249,8 @@ def main() -> None:
         rows.append(bench_official(Path(args.official_src), args.preset, 64, args.steps, args.warmup, device))
         print(json.dumps(rows[-1]), flush=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"\n{args.preset} NitroGen, random weights, bf16 (autocast; fsdp rows: FSDP bf16 weights), {name}")
+    print(f"\n{args.preset} NitroGen, random weights, bf16 (autocast; bf16_weights and fsdp rows: "
+          f"bf16 weights, float32 masters), {name}")
     print("| method | batch | samples/s | ms/step | peak GiB | MFU |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -70,8 +70,9 @@ def killed_after_saving(monkeypatch, step: int) -> None:
     monkeypatch.setattr(checkpoints_module.CheckpointWriter, "save", save_then_die)
 
 
-@pytest.mark.parametrize("setup", [{"method": "lora"}, {"method": "full"}, {"method": "full", "fsdp": True}],
-                         ids=["lora", "full", "fsdp"])
+@pytest.mark.parametrize("setup", [{"method": "lora"}, {"method": "full"}, {"method": "full", "fsdp": True},
+                                   {"method": "full", "bf16_weights": True}],
+                         ids=["lora", "full", "fsdp", "bf16_weights"])
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tmp_path, setup, monkeypatch):
     settings = dict(max_steps=4, ema_decay=0.9, num_workers=2, **setup)
     straight = train(config(recordings, tmp_path / "straight", **settings))
@@ -111,6 +112,33 @@ def test_gradient_accumulation_trains_the_weights_of_one_big_batch(recordings, t
     assert split.losses == pytest.approx(whole.losses, rel=1e-5)
     a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+
+
+def test_bf16_weights_follow_a_float32_run_and_keep_float32_master_weights(recordings, tmp_path):
+    settings = dict(method="full", max_steps=3, dropout=0.0, checkpoint_every=0, val_every=3, val_chunks=2,
+                    export_at_end=True)
+    float32 = train(config(recordings, tmp_path / "float32", **settings))
+    bf16 = train(config(recordings, tmp_path / "bf16", bf16_weights=True, **settings))
+    assert bf16.losses == pytest.approx(float32.losses, rel=0.01) and bf16.losses != float32.losses
+    assert bf16.val_loss == pytest.approx(float32.val_loss, rel=0.01)
+    assert logged(tmp_path / "bf16", "val/button_f1")  # chunks sampled on the bf16 copy
+    a, b = final_weights(tmp_path / "float32"), final_weights(tmp_path / "bf16")
+    assert a.keys() == b.keys() and all(t.dtype == torch.float32 for t in b.values())
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 2e-3
+    # Updates land on float32 masters: trained weights are not bf16 values, as bf16 weights would be.
+    assert all(not torch.equal(t, t.bfloat16().float()) for t in b.values())
+    exported = torch.load(bf16.exported, weights_only=True)["model"]
+    assert all(torch.equal(exported[k], b[k]) for k in b)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"bf16_weights": True}, "bf16_weights is for full fine-tuning"),
+    ({"bf16_weights": True, "method": "full", "fsdp": True}, "bf16_weights is for full fine-tuning without fsdp"),
+    ({"bf16_weights": True, "method": "full", "mixed_precision": "fp16"}, "set mixed_precision to bf16 or auto"),
+])
+def test_bf16_weights_outside_plain_full_fine_tuning_is_a_clear_error(recordings, tmp_path, setting, message):
+    with pytest.raises(DataError, match=message):
+        config(recordings, tmp_path / "run", **setting)
 
 
 def test_lora_trains_adapters_and_the_action_head_only(recordings, tmp_path):
@@ -279,24 +307,33 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, 
               "--set", "num_workers=0", "--set", "export_at_end=false", "--set", "batch_size=4",
               "--set", "checkpoint_every=0", "--set", "val_every=0", "--set", "log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / "one"),
-                    *common], check=True, env=env, capture_output=True, timeout=300)
-    one = final_weights(tmp_path / "one")
-    one_summary = json.loads((tmp_path / "one" / "summary.json").read_text())
-    one_norms = logged(tmp_path / "one", "train/grad_norm")
-    assert len(one_norms) == 3 and all(n > 0 for n in one_norms)
-    for name, extra in [("ddp", []), ("fsdp", ["--set", "fsdp=true"])]:
-        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
-        subprocess.run([*launch, "-m", "nitrogen_finetuner.cli", "train", "--output", str(tmp_path / name), *common,
-                        *extra], check=True, env=env, capture_output=True, timeout=300)
-        two = final_weights(tmp_path / name)
-        assert one.keys() == two.keys()
-        assert max(float((one[k] - two[k]).abs().max()) for k in one) <= 1e-5, name
+
+    def trained(name: str, processes: int, *settings: str) -> Path:
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29531"]
+        subprocess.run([sys.executable, *(launcher if processes > 1 else []), "-m", "nitrogen_finetuner.cli", "train",
+                        "--output", str(tmp_path / name), *common, *settings],
+                       check=True, env=env, capture_output=True, timeout=300)
+        return tmp_path / name
+
+    float32 = trained("one", 1)
+    bf16 = ["--set", "bf16_weights=true"]
+    # Tolerances for the weights and the held-out loss, and for the gradient norms: bf16 gradients
+    # are averaged across the processes in bf16, so there the two agree to bf16's precision.
+    for one, two, tolerance, norm_tolerance in [
+        (float32, trained("ddp", 2), 1e-5, 1e-4),
+        (float32, trained("fsdp", 2, "--set", "fsdp=true"), 1e-5, 1e-4),
+        (trained("one_bf16", 1, *bf16), trained("bf16_weights", 2, *bf16), 1e-3, 3e-2),
+    ]:
+        a, b = final_weights(one), final_weights(two)
+        assert a.keys() == b.keys()
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) <= tolerance, two.name
         # The held-out loss is over the same windows, however the processes share them.
-        summary = json.loads((tmp_path / name / "summary.json").read_text())
-        assert summary["val_loss"] == pytest.approx(one_summary["val_loss"], rel=1e-5), name
+        val_losses = [json.loads((run / "summary.json").read_text())["val_loss"] for run in (one, two)]
+        assert val_losses[1] == pytest.approx(val_losses[0], rel=tolerance), two.name
         # The logged gradient norm is the whole model's, not one process's share.
-        assert logged(tmp_path / name, "train/grad_norm") == pytest.approx(one_norms, rel=1e-4), name
+        norms = [logged(run, "train/grad_norm") for run in (one, two)]
+        assert len(norms[0]) == 3 and all(n > 0 for n in norms[0])
+        assert norms[1] == pytest.approx(norms[0], rel=norm_tolerance), two.name
 
 
 @pytest.mark.slow

@@ -161,7 +161,7 @@ class NitroGenModel(nn.Module):
         target = actions - noise
         timesteps = (flow_time * self.config.num_timestep_buckets).long()
         vl = self.vl_tokens(pixel_values, game_ids)
-        pred = self.velocity(noisy, timesteps, category, vl_tokens=vl).float()
+        pred = self.velocity(noisy.to(self.action_encoder.W1.W.dtype), timesteps, category, vl_tokens=vl).float()
         mask = torch.ones_like(actions) if actions_mask is None else actions_mask.to(actions.dtype)
         return (F.mse_loss(pred, target, reduction="none") * mask).sum(), mask.sum()
 

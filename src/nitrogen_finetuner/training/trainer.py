@@ -5,9 +5,9 @@
     train(resolve_config("my_run.yaml"))
 
 Runs on HF Accelerate, so the same code trains on a CPU, one GPU or many (``accelerate launch``
-or ``torchrun``; DDP, or FSDP with ``fsdp: true``): fp32 / bf16 / fp16, gradient accumulation,
-clipping, fused AdamW, cosine schedule with warmup, optional EMA, validation on held-out
-episodes, atomic checkpoints and exact resume.
+or ``torchrun``; DDP, or FSDP with ``fsdp: true``): fp32 / bf16 / fp16 (or bf16 weights with
+float32 masters), gradient accumulation, clipping, fused AdamW, cosine schedule with warmup,
+optional EMA, validation on held-out episodes, atomic checkpoints and exact resume.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from ..policy import NitroGenPolicy
 from .activation_checkpointing import enable_activation_checkpointing
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
 from .base import load_base, set_dropout
+from .bf16_weights import Bf16Weights
 from .batches import micro_batches, one_pass, padding_window, window_noise
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
                           set_rng_state)
@@ -73,7 +74,9 @@ def _mixed_precision(choice: str, on_gpu: bool) -> str:
     return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
 
 
-def precision_label(precision: str, fsdp: bool) -> str:
+def precision_label(precision: str, fsdp: bool, bf16_weights: bool) -> str:
+    if bf16_weights:
+        return "bf16 weights, float32 master weights"
     if not fsdp:
         return precision
     return "fp32, FSDP" if precision == "no" else f"{precision} FSDP units, float32 master weights"
@@ -98,7 +101,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     # sets it): it is what makes torchrun / accelerate launch use gloo.
     on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
     precision = _mixed_precision(config.mixed_precision, on_gpu)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not on_gpu)
+    # bf16 weights compute in bf16 without autocast, which Accelerate would wrap the model in.
+    accelerator = Accelerator(mixed_precision="no" if config.bf16_weights else precision, cpu=not on_gpu)
     if accelerator.distributed_type == DistributedType.FSDP:
         raise DataError("accelerate's own FSDP wrapping is not used here",
                         hint="launch without it (accelerate launch --multi_gpu, or torchrun) and set fsdp: true")
@@ -127,9 +131,13 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     model_cfg = base.model.config
     if config.dropout is not None:
         set_dropout(base.model, config.dropout)
-    module = prepare_trainable(base.model, config.method, config.lora, config.tune)
+    # master: the float32 weights that the optimizer updates, EMA follows and checkpoints save;
+    # module: what runs forward and backward (the master itself, or its bf16 copy).
+    master = prepare_trainable(base.model, config.method, config.lora, config.tune)
+    bf16_weights = Bf16Weights(master.to(device)) if config.bf16_weights else None
+    module = bf16_weights.module if bf16_weights else master
     if config.activation_checkpointing:
-        enable_activation_checkpointing(base.model)
+        enable_activation_checkpointing(base_model(module))
 
     data = prepare_data(config.data, base.model_inputs(config.data.prediction_horizon))
     train_episodes, val_episodes = split_episodes(len(data.index.episodes), config.val_fraction, config.seed)
@@ -141,10 +149,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                         f"batch of {micro * world}", file=config.data.dataset_name, hint="lower batch_size")
 
     if config.fsdp:
-        module = shard_model(module, device, precision, config.compile)
+        shard_model(module, device, precision, config.compile)
     elif config.compile:
         module.compile()  # in place: parameter names stay the model's own, for checkpoints and export
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [p for p in master.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config))
@@ -152,8 +160,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         optimizer = accelerator.prepare(optimizer)
     else:
         module, optimizer = accelerator.prepare(module, optimizer)
-    unwrapped = accelerator.unwrap_model(module)
-    ema = EMA(unwrapped, config.ema_decay) if config.ema_decay else None
+    ema = EMA(master, config.ema_decay) if config.ema_decay else None
 
     progress = Progress()
     if resume:
@@ -161,7 +168,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         if not latest:
             raise DataError("no checkpoint to resume from", file=str(run_dir))
         state = load_training_state(latest[-1], rank)
-        load_trainable_state(unwrapped, state.weights)
+        load_trainable_state(master, state.weights)
+        if bf16_weights:
+            bf16_weights.weights_from_master()
         optimizer.load_state_dict(shard_optimizer_state(state.optimizer, optimizer))
         scheduler.load_state_dict(state.scheduler)
         if ema is not None and state.ema is not None:
@@ -177,17 +186,17 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         data.spec.horizon, model_cfg.action_dim, model_cfg.noise_beta_alpha, model_cfg.noise_beta_beta,
         model_cfg.noise_s,
     )
-    sample_flops = flops_per_sample(base_model(unwrapped), data.spec.horizon)
+    sample_flops = flops_per_sample(base_model(master), data.spec.horizon)
     peak = peak_flops(device)
     logger.start(base, config.method, data, train_set, val_set, accumulation, micro, world,
-                 precision_label(precision, config.fsdp))
+                 precision_label(precision, config.fsdp, config.bf16_weights))
     if config.fsdp and world == 1:
         logger.note("fsdp in one process shards nothing and trains slower than without it (one H100: "
                     "0.84x eager, 0.54x compiled); it is for several GPUs")
 
-    # Under FSDP the sharded layers compute in bf16 by themselves; autocast would bring back the
-    # float32 residual stream.
-    training_autocast = contextlib.nullcontext if config.fsdp else accelerator.autocast
+    # Under FSDP the sharded layers compute in bf16 by themselves, as bf16 weights do; autocast
+    # would bring back the float32 residual stream.
+    training_autocast = contextlib.nullcontext if config.fsdp or bf16_weights else accelerator.autocast
 
     def forward_terms(batch: dict, step: int, validation: bool = False):
         pixels = preprocessor.normalize(batch["image"].to(device, non_blocking=True))
@@ -221,7 +230,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         wanted = (accelerator.is_main_process or config.fsdp) and val_episodes and config.val_chunks
         if not wanted or data.spec.horizon != model_cfg.action_horizon:  # chunks must match the model's
             return {}
-        model = base_model(unwrapped)
+        model = base_model(accelerator.unwrap_model(module))  # with bf16 weights, the bf16 copy
         policy = NitroGenPolicy(model, base.config, base.raw_config, base.preprocessor, base.layout)
         model.eval()
         # Autocast under FSDP too: the sampler calls DiT methods other than forward, whose inputs
@@ -274,12 +283,16 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 squared, _ = forward_terms(batch, progress.step)
                 accelerator.backward(squared * world / total)
             step_squared += squared.detach().float()
+        if bf16_weights:
+            bf16_weights.gradients_to_master()
         grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm else None
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if bf16_weights:
+            bf16_weights.weights_from_master()
         if ema is not None:
-            ema.update(unwrapped)
+            ema.update(master)
         progress.step += 1
 
         loss = float(accelerator.reduce(step_squared, "sum") / total)
@@ -303,7 +316,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 logger.scalars(progress.step, {"val/loss": val_loss, **sampled_metrics()})
             note_best(val_loss)
         if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
-            save(writer, progress, unwrapped, optimizer, scheduler, ema, config)
+            save(writer, progress, master, optimizer, scheduler, ema, config)
     bar.close()
 
     # ----------------------------------------------------------------------------- finish
@@ -311,9 +324,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         val_loss = validate()
         note_best(val_loss)
     if checkpoint_dirs(run_dir)[-1:] != [checkpoint_dir(run_dir, progress.step)]:
-        save(writer, progress, unwrapped, optimizer, scheduler, ema, config)
+        save(writer, progress, master, optimizer, scheduler, ema, config)
     exported = None
-    save_trained_weights(unwrapped, run_dir, accelerator.is_main_process)
+    save_trained_weights(master, run_dir, accelerator.is_main_process)
     if accelerator.is_main_process:
         if config.export_at_end:
             from .export import export_run  # noqa: PLC0415
@@ -325,25 +338,25 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     return TrainResult(run_dir, progress.step, losses, val_loss, exported)
 
 
-def save(writer: CheckpointWriter, progress: Progress, unwrapped, optimizer, scheduler, ema, config) -> Path:
+def save(writer: CheckpointWriter, progress: Progress, master, optimizer, scheduler, ema, config) -> Path:
     """Every process calls it: sharded tensors are gathered whole, then the main one writes."""
     main = writer.rank == 0
-    return writer.save(progress, full_tensors(trainable_state(unwrapped), main),
+    return writer.save(progress, full_tensors(trainable_state(master), main),
                        full_optimizer_state(optimizer.state_dict(), main), scheduler.state_dict(),
                        full_tensors(ema.shadow, main) if ema else None, dump_config(config))
 
 
-def save_trained_weights(unwrapped: torch.nn.Module, run_dir: Path, is_main: bool) -> None:
+def save_trained_weights(master: torch.nn.Module, run_dir: Path, is_main: bool) -> None:
     """The LoRA adapter in PEFT's format plus the fully trained modules under their official
     names (``adapter/``), or all trained weights (``weights.safetensors``), as safetensors.
     Every process calls it (sharded weights are gathered); the main one writes."""
-    model = base_model(unwrapped)
+    model = base_model(master)
     trained = full_tensors({n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}, is_main)
     if not is_main:
         return
     trained = {n: t.contiguous() for n, t in trained.items()}
-    if hasattr(unwrapped, "save_pretrained"):
-        unwrapped.save_pretrained(str(run_dir / "adapter"), safe_serialization=True)
+    if hasattr(master, "save_pretrained"):
+        master.save_pretrained(str(run_dir / "adapter"), safe_serialization=True)
         save_file(trained, str(run_dir / "adapter" / "fully_trained.safetensors"))
     else:
         save_file(trained, str(run_dir / "weights.safetensors"))
