@@ -9,7 +9,9 @@ One step is what ``nitrogen-finetune train`` does per optimizer step: per-window
 bf16 autocast forward of the flow-matching loss, backward, gradient clipping and a fused AdamW
 step, on synthetic 256x256 frames already on the device (the data loader is measured by
 ``loader_throughput.py``). The default LoRA setup is ``LoraConfig()``: rank 16 on the DiT
-attention and feed-forward layers and the VL mixer, with the action head trained fully.
+attention and feed-forward layers and the VL mixer, with the action head trained fully;
+``lora_attention`` is the setup of the reference LoRA figures: rank 16 on every attention projection
+(DiT, VL mixer and SigLIP tower, so the backward pass runs through the tower), action head fully.
 
 ``bf16_weights`` is full fine-tuning with ``bf16_weights: true``: a bf16 copy of the model computes
 with no autocast and AdamW updates the float32 masters (see ``training/bf16_weights.py``).
@@ -42,6 +44,9 @@ from nitrogen_finetuner.training.bf16_weights import Bf16Weights
 from nitrogen_finetuner.training.config import LoraConfig
 from nitrogen_finetuner.training.sharding import shard_model
 from nitrogen_finetuner.training.throughput import flops_per_sample, peak_flops
+
+
+EVERY_ATTENTION_PROJECTION = ["dit_attention", "vl_mixer_attention", "vision_tower_attention"]
 
 
 def synthetic_batch(batch: int, size: int, horizon: int, dim: int, device) -> dict:
@@ -97,8 +102,9 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
     model, _ = build_preset(preset, device=device)
     cfg = model.config
     sharded = method == "fsdp"
-    trained = "lora" if method == "lora" else "full"  # fsdp and bf16_weights are full fine-tunes
-    master = prepare_trainable(model, trained, LoraConfig())
+    lora = LoraConfig(targets=EVERY_ATTENTION_PROJECTION) if method == "lora_attention" else LoraConfig()
+    trained = "lora" if method.startswith("lora") else "full"  # fsdp and bf16_weights are full fine-tunes
+    master = prepare_trainable(model, trained, lora)
     master.train()
     bf16_weights = Bf16Weights(master) if method == "bf16_weights" else None
     module = bf16_weights.module if bf16_weights else master
@@ -221,8 +227,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="released")
     parser.add_argument("--device", default="cuda", help="cuda; cpu only as a dry run of the script")
-    parser.add_argument("--runs", default="full:32,full:64,fsdp:32,fsdp:64,lora:16,lora:32,lora:64",
-                        help="method:batch pairs; methods: full, bf16_weights, fsdp, lora")
+    parser.add_argument("--runs", default="full:32,full:64,fsdp:32,fsdp:64,lora:16,lora:32,lora:64,"
+                        "lora_attention:32,lora_attention:64",
+                        help="method:batch pairs; methods: full, bf16_weights, fsdp, lora, lora_attention")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time each run with torch.compile")

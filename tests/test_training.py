@@ -20,7 +20,7 @@ from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.data.errors import DataError
 from nitrogen_finetuner.training import checkpoints as checkpoints_module
-from nitrogen_finetuner.training.adapters import load_trainable_state, prepare_trainable
+from nitrogen_finetuner.training.adapters import load_trainable_state, lora_target_modules, prepare_trainable
 from nitrogen_finetuner.training.base import load_base
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
 from nitrogen_finetuner.training.config import resolve_config
@@ -150,6 +150,28 @@ def test_lora_trains_adapters_and_the_action_head_only(recordings, tmp_path):
     assert {n.split(".")[0] for n in fully} == {"action_encoder", "action_decoder", "position_embedding"}
     assert {n.split(".")[0] for n in trained - fully} == {"model", "vl_self_attention_model"}
     assert not any("vision_encoder" in n or "norm1.linear" in n for n in trained)
+
+
+def test_lora_on_every_attention_projection_adapts_exactly_those_layers(recordings, tmp_path):
+    """The reference LoRA setup: the DiT's, the VL mixer's and the SigLIP tower's attention
+    projections (not layer 11's); overlapping components adapt each layer once."""
+    model = load_base("tiny", tmp_path, 0, is_main=False).model
+    targets = ["dit_attention", "vl_mixer_attention", "vision_tower_attention", "vl_mixer"]
+    chosen = lora_target_modules(model, targets)
+    assert len(chosen) == len(set(chosen))
+    projections = {"to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj"}
+    attention = set(lora_target_modules(model, targets[:3]))
+    expected = {
+        name for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and any(name.endswith("." + p) for p in projections)
+        and name.split(".")[0] in {"model", "vl_self_attention_model", "vision_encoder"}
+        and ".layers.11." not in name and ".head." not in name
+    }
+    assert attention == expected
+    assert {n.split(".")[0] for n in attention} == {"model", "vl_self_attention_model", "vision_encoder"}
+    mixer_feedforward = set(chosen) - attention
+    assert mixer_feedforward
+    assert all(n.startswith("vl_self_attention_model.") and ".ff." in n for n in mixer_feedforward)
 
 
 def test_merged_export_predicts_like_the_adapter_model(recordings, tmp_path, capsys):

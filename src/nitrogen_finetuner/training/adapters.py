@@ -27,7 +27,9 @@ _SWITCH_OF_COMPONENT = {
     "dit_feedforward": "tune_diffusion_model",
     "dit_adaln": "tune_diffusion_model",
     "vl_mixer": "tune_vl_mixing",
+    "vl_mixer_attention": "tune_vl_mixing",
     "vision_tower": "tune_vision_tower",
+    "vision_tower_attention": "tune_vision_tower",
 }
 _SWITCH_OF_MODULE = {
     "action_encoder": "tune_multi_projector",
@@ -51,7 +53,7 @@ def lora_target_modules(model: NitroGenModel, targets: list[str]) -> list[str]:
         if not matched:
             raise DataError(f"LoRA target '{target}' matches no layer of this model",
                             hint=f"pattern {LORA_COMPONENTS[target]}")
-        chosen += matched
+        chosen += [n for n in matched if n not in chosen]  # components may overlap (vl_mixer, vl_mixer_attention)
     return chosen
 
 

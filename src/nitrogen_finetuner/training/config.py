@@ -23,8 +23,10 @@ LORA_COMPONENTS = {
     # The timestep modulation of each DiT block.
     "dit_adaln": r"model\.transformer_blocks\.\d+\.norm1\.linear",
     "vl_mixer": r"vl_self_attention_model\.transformer_blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2))",
+    "vl_mixer_attention": r"vl_self_attention_model\.transformer_blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)",
     # SigLIP layers, except layer 11, which the released model keeps frozen.
     "vision_tower": r"vision_encoder\.encoder\.layers\.(?!11\.)\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))",
+    "vision_tower_attention": r"vision_encoder\.encoder\.layers\.(?!11\.)\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",
 }
 
 
