@@ -79,7 +79,8 @@ class TrainConfig(_Section):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     bf16_weights: bool = Field(
         False, description="full fine-tuning computes on a bf16 copy of the model, no autocast, while AdamW updates "
-        "float32 master weights (one H100: 1.06x bf16 autocast's speed compiled, 1.14x eager)"
+        "float32 master weights (an experiment doing the same on one H100: 1.06x bf16 autocast's speed compiled, "
+        "1.14x eager)"
     )
     activation_checkpointing: bool = Field(
         False, description="recompute each transformer layer in backward: far less activation memory, more compute"

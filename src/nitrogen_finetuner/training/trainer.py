@@ -35,8 +35,8 @@ from ..policy import NitroGenPolicy
 from .activation_checkpointing import enable_activation_checkpointing
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
 from .base import load_base, set_dropout
-from .bf16_weights import Bf16Weights
 from .batches import micro_batches, one_pass, padding_window, window_noise
+from .bf16_weights import Bf16Weights
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
                           set_rng_state)
 from .config import TrainConfig, dump_config
