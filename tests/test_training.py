@@ -20,6 +20,8 @@ from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.data.errors import DataError
 from nitrogen_finetuner.training import checkpoints as checkpoints_module
+from nitrogen_finetuner.training import trainer as trainer_module
+from nitrogen_finetuner.training.activation_checkpointing import enable_activation_checkpointing
 from nitrogen_finetuner.training.adapters import load_trainable_state, lora_target_modules, prepare_trainable
 from nitrogen_finetuner.training.base import load_base
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
@@ -93,13 +95,22 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tm
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
-@pytest.mark.parametrize("setup", [{"method": "lora"}, {"method": "full", "fsdp": True}], ids=["lora", "fsdp"])
-def test_activation_checkpointing_trains_the_same_weights(recordings, tmp_path, setup, capsys):
+@pytest.mark.parametrize("setup", [{"method": "lora"}, {"method": "full", "fsdp": True},
+                                   {"method": "full", "bf16_weights": True}], ids=["lora", "fsdp", "bf16_weights"])
+def test_activation_checkpointing_trains_the_same_weights(recordings, tmp_path, setup, capsys, monkeypatch):
     settings = dict(max_steps=2, checkpoint_every=0, **setup)
     plain = train(config(recordings, tmp_path / "plain", **settings))
     # One process gains nothing from FSDP, and the run says so.
     assert ("fsdp in one process shards nothing" in capsys.readouterr().out) == ("fsdp" in setup)
+    checkpointed_dtypes = []  # of the model whose layers recompute: the one that computes
+
+    def enable_and_note(model):
+        checkpointed_dtypes.append(next(model.parameters()).dtype)
+        enable_activation_checkpointing(model)
+
+    monkeypatch.setattr(trainer_module, "enable_activation_checkpointing", enable_and_note)
     checkpointed = train(config(recordings, tmp_path / "checkpointed", activation_checkpointing=True, **settings))
+    assert checkpointed_dtypes == [torch.bfloat16 if "bf16_weights" in setup else torch.float32]
     assert plain.losses == checkpointed.losses
     a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "checkpointed")
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
@@ -376,6 +387,8 @@ def test_bf16_fsdp_follows_a_bf16_autocast_run_in_one_process_with_the_same_loss
     script = f"""
 import json, sys
 from nitrogen_finetuner.training.config import resolve_config
+from nitrogen_finetuner.training import trainer as trainer_module
+from nitrogen_finetuner.training.activation_checkpointing import enable_activation_checkpointing
 from nitrogen_finetuner.training.trainer import train
 common = {{"data.dataset_name": {str(recordings)!r}, "mixed_precision": "bf16", "method": "full", "max_steps": 3,
            "num_workers": 0, "batch_size": 4, "export_at_end": False, "val_every": 0, "dropout": 0.0}}
