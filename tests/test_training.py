@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.cli import main
+from nitrogen_finetuner.file_modes import FILE_MODE
 from nitrogen_finetuner.data.errors import DataError
 from nitrogen_finetuner.training import checkpoints as checkpoints_module
 from nitrogen_finetuner.training import trainer as trainer_module
@@ -209,6 +211,19 @@ def test_merged_export_predicts_like_the_adapter_model(recordings, tmp_path, cap
         unmerged = adapter_model.get_base_model().sample_actions(pixels, noise)
     assert (merged - unmerged).abs().max() <= 1e-5
     assert (merged - load_policy(tmp_path / "run" / "base.pt", verbose=False).model.sample_actions(pixels, noise)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_every_file_of_a_run_gets_the_umask_permissions(recordings, tmp_path, method):
+    """safetensors and mkstemp create owner-only files: a model exported by a container running
+    as root would be unreadable on the host."""
+    if not FILE_MODE & 0o044:
+        pytest.skip("the umask lets nobody else read files, so there is nothing to check")
+    train(config(recordings, tmp_path / "run", method=method, max_steps=2, export_at_end=True))
+    files = [f for f in (tmp_path / "run").rglob("*") if f.is_file() and "tensorboard" not in f.parts]
+    assert {"model.pt", "base.pt", "weights.safetensors", "rng_rank0.safetensors"} <= {f.name for f in files}
+    assert {f.relative_to(tmp_path): oct(stat.S_IMODE(f.stat().st_mode)) for f in files
+            if stat.S_IMODE(f.stat().st_mode) != FILE_MODE} == {}
 
 
 def test_training_loss_falls_by_half_on_a_learnable_dataset(tmp_path):

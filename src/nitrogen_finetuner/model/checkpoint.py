@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 from pydantic import ValidationError
 
+from ..file_modes import apply_umask
 from .configuration import CheckpointConfig
 from .modeling import NitroGenModel
 from .vision import (
@@ -179,6 +180,7 @@ def save_checkpoint(
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

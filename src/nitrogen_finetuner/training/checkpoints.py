@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..file_modes import apply_umask
+
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
 
@@ -114,6 +116,7 @@ class CheckpointWriter:
             (tmp / "config.yaml").write_text(config_text)
         self.barrier()
         if self.rank == 0:
+            apply_umask(tmp)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)

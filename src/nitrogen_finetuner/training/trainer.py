@@ -31,6 +31,7 @@ from ..data.errors import DataError
 from ..data.episodes import split_episodes
 from ..data.pipeline import prepare_data
 from ..evaluation.open_loop import predict_chunks, score_chunks
+from ..file_modes import apply_umask
 from ..policy import NitroGenPolicy
 from .activation_checkpointing import enable_activation_checkpointing
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
@@ -358,8 +359,10 @@ def save_trained_weights(master: torch.nn.Module, run_dir: Path, is_main: bool) 
     if hasattr(master, "save_pretrained"):
         master.save_pretrained(str(run_dir / "adapter"), safe_serialization=True)
         save_file(trained, str(run_dir / "adapter" / "fully_trained.safetensors"))
+        apply_umask(run_dir / "adapter")
     else:
         save_file(trained, str(run_dir / "weights.safetensors"))
+        apply_umask(run_dir / "weights.safetensors")
 
 
 class RunLogger:
