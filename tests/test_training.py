@@ -295,6 +295,20 @@ def test_misspelled_lora_target_is_a_clear_error(recordings, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "unknown LoRA target 'vl_mixr'" in err[0]
 
 
+def test_exporting_a_run_whose_base_moved_says_where_the_run_looks_for_it(recordings, tmp_path, capsys):
+    assert main(["init", str(tmp_path / "ng.pt"), "--preset", "tiny"]) == 0
+    train(config(recordings, tmp_path / "run", base=str(tmp_path / "ng.pt"), max_steps=2))
+    (tmp_path / "ng.pt").rename(tmp_path / "moved.pt")
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the base this run was trained from" in err[0] and "run/config.yaml" in err[0], err
+    config_file = tmp_path / "run" / "config.yaml"
+    config_file.write_text(config_file.read_text().replace(str(tmp_path / "ng.pt"), str(tmp_path / "moved.pt")))
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out.pt")]) == 0
+    assert (tmp_path / "out.pt").is_file()
+
+
 def test_the_run_tune_section_overrides_the_checkpoint_switches(recordings, tmp_path):
     run = train(config(recordings, tmp_path / "run", method="full", max_steps=2, export_at_end=True,
                        learning_rate=1e-2, **{"tune.vision_tower": False}))

@@ -14,7 +14,7 @@ import torch
 
 from ..actions.layout import ActionLayout
 from ..data.pipeline import ModelInputs
-from ..model.checkpoint import load_checkpoint, parse_config, save_checkpoint
+from ..model.checkpoint import CheckpointError, load_checkpoint, parse_config, save_checkpoint
 from ..model.configuration import CheckpointConfig
 from ..model.modeling import NitroGenModel
 from ..model.presets import PRESETS, build_preset
@@ -55,6 +55,11 @@ def load_base(spec: str, run_dir: Path, seed: int, is_main: bool) -> BaseCheckpo
             save_checkpoint(saved, model, raw)
         return _assemble(model, raw, {}, spec)
     path = saved if saved.exists() else Path(spec)
+    run_config = run_dir / "config.yaml"
+    if not path.is_file() and any(run_dir.glob("checkpoints/step_*")):
+        raise CheckpointError(
+            f"{path}: no such checkpoint file; it is the base this run was trained from (`base` in {run_config}): "
+            "put it back there, or set `base` in that file to where it is now")
     loaded = load_checkpoint(path)
     return _assemble(loaded.model, loaded.raw_config, loaded.extra, str(path))
 
