@@ -76,8 +76,10 @@ def reset_memory(device) -> None:
 
 
 def kernel_time_by_kind(step, steps: int = 3) -> dict:
-    """GPU kernel milliseconds per step, by kind of kernel, from the PyTorch profiler."""
-    kinds = {"matmul": ("gemm", "nvjet", "cutlass", "xmma", "sm90", "cublas", "matmul", "scaled_mm"),
+    """GPU kernel milliseconds per step, by kind of kernel and for the slowest kernels, from the
+    PyTorch profiler. Kernel time well below the step's wall time means the GPU waits on the CPU."""
+    kinds = {"convolution": ("conv", "wgrad", "dgrad", "implicit_gemm"),
+             "matmul": ("gemm", "nvjet", "cutlass", "xmma", "sm90", "cublas", "matmul", "scaled_mm"),
              "attention": ("flash", "fmha", "attention", "cudnn"),
              "optimizer and clipping": ("adam", "multi_tensor", "foreach", "norm_kernel"),
              "fused (triton)": ("triton",)}
@@ -86,14 +88,19 @@ def kernel_time_by_kind(step, steps: int = 3) -> dict:
             step(1000 + i)
         torch.cuda.synchronize()
     totals: dict[str, float] = {}
+    per_kernel: dict[str, float] = {}
     for event in profiler.key_averages():
         if event.self_device_time_total <= 0 or str(event.device_type).endswith("CPU"):
             continue
         name = event.key.lower()
         kind = next((k for k, marks in kinds.items() if any(m in name for m in marks)), "other element-wise")
-        totals[kind] = totals.get(kind, 0.0) + event.self_device_time_total / 1000 / steps
+        ms = event.self_device_time_total / 1000 / steps
+        totals[kind] = totals.get(kind, 0.0) + ms
+        per_kernel[event.key[:120]] = ms
+    slowest = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
     return {"kernel_ms": round(sum(totals.values()), 1),
-            **{k: round(v, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}}
+            **{k: round(v, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
+            "slowest_kernels_ms": {name: round(ms, 2) for name, ms in slowest}}
 
 
 def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_model: bool,
