@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from nitrogen_finetuner.training.adapters import load_trainable_state, lora_targ
 from nitrogen_finetuner.training.base import load_base
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
 from nitrogen_finetuner.training.config import resolve_config
+from nitrogen_finetuner.training.stop_signals import StopRequest, TrainingStopped
 from nitrogen_finetuner.training.trainer import train
 from recordings import png_bytes, write_nitrogen_parquet
 
@@ -95,6 +98,52 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tm
     ema_a = load_file(str(checkpoint_dirs(tmp_path / "straight")[-1] / "ema.safetensors"))
     ema_b = load_file(str(checkpoint_dirs(tmp_path / "resumed")[-1] / "ema.safetensors"))
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+
+
+def test_a_stop_signal_checkpoints_the_step_it_ends_and_the_resumed_run_is_exact(recordings, tmp_path, monkeypatch):
+    settings = dict(max_steps=4, checkpoint_every=0, ema_decay=0.9)
+    straight = train(config(recordings, tmp_path / "straight", **settings))
+    real_noise = trainer_module.window_noise
+
+    def signalled_during_the_second_step(batch, seed, step, *args, validation=False):
+        if step == 1 and not validation:
+            signal.raise_signal(signal.SIGTERM)
+        return real_noise(batch, seed, step, *args, validation=validation)
+
+    monkeypatch.setattr(trainer_module, "window_noise", signalled_during_the_second_step)
+    with StopRequest(announce=False) as stop, pytest.raises(TrainingStopped) as stopped:
+        train(config(recordings, tmp_path / "resumed", **settings), stop=stop)
+    monkeypatch.undo()
+    assert (stopped.value.step, stopped.value.signal_number) == (2, signal.SIGTERM)
+    assert [p.name for p in checkpoint_dirs(tmp_path / "resumed")] == ["step_000002"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers are put back
+    resumed = train(config(recordings, tmp_path / "resumed", **settings), resume=True)
+    assert resumed.losses == straight.losses[2:]
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_ends_a_command_line_run_with_a_checkpoint_and_one_line(recordings, tmp_path):
+    """Ctrl-C goes to the whole process group, DataLoader workers included."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "nitrogen_finetuner.cli", "train", "--data", str(recordings), "--output",
+               str(run_dir), "--max-steps", "100000", "--set", "num_workers=2", "--set", "log_every=1",
+               "--set", "checkpoint_every=0", "--set", "val_every=0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    step = load_training_state(checkpoint_dirs(run_dir)[-1]).progress.step
+    assert step >= 3 and [p.name for p in checkpoint_dirs(run_dir)] == [f"step_{step:06d}"]
+    assert last == (f"nitrogen-finetune: stopped by SIGINT after step {step}; its checkpoint is saved: "
+                    f"continue with  nitrogen-finetune train --resume {run_dir}")
 
 
 @pytest.mark.parametrize("setup", [{"method": "lora"}, {"method": "full", "fsdp": True},
@@ -342,7 +391,7 @@ def test_the_run_tune_section_overrides_the_checkpoint_switches(recordings, tmp_
 def test_out_of_gpu_memory_is_one_line_with_what_to_lower(recordings, tmp_path, capsys, monkeypatch):
     from nitrogen_finetuner.training import trainer  # noqa: PLC0415
 
-    def runs_out(config, resume=False):
+    def runs_out(config, resume=False, stop=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(trainer, "train", runs_out)
@@ -396,6 +445,44 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, 
         norms = [logged(run, "train/grad_norm") for run in (one, two)]
         assert len(norms[0]) == 3 and all(n > 0 for n in norms[0])
         assert norms[1] == pytest.approx(norms[0], rel=norm_tolerance), two.name
+
+
+def _worker_of_rank(launcher_pid: int, rank: int) -> int:
+    """The pid of the launcher's worker process with that RANK (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == launcher_pid:
+                if f"RANK={rank}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    return int(entry.name)
+        except OSError:
+            continue
+    raise LookupError(f"no worker of rank {rank}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(recordings, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "-m", "nitrogen_finetuner.cli", "train", "--data", str(recordings), "--output", str(run_dir),
+               "--max-steps", "100000", "--set", "num_workers=0", "--set", "log_every=1",
+               "--set", "checkpoint_every=0", "--set", "val_every=0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.monotonic() + 180
+        while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(_worker_of_rank(process.pid, 1), signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    checkpoint = checkpoint_dirs(run_dir)[-1]
+    step = load_training_state(checkpoint).progress.step
+    assert {p.name for p in checkpoint.glob("rng_rank*")} == {"rng_rank0.safetensors", "rng_rank1.safetensors"}
+    assert len(checkpoint_dirs(run_dir)) == 1 and step >= 3
+    assert f"stopped by SIGTERM after step {step}; its checkpoint is saved" in err
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -62,6 +63,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.config import dump_config, parse_override, resolve_config  # noqa: PLC0415
+    from .training.stop_signals import StopRequest, TrainingStopped
     from .training.trainer import train
 
     overrides = dict(parse_override(item) for item in args.set)
@@ -86,8 +88,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(config), end="")
         return 0
-    result = train(config, resume=bool(args.resume))
-    if int(os.environ.get("RANK", "0")) != 0:  # one report per run, not per process
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    try:
+        with StopRequest(announce=main_process) as stop:
+            result = train(config, resume=bool(args.resume), stop=stop)
+    except TrainingStopped as stopped:
+        if main_process:
+            print(f"nitrogen-finetune: {stopped}", file=sys.stderr)
+        return 128 + stopped.signal_number
+    if not main_process:  # one report per run, not per process
         return 0
     if demo and result.exported:
         from .games.demo import evaluate_demo  # noqa: PLC0415
@@ -289,6 +298,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as err:
         print(f"nitrogen-finetune: error: {user_message(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("nitrogen-finetune: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except torch.OutOfMemoryError:
         print("nitrogen-finetune: error: out of GPU memory (lower micro_batch_size, and gradient accumulation "
               "keeps batch_size; or set activation_checkpointing: true, or fsdp: true for full fine-tuning on "

@@ -20,6 +20,7 @@ them in. Everything depends only on the seed and the epoch.
 
 from __future__ import annotations
 
+import signal
 from typing import Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -199,4 +200,11 @@ def make_loader(dataset: WindowDataset, num_workers: int = 0) -> torch.utils.dat
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if num_workers else None,
         generator=torch.Generator().manual_seed(dataset.seed),
+        worker_init_fn=_leave_ctrl_c_to_the_main_process,
     )
+
+
+def _leave_ctrl_c_to_the_main_process(_worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group; a worker that died of it would fail the
+    main process's next batch, where training wants to finish its step and save a checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint
 from .config import TrainConfig, dump_config
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
                        shard_optimizer_state)
+from .stop_signals import StopRequest, TrainingStopped
 from .throughput import flops_per_sample, peak_flops
 
 
@@ -96,7 +98,9 @@ class EMA:
             self.shadow[name].lerp_(value.float(), 1 - self.decay)
 
 
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest] = None) -> TrainResult:
+    """Run (or with ``resume``, continue) the training a config describes. When ``stop`` catches a
+    signal, the step running finishes, its checkpoint is written and ``TrainingStopped`` is raised."""
     # ------------------------------------------------------------------------------- set up
     # cpu=True on machines without CUDA (or with ACCELERATE_USE_CPU, as `accelerate launch --cpu`
     # sets it): it is what makes torchrun / accelerate launch use gloo.
@@ -262,12 +266,17 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             return contextlib.nullcontext()
         return contextlib.nullcontext() if last_micro_batch else accelerator.no_sync(module)
 
+    def save_unless_saved() -> None:
+        if checkpoint_dirs(run_dir)[-1:] != [checkpoint_dir(run_dir, progress.step)]:
+            save(writer, progress, master, optimizer, scheduler, ema, config)
+
     # ------------------------------------------------------------------------- the update step
     module.train()
     losses, val_loss = [], None
     interactive = sys.stderr.isatty()  # in logs and CI, a line every 30 s instead of every step
     bar = tqdm(total=config.max_steps, initial=progress.step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="train", mininterval=0.1 if interactive else 30)
+    stopped = False
     while progress.step < config.max_steps:
         started = time.perf_counter()
         step_batches = []
@@ -296,7 +305,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             ema.update(master)
         progress.step += 1
 
-        loss = float(accelerator.reduce(step_squared, "sum") / total)
+        # Summing each process's stop vote with the loss costs no extra collective.
+        vote = torch.tensor(float(stop is not None and stop.requested), device=device)
+        summed = accelerator.reduce(torch.stack([step_squared, vote]), "sum")
+        loss, stop_votes = float(summed[0] / total), float(summed[1])
         losses.append(loss)
         seconds = time.perf_counter() - started
         samples_per_s = config.batch_size / seconds
@@ -318,14 +330,22 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             note_best(val_loss)
         if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
             save(writer, progress, master, optimizer, scheduler, ema, config)
+        if stop_votes > 0:  # every process agrees: the votes were summed with the loss
+            stopped = True
+            break
     bar.close()
+    if stopped:
+        save_unless_saved()
+        logger.close()
+        accelerator.end_training()
+        # A process stopped by another's vote reports SIGTERM, what launchers send to stop workers.
+        raise TrainingStopped(run_dir, progress.step, stop.signal_number or signal.SIGTERM)
 
     # ----------------------------------------------------------------------------- finish
     if val_set is not None and (not config.val_every or progress.step % config.val_every):
         val_loss = validate()
         note_best(val_loss)
-    if checkpoint_dirs(run_dir)[-1:] != [checkpoint_dir(run_dir, progress.step)]:
-        save(writer, progress, master, optimizer, scheduler, ema, config)
+    save_unless_saved()
     exported = None
     save_trained_weights(master, run_dir, accelerator.is_main_process)
     if accelerator.is_main_process:
@@ -422,6 +442,11 @@ class RunLogger:
                    "best_checkpoint": str(checkpoint_dir(self.run_dir, best)) if best else None,
                    "best_val_loss": progress.best_val_loss}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.close()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
         self.tensorboard.close()
         self.metrics.close()
         if self.wandb is not None:

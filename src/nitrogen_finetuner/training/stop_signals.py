@@ -1,0 +1,62 @@
+"""Stop training cleanly on Ctrl-C or SIGTERM (``docker stop``, a cluster taking the machine back).
+
+The first signal lets the running optimizer step finish; the trainer then writes a checkpoint at
+that step boundary and stops, so ``--resume`` continues exactly. A second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class TrainingStopped(Exception):
+    """Raised by the trainer once the checkpoint of the step it stopped at is written."""
+
+    run_dir: Path
+    step: int
+    signal_number: int
+
+    def __str__(self) -> str:
+        return (f"stopped by {signal.Signals(self.signal_number).name} after step {self.step}; "
+                f"its checkpoint is saved: continue with  nitrogen-finetune train --resume {self.run_dir}")
+
+
+class StopRequest:
+    """Catches the stop signals while training runs (main thread only: Python delivers signals
+    there) and remembers the first."""
+
+    def __init__(self, announce: bool = True) -> None:
+        self.announce = announce
+        self.signal_number: Optional[int] = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    def _handle(self, signal_number: int, _frame) -> None:
+        if self.signal_number == signal.SIGINT and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signal_number is None:
+            self.signal_number = signal_number
+        if self.announce and self.signal_number == signal_number:
+            print(f"\n{signal.Signals(signal_number).name}: stopping after this step and saving a checkpoint "
+                  "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
