@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import subprocess
 import sys
 
@@ -10,11 +12,13 @@ import pytest
 import torch
 
 from golden.cases import make_images, make_noise
-from nitrogen_finetuner import load_policy
+from nitrogen_finetuner import files, load_policy
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.model import checkpoint as checkpoint_module
 from nitrogen_finetuner.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from nitrogen_finetuner.model.presets import build_preset
+
+DiskUsage = type(shutil.disk_usage("/"))
 
 
 def test_file_needing_arbitrary_unpickling_is_refused_unless_trusted(case_checkpoints, tmp_path):
@@ -73,6 +77,27 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(path, model, raw, step=2)
     assert read_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_previous_file(tmp_path, monkeypatch, capsys):
+    assert main(["init", str(tmp_path / "model.pt"), "--preset", "tiny"]) == 0
+
+    def disk_fills_up(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 540224 vs 540112")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_fills_up)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: DiskUsage(total=10**9, used=10**9, free=4096))
+    capsys.readouterr()
+    assert main(["init", str(tmp_path / "model.pt"), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    found = re.search(r": no space left \(about ([\d.]+) MiB needed, 0.0 MiB free\)$", err[0])
+    assert len(err) == 1 and str(tmp_path / "model.pt") in err[0] and found, err
+    parameters = sum(p.numel() for p in build_preset("tiny")[0].parameters())
+    assert float(found.group(1)) >= parameters * 4 / 2**20  # float32 weights, at least
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    monkeypatch.undo()
+    assert read_checkpoint(tmp_path / "model.pt")["step"] == 0
 
 
 def test_cli_info_and_init(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -21,7 +22,8 @@ from safetensors.torch import load_file
 
 from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.cli import main
-from nitrogen_finetuner.file_modes import FILE_MODE
+from nitrogen_finetuner import files as files_module
+from nitrogen_finetuner.files import FILE_MODE
 from nitrogen_finetuner.data.errors import DataError
 from nitrogen_finetuner.training import checkpoints as checkpoints_module
 from nitrogen_finetuner.training import trainer as trainer_module
@@ -34,6 +36,7 @@ from nitrogen_finetuner.training.stop_signals import StopRequest, TrainingStoppe
 from nitrogen_finetuner.training.trainer import train
 from recordings import png_bytes, write_nitrogen_parquet
 
+shutil_usage = type(shutil.disk_usage("/"))
 SMALL = {"num_workers": 0, "log_every": 1, "val_every": 0, "checkpoint_every": 2, "export_at_end": False,
          "batch_size": 4, "warmup_steps": 1}
 
@@ -309,6 +312,27 @@ def test_a_run_killed_while_checkpointing_keeps_the_previous_checkpoint(recordin
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_000002"]
     assert load_training_state(checkpoint_dirs(tmp_path / "run")[-1]).progress.step == 2
     assert train(config(recordings, tmp_path / "run", max_steps=4), resume=True).step == 4
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_partial_checkpoint(recordings, tmp_path, capsys,
+                                                                                  monkeypatch):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2))
+    real_save = checkpoints_module.save_file
+
+    def disk_fills_up(tensors, path, *args, **kwargs):
+        real_save(tensors, path, *args, **kwargs)
+        raise RuntimeError("unexpected pos 540224 vs 540112")  # how torch reports a short write
+
+    monkeypatch.setattr(checkpoints_module, "save_file", disk_fills_up)
+    monkeypatch.setattr(files_module.shutil, "disk_usage", lambda path: shutil_usage(total=10**9, used=10**9, free=4096))
+    capsys.readouterr()
+    code = main(["train", "--resume", str(run_dir), "--max-steps", "4"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "nitrogen-finetune:" in line]
+    assert code == 2 and len(err) == 1 and err[0].startswith("nitrogen-finetune: error: "), err
+    assert "checkpoint step_000004: no space left" in err[0] and "step_000002, is kept" in err[0]
+    assert f"--resume {run_dir}" in err[0]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]  # no partial folder
 
 
 def test_keep_best_spares_the_lowest_validation_loss_checkpoint_across_a_resume(recordings, tmp_path, capsys,

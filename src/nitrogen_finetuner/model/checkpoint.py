@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from pydantic import ValidationError
 
-from ..file_modes import apply_umask
+from ..files import apply_umask, no_space_left, tensor_bytes
 from .configuration import CheckpointConfig
 from .modeling import NitroGenModel
 from .vision import (
@@ -182,7 +182,10 @@ def save_checkpoint(
             os.fsync(f.fileno())
         apply_umask(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        full = no_space_left(path.parent, tensor_bytes(payload)) if isinstance(err, Exception) else None
+        if full:
+            raise CheckpointError(f"{path}: {full}") from err
         raise
     return path

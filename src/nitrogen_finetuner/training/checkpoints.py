@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..file_modes import apply_umask
+from ..data.errors import DataError
+from ..files import apply_umask, no_space_left, tensor_bytes
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -106,14 +107,25 @@ class CheckpointWriter:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.barrier()
-        save_file(_contiguous(rng_state()), str(tmp / f"rng_rank{self.rank}.safetensors"))
-        if self.rank == 0:
-            save_file(_contiguous(weights), str(tmp / "weights.safetensors"))
-            if ema is not None:
-                save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
-            torch.save({"optimizer": optimizer, "scheduler": scheduler}, tmp / "optimizer.pt")
-            (tmp / "progress.json").write_text(json.dumps(asdict(progress)))
-            (tmp / "config.yaml").write_text(config_text)
+        try:
+            save_file(_contiguous(rng_state()), str(tmp / f"rng_rank{self.rank}.safetensors"))
+            if self.rank == 0:
+                save_file(_contiguous(weights), str(tmp / "weights.safetensors"))
+                if ema is not None:
+                    save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
+                torch.save({"optimizer": optimizer, "scheduler": scheduler}, tmp / "optimizer.pt")
+                (tmp / "progress.json").write_text(json.dumps(asdict(progress)))
+                (tmp / "config.yaml").write_text(config_text)
+        except Exception as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            full = no_space_left(self.root, tensor_bytes(weights, ema, optimizer))
+            if full is None:
+                raise
+            newest = checkpoint_dirs(self.root.parent)
+            kept = f"the newest complete checkpoint, {newest[-1].name}, is kept" if newest else "no checkpoint yet"
+            raise DataError(f"checkpoint {final.name}: {full}; {kept}", file=str(self.root),
+                            hint=f"free some space or lower keep_last, then continue with --resume {self.root.parent}",
+                            ) from err
         self.barrier()
         if self.rank == 0:
             apply_umask(tmp)

@@ -32,7 +32,7 @@ from ..data.errors import DataError
 from ..data.episodes import split_episodes
 from ..data.pipeline import prepare_data
 from ..evaluation.open_loop import predict_chunks, score_chunks
-from ..file_modes import apply_umask
+from ..files import apply_umask
 from ..policy import NitroGenPolicy
 from .activation_checkpointing import enable_activation_checkpointing
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
@@ -277,63 +277,63 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
     bar = tqdm(total=config.max_steps, initial=progress.step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="train", mininterval=0.1 if interactive else 30)
     stopped = False
-    while progress.step < config.max_steps:
-        started = time.perf_counter()
-        step_batches = []
-        for _ in range(accumulation):
-            progress.epoch, progress.batches_in_epoch, batch = next(batches)
-            step_batches.append(batch)
-        # Normalise by the masked-in values of the whole global batch (all micro-batches, all
-        # processes): the loss of a step is the same however the batch is split.
-        local_count = sum(float(b["actions_mask"].sum()) for b in step_batches)
-        total = accelerator.reduce(torch.tensor(local_count, device=device), "sum").clamp(min=1.0)
-        step_squared = torch.zeros((), device=device)
-        for i, batch in enumerate(step_batches):
-            with gradient_sync(i == accumulation - 1):
-                squared, _ = forward_terms(batch, progress.step)
-                accelerator.backward(squared * world / total)
-            step_squared += squared.detach().float()
-        if bf16_weights:
-            bf16_weights.gradients_to_master()
-        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm else None
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if bf16_weights:
-            bf16_weights.weights_from_master()
-        if ema is not None:
-            ema.update(master)
-        progress.step += 1
+    with bar:  # closed on the way out, so an error message starts its own line
+        while progress.step < config.max_steps:
+            started = time.perf_counter()
+            step_batches = []
+            for _ in range(accumulation):
+                progress.epoch, progress.batches_in_epoch, batch = next(batches)
+                step_batches.append(batch)
+            # Normalise by the masked-in values of the whole global batch (all micro-batches, all
+            # processes): the loss of a step is the same however the batch is split.
+            local_count = sum(float(b["actions_mask"].sum()) for b in step_batches)
+            total = accelerator.reduce(torch.tensor(local_count, device=device), "sum").clamp(min=1.0)
+            step_squared = torch.zeros((), device=device)
+            for i, batch in enumerate(step_batches):
+                with gradient_sync(i == accumulation - 1):
+                    squared, _ = forward_terms(batch, progress.step)
+                    accelerator.backward(squared * world / total)
+                step_squared += squared.detach().float()
+            if bf16_weights:
+                bf16_weights.gradients_to_master()
+            grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm else None
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if bf16_weights:
+                bf16_weights.weights_from_master()
+            if ema is not None:
+                ema.update(master)
+            progress.step += 1
 
-        # Summing each process's stop vote with the loss costs no extra collective.
-        vote = torch.tensor(float(stop is not None and stop.requested), device=device)
-        summed = accelerator.reduce(torch.stack([step_squared, vote]), "sum")
-        loss, stop_votes = float(summed[0] / total), float(summed[1])
-        losses.append(loss)
-        seconds = time.perf_counter() - started
-        samples_per_s = config.batch_size / seconds
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{samples_per_s:.1f}",
-                        refresh=False)
-        bar.update(1)
-        if progress.step % config.log_every == 0 or progress.step == config.max_steps:
-            scalars = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
-                       "train/samples_per_s": samples_per_s, "train/ms_per_step": seconds * 1000}
-            if peak:
-                scalars["train/mfu"] = samples_per_s * sample_flops / (peak * world)
-            if grad_norm is not None:  # before clipping; under FSDP, the whole model's
-                scalars["train/grad_norm"] = float(full_tensor(grad_norm))
-            logger.scalars(progress.step, scalars)
-        if config.val_every and progress.step % config.val_every == 0:
-            val_loss = validate()
-            if val_loss is not None:
-                logger.scalars(progress.step, {"val/loss": val_loss, **sampled_metrics()})
-            note_best(val_loss)
-        if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
-            save(writer, progress, master, optimizer, scheduler, ema, config)
-        if stop_votes > 0:  # every process agrees: the votes were summed with the loss
-            stopped = True
-            break
-    bar.close()
+            # Summing each process's stop vote with the loss costs no extra collective.
+            vote = torch.tensor(float(stop is not None and stop.requested), device=device)
+            summed = accelerator.reduce(torch.stack([step_squared, vote]), "sum")
+            loss, stop_votes = float(summed[0] / total), float(summed[1])
+            losses.append(loss)
+            seconds = time.perf_counter() - started
+            samples_per_s = config.batch_size / seconds
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{samples_per_s:.1f}",
+                            refresh=False)
+            bar.update(1)
+            if progress.step % config.log_every == 0 or progress.step == config.max_steps:
+                scalars = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+                           "train/samples_per_s": samples_per_s, "train/ms_per_step": seconds * 1000}
+                if peak:
+                    scalars["train/mfu"] = samples_per_s * sample_flops / (peak * world)
+                if grad_norm is not None:  # before clipping; under FSDP, the whole model's
+                    scalars["train/grad_norm"] = float(full_tensor(grad_norm))
+                logger.scalars(progress.step, scalars)
+            if config.val_every and progress.step % config.val_every == 0:
+                val_loss = validate()
+                if val_loss is not None:
+                    logger.scalars(progress.step, {"val/loss": val_loss, **sampled_metrics()})
+                note_best(val_loss)
+            if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
+                save(writer, progress, master, optimizer, scheduler, ema, config)
+            if stop_votes > 0:  # every process agrees: the votes were summed with the loss
+                stopped = True
+                break
     if stopped:
         save_unless_saved()
         logger.close()

@@ -1,0 +1,52 @@
+"""What every file we write shares: ordinary permissions, and a clear message when the disk is full.
+
+``tempfile.mkstemp`` (behind our atomic checkpoint writes) and safetensors create files that only
+their owner can read. A model exported by a training container running as root would then be
+unreadable on the host, and a run folder on a shared disk unreadable by the rest of the team, so
+our files get 0666 less the umask, as any file the user creates.
+
+A full disk shows up as whatever the writer says (torch: "unexpected pos ..."), so after a failed
+write we compare the free space with what the write needed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+_UMASK = os.umask(0)  # read once, at import, before any thread could create a file meanwhile
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Set ``FILE_MODE`` on a file, or on every file under a folder."""
+    path = Path(path)
+    for file in (path.rglob("*") if path.is_dir() else [path]):
+        if file.is_file():
+            os.chmod(file, FILE_MODE)
+
+
+def tensor_bytes(*states) -> int:
+    """The bytes of every tensor in (nested) state dicts and lists: about what they take on disk."""
+    def walk(value) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(walk(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(walk(v) for v in value)
+        return 0
+    return sum(walk(state) for state in states)
+
+
+def no_space_left(folder: str | os.PathLike, needed: int) -> Optional[str]:
+    """After a failed write of ``needed`` bytes into ``folder``: why, if the disk is full."""
+    free = shutil.disk_usage(folder).free
+    if free >= needed:
+        return None
+    return f"no space left (about {needed / 2**20:,.1f} MiB needed, {free / 2**20:,.1f} MiB free)"
