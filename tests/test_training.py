@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -208,7 +209,7 @@ def test_bf16_weights_outside_plain_full_fine_tuning_is_a_clear_error(recordings
 
 def test_lora_trains_adapters_and_the_action_head_only(recordings, tmp_path):
     cfg = config(recordings, tmp_path / "run", max_steps=1)
-    base = load_base(cfg.base, tmp_path, cfg.seed, is_main=False)
+    base = load_base(cfg.base, tmp_path, cfg.seed, new_run=False, is_main=False)
     module = prepare_trainable(base.model, "lora", cfg.lora)
     trained = {n.removeprefix("base_model.model.") for n, p in module.named_parameters() if p.requires_grad}
     fully = {n for n in trained if "lora_" not in n}
@@ -220,7 +221,7 @@ def test_lora_trains_adapters_and_the_action_head_only(recordings, tmp_path):
 def test_lora_on_every_attention_projection_adapts_exactly_those_layers(recordings, tmp_path):
     """The reference LoRA setup: the DiT's, the VL mixer's and the SigLIP tower's attention
     projections (not layer 11's); overlapping components adapt each layer once."""
-    model = load_base("tiny", tmp_path, 0, is_main=False).model
+    model = load_base("tiny", tmp_path, 0, new_run=False, is_main=False).model
     targets = ["dit_attention", "vl_mixer_attention", "vision_tower_attention", "vl_mixer"]
     chosen = lora_target_modules(model, targets)
     assert len(chosen) == len(set(chosen))
@@ -248,7 +249,7 @@ def test_merged_export_predicts_like_the_adapter_model(recordings, tmp_path, cap
     base_ckpt = torch.load(tmp_path / "run" / "base.pt", weights_only=True)
     assert ckpt["model"].keys() == base_ckpt["model"].keys()
     cfg = resolve_config(tmp_path / "run" / "config.yaml")
-    base = load_base(cfg.base, tmp_path / "run", cfg.seed, is_main=False)
+    base = load_base(cfg.base, tmp_path / "run", cfg.seed, new_run=False, is_main=False)
     assert f"({sum(p.numel() for p in base.model.parameters()):,} parameters)" in printed
     adapter_model = prepare_trainable(base.model, "lora", cfg.lora)
     trained = load_training_state(checkpoint_dirs(tmp_path / "run")[-1]).weights
@@ -382,6 +383,42 @@ def test_exporting_a_run_whose_base_moved_says_where_the_run_looks_for_it(record
     assert (tmp_path / "out.pt").is_file()
 
 
+def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(recordings, tmp_path, capsys):
+    assert main(["init", str(tmp_path / "ng.pt"), "--preset", "tiny"]) == 0
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, base=str(tmp_path / "ng.pt"), max_steps=2))
+    files_before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
+                    if p.is_file() and "tensorboard" not in p.parts and p.name != "metrics.jsonl"}
+    for flags, message in [
+        (["--method", "full"], "method is 'full' now, but the run trained with 'lora'"),
+        (["--set", "lora.rank=8"], "lora.rank is 8 now, but the run trained with 16"),
+        (["--set", "tune.vision_tower=true"], "tune.vision_tower is True now, but the run trained with None"),
+        (["--base", "tiny"], "tiny: not the base this run was trained from"),
+        (["--data", str(tmp_path / "elsewhere")], "no such file or folder"),
+    ]:
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run_dir), "--max-steps", "4", *flags]) == 2, flags
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nitrogen-finetune:")]
+        assert len(err) == 1 and message in err[0], (flags, err)
+    files_after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
+                   if p.is_file() and "tensorboard" not in p.parts and p.name != "metrics.jsonl"}
+    assert files_after == files_before  # config.yaml included: a failed resume changes nothing
+    (tmp_path / "ng.pt").rename(tmp_path / "copy.pt")  # the same weights under another name will do
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--base", str(tmp_path / "copy.pt"),
+                 "--set", "num_workers=0"]) == 0
+    assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.step == 4
+
+
+def test_saved_weights_of_another_shape_are_a_clear_error():
+    model = prepare_trainable(load_base("tiny", Path("/nonexistent"), 0, new_run=True, is_main=False).model,
+                              "full", resolve_config(None, {"data.dataset_name": "x"}).lora)
+    state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    name = next(iter(state))
+    state[name] = torch.zeros(3, 1)
+    with pytest.raises(DataError, match=rf"{re.escape(name)} is \(3, 1\) saved, .* here"):
+        load_trainable_state(model, state)
+
+
 def test_the_run_tune_section_overrides_the_checkpoint_switches(recordings, tmp_path):
     run = train(config(recordings, tmp_path / "run", method="full", max_steps=2, export_at_end=True,
                        learning_rate=1e-2, **{"tune.vision_tower": False}))
@@ -402,7 +439,7 @@ def test_the_run_tune_section_overrides_the_checkpoint_switches(recordings, tmp_
     with pytest.raises(DataError, match=r"LoRA target 'vision_tower' is frozen \(tune_vision_tower: false\)"):
         train(config(recordings, tmp_path / "refused", max_steps=1, **vision_lora))
     unfrozen = config(recordings, tmp_path / "unfrozen", max_steps=1, **vision_lora, **{"tune.vision_tower": True})
-    module = prepare_trainable(load_base(unfrozen.base, tmp_path, 0, is_main=False).model, "lora", unfrozen.lora,
+    module = prepare_trainable(load_base(unfrozen.base, tmp_path, 0, new_run=False, is_main=False).model, "lora", unfrozen.lora,
                                unfrozen.tune)
     adapted = {n for n, p in module.named_parameters() if p.requires_grad and "lora_" in n}
     assert adapted and all(".vision_encoder.encoder.layers." in n for n in adapted)

@@ -111,6 +111,11 @@ def load_trainable_state(module: torch.nn.Module, state: dict[str, torch.Tensor]
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})",
                         hint="resume with the run's own config")
     params = dict(module.named_parameters())
+    wrong = [name for name, value in state.items() if tuple(value.shape) != tuple(params[name].shape)]
+    if wrong:
+        raise DataError(f"the saved weights do not fit this run's model: {wrong[0]} is "
+                        f"{tuple(state[wrong[0]].shape)} saved, {tuple(params[wrong[0]].shape)} here",
+                        hint="resume from the base checkpoint the run started from")
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(shard_like(params[name], value))

@@ -1,11 +1,13 @@
 """The model a run starts from: an official-format checkpoint, or a preset with random weights.
 
 A preset base is saved into the run folder (``base.pt``) so that resuming and exporting rebuild
-exactly the same starting weights.
+exactly the same starting weights; every base's fingerprint is recorded there (``base.json``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -22,6 +24,7 @@ from ..model.vision import ImagePreprocessor
 from ..policy import checkpoint_layout
 
 BASE_FILE = "base.pt"
+BASE_RECORD = "base.json"
 
 
 @dataclass
@@ -45,23 +48,47 @@ def _assemble(model: NitroGenModel, raw: dict, extra: dict, source: str) -> Base
     return BaseCheckpoint(model, raw, config, checkpoint_layout(config, extra), preprocessor, source, extra)
 
 
-def load_base(spec: str, run_dir: Path, seed: int, is_main: bool) -> BaseCheckpoint:
-    """The run's own ``base.pt`` if it has one, else a preset (random, seeded) or a checkpoint."""
+def load_base(spec: str, run_dir: Path, seed: int, new_run: bool, is_main: bool) -> BaseCheckpoint:
+    """The run's own ``base.pt`` if it has one, else a preset (random, seeded) or a checkpoint.
+
+    A new run records the base's fingerprint (``base.json``; the main process writes it, and
+    ``base.pt`` for a preset); resuming and exporting refuse a base whose weights differ from it,
+    which would otherwise put the trained weights on top of another model without a word.
+    """
     saved = run_dir / BASE_FILE
     if not saved.exists() and spec in PRESETS:
         torch.manual_seed(seed)
         model, raw = build_preset(spec)
-        if is_main:
-            save_checkpoint(saved, model, raw)
-        return _assemble(model, raw, {}, spec)
-    path = saved if saved.exists() else Path(spec)
-    run_config = run_dir / "config.yaml"
-    if not path.is_file() and any(run_dir.glob("checkpoints/step_*")):
-        raise CheckpointError(
-            f"{path}: no such checkpoint file; it is the base this run was trained from (`base` in {run_config}): "
-            "put it back there, or set `base` in that file to where it is now")
-    loaded = load_checkpoint(path)
-    return _assemble(loaded.model, loaded.raw_config, loaded.extra, str(path))
+        base = _assemble(model, raw, {}, spec)
+    else:
+        path = saved if saved.exists() else Path(spec)
+        if not path.is_file() and not new_run:
+            raise CheckpointError(
+                f"{path}: no such checkpoint file; resuming and exporting need the base this run was trained "
+                f"from: put it back, or give its new path (`base` in {run_dir / 'config.yaml'}, or --base)")
+        loaded = load_checkpoint(path)
+        base = _assemble(loaded.model, loaded.raw_config, loaded.extra, str(path))
+    record = run_dir / BASE_RECORD
+    if new_run and is_main:
+        if spec in PRESETS:
+            save_checkpoint(saved, base.model, base.raw_config)
+        record.write_text(json.dumps({"base": spec, "fingerprint": fingerprint(base.model)}, indent=2))
+    elif not new_run and record.is_file():
+        trained_from = json.loads(record.read_text())
+        if fingerprint(base.model) != trained_from["fingerprint"]:
+            raise CheckpointError(
+                f"{base.source}: not the base this run was trained from (its weights differ from those of "
+                f"{trained_from['base']}, recorded in {record}); resuming and exporting need that base")
+    return base
+
+
+def fingerprint(model: NitroGenModel) -> str:
+    """SHA-256 of every tensor's name and bytes (about a second for the released model)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
 
 
 def set_dropout(model: NitroGenModel, p: float) -> None:

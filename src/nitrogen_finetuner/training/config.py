@@ -156,6 +156,23 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
         raise invalid_setting(err, file=str(file) if file else None) from None
 
 
+TRAINABLE_SETUP = ("method", "lora", "tune")
+
+
+def changed_trainable_setup(saved: TrainConfig, config: TrainConfig) -> Optional[tuple[str, Any, Any]]:
+    """The first setting that decides what a run trains (``TRAINABLE_SETUP``) and differs between
+    the two configs, as (dotted key, saved value, new value); None when they agree."""
+    old, new = saved.model_dump(mode="json"), config.model_dump(mode="json")
+    for key in TRAINABLE_SETUP:
+        if old[key] == new[key]:
+            continue
+        if isinstance(old[key], dict):
+            sub = next(k for k in old[key] if old[key][k] != new[key].get(k))
+            return f"{key}.{sub}", old[key][sub], new[key][sub]
+        return key, old[key], new[key]
+    return None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` with the value read as YAML (numbers, booleans, lists, null)."""
     key, sep, value = text.partition("=")

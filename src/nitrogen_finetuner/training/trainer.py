@@ -41,7 +41,7 @@ from .batches import micro_batches, one_pass, padding_window, window_noise
 from .bf16_weights import Bf16Weights
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
                           set_rng_state)
-from .config import TrainConfig, dump_config
+from .config import TrainConfig, changed_trainable_setup, dump_config, resolve_config
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
                        shard_optimizer_state)
 from .stop_signals import StopRequest, TrainingStopped
@@ -123,7 +123,13 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
             raise DataError("the run folder already holds checkpoints", file=str(run_dir),
                             hint="resume it with --resume, or choose another --output")
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(config))
+    if resume and (run_dir / "config.yaml").is_file():  # every process: they all stop alike
+        changed = changed_trainable_setup(resolve_config(run_dir / "config.yaml"), config)
+        if changed:
+            key, before, now = changed
+            raise DataError(f"{key} is {now!r} now, but the run trained with {before!r}",
+                            file=str(run_dir / "config.yaml"),
+                            hint="a run resumes with what it trains (method, lora, tune); start a new run to change it")
     accelerator.wait_for_everyone()
 
     micro = config.micro_batch_size or max(1, config.batch_size // world)
@@ -132,7 +138,7 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
                         f"x {world} processes")
     accumulation = config.batch_size // (micro * world)
 
-    base = load_base(config.base, run_dir, config.seed, accelerator.is_main_process)
+    base = load_base(config.base, run_dir, config.seed, new_run=not resume, is_main=accelerator.is_main_process)
     model_cfg = base.model.config
     if config.dropout is not None:
         set_dropout(base.model, config.dropout)
@@ -183,6 +189,8 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
         if state.rng is not None:
             set_rng_state(state.rng)
         progress = state.progress
+    if accelerator.is_main_process:  # only now: a resume that fails to start leaves the run's config as it was
+        (run_dir / "config.yaml").write_text(dump_config(config))
 
     writer = CheckpointWriter(run_dir, config.keep_last, rank, accelerator.wait_for_everyone)
     logger = RunLogger(run_dir, config, accelerator.is_main_process)
