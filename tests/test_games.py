@@ -14,6 +14,7 @@ from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.data.config import DataConfig
 from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
 from nitrogen_finetuner.games import GAMES
+from nitrogen_finetuner.games.demo import next_demo_folder
 from nitrogen_finetuner.games.base import GamepadAction
 from nitrogen_finetuner.games.recorder import record_game
 from nitrogen_finetuner.games.rollout import policy_player, random_player, rollout
@@ -92,6 +93,16 @@ def test_shortened_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     exported = load_policy(tmp_path / "demo" / "model.pt", verbose=False)
     assert exported.extra["data_action_shift"] == 0 and ModelInputs.of_policy(exported).action_shift == 0
     assert ModelInputs.of_checkpoint(str(tmp_path / "demo" / "model.pt")).action_shift == 0
+
+
+def test_running_the_demo_again_takes_the_next_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert next_demo_folder() == "runs/demo"
+    (tmp_path / "runs" / "demo" / "checkpoints" / "step_000010").mkdir(parents=True)
+    (tmp_path / "runs" / "demo2").mkdir()  # a folder with no checkpoints holds no earlier run
+    assert next_demo_folder() == "runs/demo2"
+    (tmp_path / "runs" / "demo2" / "checkpoints" / "step_000010").mkdir(parents=True)
+    assert next_demo_folder() == "runs/demo3"
 
 
 def test_policy_player_replans_every_n_steps(tmp_path):

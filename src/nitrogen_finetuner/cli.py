@@ -77,13 +77,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["output"] = args.resume
     demo = config_file is None and "data.dataset_name" not in overrides
     if demo:  # no config and no data: the built-in games, end to end
-        from .games.demo import DEMO_SETTINGS  # noqa: PLC0415
+        from .games.demo import DEMO_SETTINGS, next_demo_folder  # noqa: PLC0415
         from .games.recorder import demo_dataset, demo_folder
 
         if not args.print_config:
             print("no --data given: recording the built-in games (cached) and fine-tuning the tiny preset on them")
             demo_dataset()
-        overrides = {**DEMO_SETTINGS, "data.dataset_name": str(demo_folder()), **overrides}
+        overrides = {**DEMO_SETTINGS, "output": next_demo_folder(), "data.dataset_name": str(demo_folder()),
+                     **overrides}
     config = resolve_config(config_file, overrides)
     if args.print_config:
         print(dump_config(config), end="")

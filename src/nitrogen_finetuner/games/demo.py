@@ -9,12 +9,14 @@ on seeds no recording used. Everything lands in the run folder (``demo_results.j
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 from ..data.config import DataConfig
 from ..evaluation.report import run_eval
 from ..policy import load_policy
+from ..training.checkpoints import checkpoint_dirs
 from . import GAMES
 from .rollout import policy_player, random_player, rollout
 
@@ -26,7 +28,6 @@ REPLAN_EVERY = 6
 DEMO_SETTINGS = {
     "base": "tiny",
     "method": "full",
-    "output": "runs/demo",
     "max_steps": 4000,
     "batch_size": 32,
     "learning_rate": 1e-3,
@@ -38,6 +39,13 @@ DEMO_SETTINGS = {
     "num_workers": 1,
     "data.action_shift": 0,  # frame t is what the expert saw before choosing action row t
 }
+
+
+def next_demo_folder(first: str = "runs/demo") -> str:
+    """``runs/demo``, else ``runs/demo2``, ``runs/demo3``, ...: the first holding no checkpoints
+    of an earlier run, so running the demo again works and leaves earlier demo runs alone."""
+    candidates = (first if n == 1 else f"{first}{n}" for n in itertools.count(1))
+    return next(folder for folder in candidates if not checkpoint_dirs(Path(folder)))
 
 
 def evaluate_demo(run_dir: Path, data_folder: Path, seed: int = 0, val_fraction: float = 0.15) -> tuple[dict, str]:
