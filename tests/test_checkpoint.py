@@ -118,3 +118,19 @@ def test_cli_user_errors_are_one_line_with_status_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"nitrogen-finetune: error: {missing}: no such checkpoint file"
     assert "Traceback" not in result.stderr
+
+
+def test_a_folder_where_a_file_or_a_run_belongs_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["info", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == f"nitrogen-finetune: error: {run}: a folder, not a checkpoint file"
+    assert main(["init", str(run / "model.pt"), "--preset", "tiny"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(run)]) == 2
+    assert f"(the run's exported checkpoint is {run / 'model.pt'})" in capsys.readouterr().err
+    for command in (["export", str(run), str(tmp_path / "out.pt")], ["train", "--resume", str(run)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"nitrogen-finetune: error: {run}: not a run folder (it holds no config.yaml) "
+                       "(give the --output folder of a training run)"], command

@@ -62,7 +62,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.config import dump_config, parse_override, resolve_config  # noqa: PLC0415
+    from .training.config import dump_config, parse_override, resolve_config, run_config_file  # noqa: PLC0415
     from .training.stop_signals import StopRequest, TrainingStopped
     from .training.trainer import train
 
@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, flag)
     config_file = args.config
     if args.resume:
-        config_file = config_file or str(Path(args.resume) / "config.yaml")
+        config_file = config_file or str(run_config_file(args.resume))
         overrides["output"] = args.resume
     demo = config_file is None and "data.dataset_name" not in overrides
     if demo:  # no config and no data: the built-in games, end to end

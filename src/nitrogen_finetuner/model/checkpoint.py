@@ -49,6 +49,10 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
 def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
     """Load a checkpoint dict safely; ``trust_pickle`` allows arbitrary unpickling."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "model.pt"
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file"
+                              + (f" (the run's exported checkpoint is {inside})" if inside.is_file() else ""))
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:

@@ -156,6 +156,15 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
         raise invalid_setting(err, file=str(file) if file else None) from None
 
 
+def run_config_file(run_dir: str | Path) -> Path:
+    """A run folder's ``config.yaml``: the fully resolved config its training wrote."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise DataError("not a run folder (it holds no config.yaml)", file=str(run_dir),
+                        hint="give the --output folder of a training run")
+    return path
+
+
 TRAINABLE_SETUP = ("method", "lora", "tune")
 
 

@@ -20,7 +20,7 @@ from ..policy import __version__
 from .adapters import load_trainable_state, prepare_trainable
 from .base import load_base
 from .checkpoints import checkpoint_dir, checkpoint_dirs, load_training_state, read_progress
-from .config import resolve_config
+from .config import resolve_config, run_config_file
 
 
 def export_run(
@@ -30,7 +30,7 @@ def export_run(
     """Merge a run's trained weights into its base and write ``out``; returns the path. The newest
     checkpoint by default, or ``checkpoint``, or with ``best`` the one keep_best kept."""
     run_dir = Path(run_dir)
-    config = resolve_config(run_dir / "config.yaml")
+    config = resolve_config(run_config_file(run_dir))
     found = checkpoint_dirs(run_dir)
     if checkpoint is None and not found:
         raise DataError("the run has no checkpoint to export", file=str(run_dir))
