@@ -6,6 +6,7 @@ that step boundary and stops, so ``--resume`` continues exactly. A second Ctrl-C
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -48,8 +49,10 @@ class StopRequest:
         if self.signal_number is None:
             self.signal_number = signal_number
         if self.announce and self.signal_number == signal_number:
-            print(f"\n{signal.Signals(signal_number).name}: stopping after this step and saving a checkpoint "
-                  "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+            # A raw write: print() here could land inside the progress bar's own write to stderr,
+            # and Python refuses such a reentrant call with an error.
+            os.write(sys.stderr.fileno(), f"\n{signal.Signals(signal_number).name}: stopping after this step and "
+                     "saving a checkpoint (Ctrl-C again stops at once)\n".encode())
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
