@@ -279,6 +279,22 @@ def test_every_file_of_a_run_gets_the_umask_permissions(recordings, tmp_path, me
             if stat.S_IMODE(f.stat().st_mode) != FILE_MODE} == {}
 
 
+def test_a_failed_push_to_the_hub_is_one_line_and_keeps_the_export(recordings, tmp_path):
+    train(config(recordings, tmp_path / "run", max_steps=2))
+    out = tmp_path / "model.pt"
+    offline = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_not_a_token"}  # a closed port
+    result = subprocess.run([sys.executable, "-m", "nitrogen_finetuner.cli", "export", str(tmp_path / "run"),
+                             str(out), "--push-to-hub", "someone/model"], capture_output=True, text=True, env=offline,
+                            timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"nitrogen-finetune: error: pushing {out} to the hub as someone/model "
+                                               "failed (") and "Connection refused" in err[0], err
+    assert err[0].endswith("the exported file is kept: check the network and your token (hf auth login), "
+                           "then export again with --push-to-hub")
+    assert load_policy(out, verbose=False).model is not None
+
+
 def test_training_loss_falls_by_half_on_a_learnable_dataset(tmp_path):
     """Red frames: SOUTH held, left stick right; blue frames: nothing, left stick left."""
     for e in range(4):

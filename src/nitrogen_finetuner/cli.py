@@ -141,8 +141,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         from huggingface_hub import HfApi  # noqa: PLC0415
 
         api = HfApi()
-        api.create_repo(args.push_to_hub, exist_ok=True)
-        api.upload_file(path_or_fileobj=str(path), path_in_repo=Path(path).name, repo_id=args.push_to_hub)
+        try:
+            api.create_repo(args.push_to_hub, exist_ok=True)
+            api.upload_file(path_or_fileobj=str(path), path_in_repo=Path(path).name, repo_id=args.push_to_hub)
+        except Exception as err:  # the network, the token or the hub: the export itself is done
+            print(f"nitrogen-finetune: error: pushing {path} to the hub as {args.push_to_hub} failed "
+                  f"({type(err).__name__}: {user_message(err)}); the exported file is kept: check the network "
+                  "and your token (hf auth login), then export again with --push-to-hub", file=sys.stderr)
+            return 1
         print(f"pushed to https://huggingface.co/{args.push_to_hub}")
     return 0
 
