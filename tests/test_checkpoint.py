@@ -134,3 +134,11 @@ def test_a_folder_where_a_file_or_a_run_belongs_is_named(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"nitrogen-finetune: error: {run}: not a run folder (it holds no config.yaml) "
                        "(give the --output folder of a training run)"], command
+
+
+def test_a_file_where_a_folder_belongs_is_one_line_naming_it(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    for command in (["init", str(blocker / "x.pt")], ["train", "--output", str(blocker), "--data", str(tmp_path)]):
+        assert main(command) == 2, command
+        assert capsys.readouterr().err.strip() == f"nitrogen-finetune: error: {blocker}: File exists", command

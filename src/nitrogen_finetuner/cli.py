@@ -23,7 +23,8 @@ from .model.checkpoint import CheckpointError, save_checkpoint
 from .model.presets import PRESETS, build_preset
 from .policy import __version__, load_policy
 
-USER_ERRORS = (CheckpointError, LayoutError, DataError, FileNotFoundError, IsADirectoryError, PermissionError)
+USER_ERRORS = (CheckpointError, LayoutError, DataError, FileNotFoundError, FileExistsError, IsADirectoryError,
+               NotADirectoryError, PermissionError)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -303,7 +304,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as err:
-        print(f"nitrogen-finetune: error: {user_message(err)}", file=sys.stderr)
+        # A path the system refused: "runs/x: File exists" rather than "[Errno 17] File exists: 'runs/x'".
+        message = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else user_message(err)
+        print(f"nitrogen-finetune: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nitrogen-finetune: interrupted", file=sys.stderr)
