@@ -376,6 +376,18 @@ def test_keep_best_spares_the_lowest_validation_loss_checkpoint_across_a_resume(
     assert "the run kept no best checkpoint" in capsys.readouterr().err
 
 
+def test_the_run_says_which_profile_reads_the_actions_and_which_columns_nothing_reads(recordings, tmp_path, capsys):
+    train(config(recordings, tmp_path / "auto", max_steps=1))
+    printed = capsys.readouterr().out
+    assert re.search(r"^profile     nitrogen \(loss on \d+/25 slots\)$", printed, re.M) and "unused" not in printed
+    train(config(recordings, tmp_path / "forced", max_steps=1, **{"data.profile": "snes"}))
+    lines = capsys.readouterr().out.splitlines()
+    assert "profile     snes (loss on 5/25 slots)" in lines
+    unused = next(line for line in lines if line.startswith("unused"))
+    assert "j_left, j_right" in unused and unused.endswith("(check data.profile; `nitrogen-finetune data inspect` "
+                                                           "shows the mapping)")
+
+
 def test_misspelled_lora_target_is_a_clear_error(recordings, tmp_path, capsys):
     with pytest.raises(DataError, match="unknown LoRA target 'dit_atention'.*targets are: dit_attention"):
         config(recordings, tmp_path / "run", **{"lora.targets": ["dit_atention"]})

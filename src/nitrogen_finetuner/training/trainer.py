@@ -421,8 +421,16 @@ class RunLogger:
         trained = sum(p.numel() for p in params.values() if p.requires_grad)
         print(f"base        {base.source} ({total:,} parameters)")
         print(f"method      {method}: {trained:,} parameters trained")
-        print(f"data        {data.config.dataset_name}: {len(data.index.episodes)} episodes, "
+        index = data.index
+        print(f"data        {data.config.dataset_name}: {len(index.episodes)} episodes, "
               f"{train_set.num_windows} training windows" + (f", {val_set.num_windows} validation" if val_set else ""))
+        profiles = sorted({f"{b.profile.name} (loss on {int(b.slot_mask.sum())}/{b.layout.action_dim} slots)"
+                           for b in index.bindings})
+        print(f"profile     {'; '.join(profiles)}")
+        unused = sorted({column for columns in index.unused_columns for column in columns})
+        if unused:  # most often a wrong data.profile: say so before hours of training on a few slots
+            print(f"unused      {', '.join(unused)}: no profile entry or mapping reads these columns "
+                  "(check data.profile; `nitrogen-finetune data inspect` shows the mapping)")
         print(f"batch       {micro} per forward x {accumulation} accumulation x {world} process(es); "
               f"precision {precision}")
 
