@@ -127,6 +127,18 @@ def test_a_stop_signal_checkpoints_the_step_it_ends_and_the_resumed_run_is_exact
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_stop_request_announces_once_a_second_ctrl_c_stops_at_once_and_handlers_are_put_back(capfd):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.requested and stop.signal_number == signal.SIGTERM
+        signal.raise_signal(signal.SIGTERM)  # repeated: still the one request
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert capfd.readouterr().err.count("SIGTERM: stopping after this step and saving a checkpoint") == 1
+
+
 def test_ctrl_c_ends_a_command_line_run_with_a_checkpoint_and_one_line(recordings, tmp_path):
     """Ctrl-C goes to the whole process group, DataLoader workers included."""
     run_dir = tmp_path / "run"

@@ -6,15 +6,16 @@ that step boundary and stops, so ``--resume`` continues exactly. A second Ctrl-C
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STDERR = 2
 
 
 @dataclass
@@ -44,15 +45,18 @@ class StopRequest:
         return self.signal_number is not None
 
     def _handle(self, signal_number: int, _frame) -> None:
-        if self.signal_number == signal.SIGINT and signal_number == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.signal_number is None:
-            self.signal_number = signal_number
-        if self.announce and self.signal_number == signal_number:
-            # A raw write: print() here could land inside the progress bar's own write to stderr,
-            # and Python refuses such a reentrant call with an error.
-            os.write(sys.stderr.fileno(), f"\n{signal.Signals(signal_number).name}: stopping after this step and "
-                     "saving a checkpoint (Ctrl-C again stops at once)\n".encode())
+        if self.requested:
+            if signal_number == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.signal_number = signal_number
+        if self.announce:
+            # A raw write to stderr's descriptor: print() here could land inside the progress bar's
+            # own write to sys.stderr, and Python refuses such a reentrant call with an error.
+            notice = (f"\n{signal.Signals(signal_number).name}: stopping after this step and saving a checkpoint "
+                      "(Ctrl-C again stops at once)\n")
+            with contextlib.suppress(OSError):
+                os.write(STDERR, notice.encode())
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
