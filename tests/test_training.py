@@ -23,6 +23,8 @@ from safetensors.torch import load_file
 
 from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.cli import main
+from nitrogen_finetuner.model.checkpoint import save_checkpoint
+from nitrogen_finetuner.model.presets import build_preset
 from nitrogen_finetuner import files as files_module
 from nitrogen_finetuner.files import FILE_MODE
 from nitrogen_finetuner.data.errors import DataError
@@ -30,7 +32,7 @@ from nitrogen_finetuner.training import checkpoints as checkpoints_module
 from nitrogen_finetuner.training import trainer as trainer_module
 from nitrogen_finetuner.training.activation_checkpointing import enable_activation_checkpointing
 from nitrogen_finetuner.training.adapters import load_trainable_state, lora_target_modules, prepare_trainable
-from nitrogen_finetuner.training.base import load_base
+from nitrogen_finetuner.training.base import fingerprint, load_base
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
 from nitrogen_finetuner.training.config import resolve_config
 from nitrogen_finetuner.training.stop_signals import StopRequest, TrainingStopped
@@ -447,6 +449,17 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--base", str(tmp_path / "copy.pt"),
                  "--set", "num_workers=0"]) == 0
     assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.step == 4
+
+
+def test_a_new_run_builds_its_preset_base_afresh_over_a_stale_base_pt(recordings, tmp_path):
+    run_dir = tmp_path / "run"
+    torch.manual_seed(123)
+    save_checkpoint(run_dir / "base.pt", *build_preset("tiny"))  # left by an earlier attempt with another seed
+    train(config(recordings, run_dir, max_steps=1, seed=0))
+    torch.manual_seed(0)
+    expected = fingerprint(build_preset("tiny")[0])
+    assert fingerprint(load_policy(run_dir / "base.pt", verbose=False).model) == expected
+    assert json.loads((run_dir / "base.json").read_text())["fingerprint"] == expected
 
 
 def test_saved_weights_of_another_shape_are_a_clear_error():

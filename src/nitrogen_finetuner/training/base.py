@@ -49,19 +49,21 @@ def _assemble(model: NitroGenModel, raw: dict, extra: dict, source: str) -> Base
 
 
 def load_base(spec: str, run_dir: Path, seed: int, new_run: bool, is_main: bool) -> BaseCheckpoint:
-    """The run's own ``base.pt`` if it has one, else a preset (random, seeded) or a checkpoint.
+    """The run's own ``base.pt`` when it resumes and has one, else a preset (random, seeded) or a
+    checkpoint.
 
     A new run records the base's fingerprint (``base.json``; the main process writes it, and
     ``base.pt`` for a preset); resuming and exporting refuse a base whose weights differ from it,
     which would otherwise put the trained weights on top of another model without a word.
     """
     saved = run_dir / BASE_FILE
-    if not saved.exists() and spec in PRESETS:
+    own_base = saved.exists() and not new_run  # a new run never inherits a base.pt left in its folder
+    if not own_base and spec in PRESETS:
         torch.manual_seed(seed)
         model, raw = build_preset(spec)
         base = _assemble(model, raw, {}, spec)
     else:
-        path = saved if saved.exists() else Path(spec)
+        path = saved if own_base else Path(spec)
         if not path.is_file() and not new_run:
             raise CheckpointError(
                 f"{path}: no such checkpoint file; resuming and exporting need the base this run was trained "
