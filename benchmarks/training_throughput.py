@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time each run with torch.compile")
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute layers in backward")
-    parser.add_argument("--profile", action="store_true", help="also GPU kernel time per step, by kind of kernel")
+    parser.add_argument("--profile", action="store_true", help="also GPU kernel time per step, by kind of kernel, and the slowest kernels")
     parser.add_argument("--official-src", help="a checkout of github.com/MineDojo/NitroGen (full fine-tune, batch 64)")
     parser.add_argument("--output")
     args = parser.parse_args()
