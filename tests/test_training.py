@@ -526,6 +526,33 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     assert resolve_config(printed) == cfg.model_copy(update={"output": str(output)}) and not output.exists()
 
 
+@pytest.mark.parametrize("config_text, settings, expected", [
+    (None, ["lora.targets=[dit_attention"], "--set lora.targets: '[dit_attention' is not a valid YAML value ("),
+    ("lora: 5\n", ["lora.rank=4"], "lora is 5, not a section of keys, so lora.rank cannot be set"),
+    ("data: [1, 2]\n", [], "data is [1, 2], not a section of keys, so data.dataset_name cannot be set"),
+    ("lora: [dit_attention\n", [], "not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
+    (b"\xff\xfe\x00binary", [], "not a UTF-8 text file"),
+])
+def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text, settings, expected):
+    args = ["train", "--data", str(recordings), "--print-config"]
+    if config_text is not None:
+        file = tmp_path / "run.yaml"
+        file.write_bytes(config_text if isinstance(config_text, bytes) else config_text.encode())
+        args.insert(1, str(file))
+    for setting in settings:
+        args += ["--set", setting]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+
+
+def test_an_empty_section_takes_dotted_settings(recordings, tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("data:\nlora:\n")
+    cfg = resolve_config(file, {"data.dataset_name": str(recordings), "lora.rank": 4})
+    assert (cfg.data.dataset_name, cfg.lora.rank) == (str(recordings), 4)
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, tmp_path):
     common = ["--data", str(recordings), "--max-steps", "3", "--method", "full", "--set", "dropout=0.0",

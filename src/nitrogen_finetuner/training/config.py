@@ -127,11 +127,18 @@ class TrainConfig(_Section):
         return self
 
 
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
+def _set_dotted(tree: dict, key: str, value: Any, file: Optional[Path]) -> None:
     node = tree
     *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
+    for depth, part in enumerate(parents):
+        child = node.get(part)
+        if child is None:  # absent, or an empty section (`data:`)
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            section = ".".join(parents[: depth + 1])
+            raise DataError(f"{section} is {child!r}, not a section of keys, so {key} cannot be set",
+                            file=str(file) if file else None, hint=f"write {section} as a mapping, or leave it out")
+        node = child
     node[leaf] = value
 
 
@@ -143,13 +150,15 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
         if not path.is_file():
             raise DataError("no such config file", file=str(path))
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise DataError("not a UTF-8 text file", file=str(path), hint="give a YAML config file") from None
         except yaml.YAMLError as err:
-            raise DataError(f"not valid YAML ({str(err).splitlines()[0]})", file=str(path)) from None
+            raise DataError(f"not valid YAML ({yaml_problem(err)})", file=str(path)) from None
         if not isinstance(tree, dict):
             raise DataError("the config must be a mapping of keys to values", file=str(path))
     for key, value in (overrides or {}).items():
-        _set_dotted(tree, key, value)
+        _set_dotted(tree, key, value, Path(file) if file else None)
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as err:
@@ -187,7 +196,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise DataError(f"overrides look like key=value (e.g. lora.rank=8), got '{text}'")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise DataError(f"--set {key.strip()}: {value!r} is not a valid YAML value ({yaml_problem(err)})",
+                        hint="quote text that holds YAML's special characters, e.g. --set 'output=\"@x\"'") from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's complaint in one line, with the line and column it points at."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def dump_config(config: TrainConfig) -> str:
