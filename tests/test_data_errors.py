@@ -65,6 +65,13 @@ def test_stick_of_the_wrong_length(tmp_path, capsys):
     assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path), "row 3", "column 'j_left'")
 
 
+def test_stick_stored_as_a_struct(tmp_path, capsys):
+    j_left = [{"x": x, "y": y} for x, y in nitrogen_rows(8)["j_left"]]
+    path = write(tmp_path / "run.parquet", j_left=j_left)
+    assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path), "row 0", "column 'j_left'",
+                          "holds a struct", "where an [x, y] list is expected")
+
+
 def test_nan_stick_value(tmp_path, capsys):
     j_left = nitrogen_rows(8)["j_left"]
     j_left[4] = [float("nan"), 0.0]

@@ -198,14 +198,19 @@ def _pairs(raw, column: str, source: str, first_row: int):
     values = np.zeros((n, 2))
     dtype = np.dtype(np.float64)
     if good.any():
-        flat = np.concatenate(arr[good])
-        dtype = flat.dtype
-        if dtype == object:  # lists with a None inside: flagged as non-finite below
-            flat = np.where(_is_none(flat), np.nan, flat)
         try:
+            flat = np.concatenate(arr[good])  # a struct ({"x", "y"}) has a length but no order
+            dtype = flat.dtype
+            if dtype == object:  # lists with a None inside: flagged as non-finite below
+                flat = np.where(_is_none(flat), np.nan, flat)
             values[good] = flat.astype(np.float64).reshape(-1, 2)
         except (TypeError, ValueError):
             i = _first_unreadable(arr, lambda v: np.asarray(v, dtype=np.float64))
+            if isinstance(arr[i], Mapping):
+                raise DataError(f"holds a struct {_show(arr[i])} where an [x, y] list is expected", file=source,
+                                row=first_row + i, column=column,
+                                hint="store the stick as an [x, y] list, or x and y in columns mapped to "
+                                     "LEFT_X/LEFT_Y or RIGHT_X/RIGHT_Y") from None
             raise DataError(f"[x, y] value {_show(arr[i])} is not two numbers", file=source, row=first_row + i,
                             column=column, hint="ignore the column with null in `mapping`") from None
     return values, missing, ~good & ~missing, dtype
