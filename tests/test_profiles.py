@@ -194,6 +194,16 @@ def test_nitrogen_pairs_detect_float_01_against_float_pm1():
     np.testing.assert_allclose(again[0, 23:], [0.75, 0.75])
 
 
+def test_columns_a_nitrogen_file_leaves_out_stay_out_of_the_loss():
+    # An export without j_right and guide says nothing about them: training them as released and
+    # centred would teach the model to leave them alone.
+    columns = {"south": np.array([True, False]), "east": np.array([False, True]),
+               "j_left": objects([[0.5, 0.0], [0.0, 0.0]])}
+    binding, actions, _ = convert(columns, profile="nitrogen")
+    np.testing.assert_array_equal(binding.slot_mask, mask("SOUTH", "EAST", "LEFT_X", "LEFT_Y"))
+    np.testing.assert_allclose(actions, np.stack([vec(SOUTH=1, LEFT_X=0.75), vec(EAST=1)]))
+
+
 def test_playstation_uint8_sticks_and_analog_l2_r2():
     columns = {
         "P1 Cross": np.array([True, False, False, False]),

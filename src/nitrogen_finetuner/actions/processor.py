@@ -442,19 +442,17 @@ class UniversalVectorProcessor:
         targets = {c: (chosen[c], self._slots(c, chosen[c], profile, source)) for c in columns if c in chosen}
         self._check_one_source_per_axis(targets, source)
         ranges = {c: self._user_range(c) for c, (t, _) in targets.items() if t.kind in ("axis", "pair")}
-        return ColumnBinding(self.layout, profile, targets, self._slot_mask(profile, targets),
+        return ColumnBinding(self.layout, profile, targets, self._slot_mask(targets),
                              {c: r for c, r in ranges.items() if r != "auto"}, self.analog_deadzone,
                              self.trigger_threshold)
 
-    def _slot_mask(self, profile: ConsoleProfile, targets: _Targets) -> np.ndarray:
-        """The bound slots; without ``masks_unexpressed`` also every other slot the profile knows
-        (a column NitroGen's format leaves out means "never pressed"). Slots no column drives in any
-        source, such as RIGHT_UP, stay out of the loss either way: nothing says what they should be."""
+    def _slot_mask(self, targets: _Targets) -> np.ndarray:
+        """The slots the file's bound columns drive: the loss applies there only. A slot without a
+        column (no right stick on a NES, a column an export left out) says nothing about what the
+        player did with it."""
         mask = np.zeros(self.layout.action_dim, bool)
         for _, slots in targets.values():
             mask[list(slots)] = True
-        if not profile.masks_unexpressed:
-            mask[[self._slot_index[s] for s in profile.expressed_slots if s in self._slot_index]] = True
         return mask
 
     def _parse_target(self, key: str, target: str) -> _Target:

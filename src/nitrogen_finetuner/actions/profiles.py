@@ -55,9 +55,9 @@ class ConsoleProfile:
     buttons: column -> button slot. stick_axes: column -> (stick axis, sign); sign -1 flips a
     device whose +y means up (universal y > 0 is down). stick_pairs: column holding [x, y] ->
     "LEFT"/"RIGHT". stick_buttons: digital column -> (stick axis, value it pushes the axis to).
-    analog_triggers: button columns that may hold analog values. masks_unexpressed: True leaves
-    every slot no present column drives out of the loss; False trains the profile's slots whose
-    column a file lacks towards released/neutral. Keys are stored normalized.
+    analog_triggers: button columns that may hold analog values. A slot that no column of a file
+    drives stays out of the loss: a missing column says nothing about that button or stick. Keys
+    are stored normalized.
     """
 
     name: str
@@ -67,7 +67,6 @@ class ConsoleProfile:
     stick_pairs: Mapping[str, str] = field(default_factory=dict)
     stick_buttons: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     analog_triggers: frozenset[str] = frozenset()
-    masks_unexpressed: bool = True
 
     def __post_init__(self):
         for axis, sign in self.stick_axes.values():
@@ -115,11 +114,9 @@ PROFILES: dict[str, ConsoleProfile] = {p.name: p for p in (
     ConsoleProfile(
         "nitrogen",
         "NitroGen's own format (NVIDIA's dataset, the BizHawk converter): 17 booleans named after "
-        "the universal buttons, j_left/j_right as [x, y] in [-1, 1]. A column a file leaves out is "
-        "trained as released/neutral.",
+        "the universal buttons, j_left/j_right as [x, y] in [-1, 1].",
         buttons=_UNIVERSAL_BUTTONS,
         stick_pairs={"j_left": "LEFT", "j_right": "RIGHT"},
-        masks_unexpressed=False,
     ),
     ConsoleProfile(
         # Before the console profiles so that a file named only with universal names (and so also
