@@ -89,6 +89,17 @@ def test_detect_profile_by_column_names(profile, columns):
     assert detect_profile(columns + ["frame", "timestamp"]).name == profile
 
 
+def test_profiles_that_tie_and_read_a_column_differently_need_the_console_named():
+    # A, B, Start and the d-pad: a NES, a SNES, a Genesis or an Xbox pad, whose "A" sit in three places.
+    columns = ["P1 A", "P1 B", "P1 Start", "P1 Up", "P1 Down", "P1 Left", "P1 Right"]
+    with pytest.raises(DataError, match=r"rec.csv: the columns fit the nes, snes, genesis, xbox profiles equally, "
+                                        r"and these read 'P1 A' differently \(name the console .*data.profile"):
+        detect_profile(columns, source="rec.csv")
+    assert detect_profile(columns + ["P1 Select"]).name == "nes"  # nes and snes tie, and agree
+    binding, actions, _ = convert({c: np.array([c == "P1 A"]) for c in columns}, profile="xbox")
+    np.testing.assert_allclose(actions, vec(SOUTH=1)[None])
+
+
 def test_detect_profile_fails_naming_the_columns_and_the_profiles():
     with pytest.raises(DataError, match=r"rec.csv: no console profile knows .*'frame'.*nitrogen, generic, nes"):
         detect_profile(["frame", "jump"], source="rec.csv")
@@ -275,7 +286,7 @@ def test_user_mapping_extends_and_overrides_the_profile():
         "Wheel": np.array([0.5, -0.25]),
     }
     mapping = {"P1 A": "SOUTH", "p1_b": None, "Turbo": "west", "Wheel": "-LEFT_X"}
-    binding, actions, _ = convert(columns, mapping=mapping)
+    binding, actions, _ = convert(columns, mapping=mapping, profile="nes")  # "a", "start": any pad's
     assert binding.profile.name == "nes" and binding.columns == ["P1 A", "P1 Start", "Turbo", "Wheel"]
     np.testing.assert_allclose(actions, np.stack([
         vec(SOUTH=1, LEFT_X=0.25),

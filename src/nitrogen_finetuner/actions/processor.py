@@ -473,12 +473,11 @@ class UniversalVectorProcessor:
             return self.profile
         if self.profile != "auto":
             return PROFILES[self.profile]
-        try:
-            return detect_profile(columns, source)
-        except DataError:
-            if any(target is not None for target in self._mapping.values()):
-                return _MAPPING_ONLY
-            raise
+        names = {normalize_column(c) for c in columns}
+        unknown = not any(names & p.columns for p in PROFILES.values())
+        if unknown and any(target is not None for target in self._mapping.values()):
+            return _MAPPING_ONLY
+        return detect_profile(columns, source)
 
     def _slots(self, column: str, target: _Target, profile: ConsoleProfile, source: str) -> tuple[int, ...]:
         missing = [s for s in target.slots if s.upper() not in self._slot_index]

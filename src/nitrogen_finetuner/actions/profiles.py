@@ -93,6 +93,13 @@ class ConsoleProfile:
         return (frozenset(self.buttons.values()) | {a for a, _ in self.stick_axes.values()} | pairs
                 | {a for a, _ in self.stick_buttons.values()})
 
+    def reading(self, name: str) -> tuple:
+        """What the profile makes of a (normalized) column, comparable across profiles."""
+        for kind in ("buttons", "stick_axes", "stick_pairs", "stick_buttons"):
+            if name in getattr(self, kind):
+                return kind, getattr(self, kind)[name]
+        return ()
+
 
 def _dpad(*prefixes: str, short: bool = False) -> dict[str, str]:
     """D-pad columns under each prefix ("" -> "up", "dpad_" -> "dpad_up"; short adds "dpad_u")."""
@@ -188,7 +195,10 @@ PROFILES: dict[str, ConsoleProfile] = {p.name: p for p in (
 
 
 def detect_profile(columns: Iterable[str], source: Optional[str] = None) -> ConsoleProfile:
-    """The profile that knows the most of these columns; on a tie, the first in ``PROFILES``."""
+    """The profile that knows the most of these columns. Profiles that tie must read the columns
+    alike (the first in ``PROFILES`` is taken), or the console has to be named: "A" is the right
+    face button on a NES and the bottom one on an Xbox pad. Universal names (``generic``) win their
+    ties, as the universal slots are what they name."""
     columns = list(columns)
     names = {normalize_column(c) for c in columns}
     best = max(PROFILES.values(), key=lambda p: len(names & p.columns))
@@ -197,4 +207,16 @@ def detect_profile(columns: Iterable[str], source: Optional[str] = None) -> Cons
             f"no console profile knows any of the columns {sorted(columns)}", file=source,
             hint=f"name a profile ({', '.join(PROFILES)}) and map the columns to slots with `mapping`",
         )
+    if best.name == "generic":
+        return best
+    tied = [p for p in PROFILES.values() if len(names & p.columns) == len(names & best.columns)]
+    for name in sorted(names & best.columns):
+        readings = {p.name: p.reading(name) for p in tied if name in p.columns}
+        if len(set(readings.values())) > 1:
+            column = next(c for c in columns if normalize_column(c) == name)
+            raise DataError(
+                f"the columns fit the {', '.join(readings)} profiles equally, and these read {column!r} "
+                f"differently", file=source,
+                hint="name the console that recorded them with data.profile (--profile)",
+            )
     return best
