@@ -14,6 +14,7 @@ from transformers import SiglipVisionConfig
 sys.path.insert(0, str(Path(__file__).parent))
 
 from golden.cases import CASES, TOWERS, ckpt_config, seeded_state_dict  # noqa: E402
+from recordings import write_nitrogen_parquet  # noqa: E402
 from nitrogen_finetuner.model.checkpoint import build_model, parse_config, save_checkpoint  # noqa: E402
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -47,6 +48,15 @@ def write_case_checkpoint(case: str, root: Path) -> Path:
 def case_checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cases")
     return {case: write_case_checkpoint(case, root) for case in CASES}
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory) -> Path:
+    """Three short NitroGen-format episodes to train on."""
+    root = tmp_path_factory.mktemp("recordings")
+    for i in range(3):
+        write_nitrogen_parquet(root / f"episode_{i}.parquet", n=24, start=10 * i)
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -37,33 +37,10 @@ from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_traini
 from nitrogen_finetuner.training.config import resolve_config
 from nitrogen_finetuner.training.stop_signals import StopRequest, TrainingStopped
 from nitrogen_finetuner.training.trainer import train
-from recordings import png_bytes, write_nitrogen_parquet
+from recordings import png_bytes
+from runs import config, final_weights, logged
 
 shutil_usage = type(shutil.disk_usage("/"))
-SMALL = {"num_workers": 0, "log_every": 1, "val_every": 0, "checkpoint_every": 2, "export_at_end": False,
-         "batch_size": 4, "warmup_steps": 1}
-
-
-@pytest.fixture(scope="module")
-def recordings(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("recordings")
-    for i in range(3):
-        write_nitrogen_parquet(root / f"episode_{i}.parquet", n=24, start=10 * i)
-    return root
-
-
-def config(data: Path, output: Path, **overrides):
-    return resolve_config(None, {"data.dataset_name": str(data), "output": str(output), **SMALL, **overrides})
-
-
-def logged(run_dir: Path, name: str) -> list[float]:
-    """Every value of one metric in the run's metrics.jsonl, in order."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [row[name] for row in rows if name in row]
-
-
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(checkpoint_dirs(run_dir)[-1] / "weights.safetensors"))
 
 
 class Killed(Exception):
