@@ -74,6 +74,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, flag)
     config_file = args.config
     if args.resume:
+        if args.output is not None and Path(args.output).resolve() != Path(args.resume).resolve():
+            raise DataError(f"--resume continues the run in {args.resume}, not in --output {args.output}",
+                            hint="leave out --output (or copy the run folder first)")
         config_file = config_file or str(run_config_file(args.resume))
         overrides["output"] = args.resume
     demo = config_file is None and "data.dataset_name" not in overrides
@@ -135,7 +138,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     best = args.checkpoint == "best"
     path = export_run(args.run_dir, args.out, checkpoint=None if best else args.checkpoint, best=best,
-                      use_ema={"ema": True, "final": False}.get(args.weights))
+                      use_ema={"ema": True, "final": False}.get(args.weights), base=args.base)
     policy = load_policy(path, verbose=False)
     print(f"wrote {path}\n{policy.summary()}")
     if args.push_to_hub:
@@ -241,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="merge a run into an official-format checkpoint")
     export.add_argument("run_dir")
     export.add_argument("out", help="the .pt file to write")
-    export.add_argument("--checkpoint", help="a checkpoints/step_N folder, or best: the one with the lowest "
-                        "validation loss (keep_best); default: the latest")
+    export.add_argument("--checkpoint", help="one of the run's checkpoints (step_000120, or its folder), or best: "
+                        "the one with the lowest validation loss (keep_best); default: the latest")
+    export.add_argument("--base", help="the run's base checkpoint, when it has moved since training "
+                        "(its weights must be the ones the run started from)")
     export.add_argument("--weights", choices=("auto", "ema", "final"), default="auto",
                         help="EMA weights when the run kept them (auto), or as named")
     export.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the file to this hub model repo")
@@ -311,6 +316,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("nitrogen-finetune: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    except BrokenPipeError:  # `nitrogen-finetune info x.pt | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
     except torch.OutOfMemoryError:
         print("nitrogen-finetune: error: out of GPU memory (lower micro_batch_size, and gradient accumulation "
               "keeps batch_size; or set activation_checkpointing: true, or fsdp: true for full fine-tuning on "

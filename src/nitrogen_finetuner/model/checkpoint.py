@@ -9,6 +9,7 @@ save never leaves a broken checkpoint behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
@@ -178,7 +179,12 @@ def save_checkpoint(
         "epoch": epoch,
         EXTRA_KEY: {**(extra or {}), "vision_tower": tower_record(model.vision_encoder.config)},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # name the folder, not the temporary file's random name
+        raise type(err)(err.errno, err.strerror, str(path.parent)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)

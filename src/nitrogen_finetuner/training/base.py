@@ -56,8 +56,11 @@ def load_base(spec: str, run_dir: Path, seed: int, new_run: bool, is_main: bool)
     ``base.pt`` for a preset); resuming and exporting refuse a base whose weights differ from it,
     which would otherwise put the trained weights on top of another model without a word.
     """
-    saved = run_dir / BASE_FILE
-    own_base = saved.exists() and not new_run  # a new run never inherits a base.pt left in its folder
+    saved, record = run_dir / BASE_FILE, run_dir / BASE_RECORD
+    trained_from = json.loads(record.read_text()) if not new_run and record.is_file() else None
+    # A new run never inherits a base.pt left in its folder; a resume naming another base loads
+    # that one, and the fingerprint below decides whether it is the same model.
+    own_base = not new_run and saved.exists() and (trained_from is None or trained_from["base"] == spec)
     if not own_base and spec in PRESETS:
         torch.manual_seed(seed)
         model, raw = build_preset(spec)
@@ -67,16 +70,16 @@ def load_base(spec: str, run_dir: Path, seed: int, new_run: bool, is_main: bool)
         if not path.is_file() and not new_run:
             raise CheckpointError(
                 f"{path}: no such checkpoint file; resuming and exporting need the base this run was trained "
-                f"from: put it back, or give its new path (`base` in {run_dir / 'config.yaml'}, or --base)")
+                f"from: put it back, or give its new path (--base, or `base` in {run_dir / 'config.yaml'})")
         loaded = load_checkpoint(path)
         base = _assemble(loaded.model, loaded.raw_config, loaded.extra, str(path))
-    record = run_dir / BASE_RECORD
     if new_run and is_main:
         if spec in PRESETS:
             save_checkpoint(saved, base.model, base.raw_config)
+        else:
+            saved.unlink(missing_ok=True)  # an earlier run's; resuming this one would pick it up
         record.write_text(json.dumps({"base": spec, "fingerprint": fingerprint(base.model)}, indent=2))
-    elif not new_run and record.is_file():
-        trained_from = json.loads(record.read_text())
+    elif trained_from is not None:
         if fingerprint(base.model) != trained_from["fingerprint"]:
             raise CheckpointError(
                 f"{base.source}: not the base this run was trained from (its weights differ from those of "

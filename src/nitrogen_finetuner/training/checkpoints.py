@@ -11,6 +11,7 @@ with the lowest validation loss (its step is in every later checkpoint's progres
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
@@ -20,9 +21,10 @@ from typing import Optional
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..data.errors import DataError
+from ..data.errors import DataError, user_message
 from ..files import apply_umask, no_space_left, tensor_bytes
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
@@ -155,14 +157,23 @@ def read_progress(checkpoint: Path) -> Progress:
 
 
 def load_training_state(checkpoint: Path, rank: int = 0) -> LoadedTrainingState:
-    states = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+    """A checkpoint folder's contents; a damaged or incomplete one (a disk error, a copy cut
+    short) is a one-line error naming it."""
     rng_file = checkpoint / f"rng_rank{rank}.safetensors"
     ema_file = checkpoint / "ema.safetensors"
-    return LoadedTrainingState(
-        progress=read_progress(checkpoint),
-        weights=load_file(str(checkpoint / "weights.safetensors")),
-        ema=load_file(str(ema_file)) if ema_file.exists() else None,
-        optimizer=states["optimizer"],
-        scheduler=states["scheduler"],
-        rng=load_file(str(rng_file)) if rng_file.exists() else None,
-    )
+    try:
+        states = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+        return LoadedTrainingState(
+            progress=read_progress(checkpoint),
+            weights=load_file(str(checkpoint / "weights.safetensors")),
+            ema=load_file(str(ema_file)) if ema_file.exists() else None,
+            optimizer=states["optimizer"],
+            scheduler=states["scheduler"],
+            rng=load_file(str(rng_file)) if rng_file.exists() else None,
+        )
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError,
+            SafetensorError) as err:
+        raise DataError(f"checkpoint {checkpoint.name} cannot be read ({type(err).__name__}: {user_message(err)})",
+                        file=str(checkpoint),
+                        hint="it is damaged or incomplete: delete the folder, and --resume continues from the "
+                             "checkpoint before it") from None

@@ -25,16 +25,19 @@ from .config import resolve_config, run_config_file
 
 def export_run(
     run_dir: str | Path, out: str | Path, checkpoint: Optional[str | Path] = None, use_ema: Optional[bool] = None,
-    best: bool = False,
+    best: bool = False, base: Optional[str] = None,
 ) -> Path:
     """Merge a run's trained weights into its base and write ``out``; returns the path. The newest
-    checkpoint by default, or ``checkpoint``, or with ``best`` the one keep_best kept."""
+    checkpoint by default, or ``checkpoint``, or with ``best`` the one keep_best kept. ``base``
+    stands for the run's base when that file has moved (its weights must be the same)."""
     run_dir = Path(run_dir)
     config = resolve_config(run_config_file(run_dir))
+    if base is not None:
+        config = config.model_copy(update={"base": base})
     found = checkpoint_dirs(run_dir)
     if checkpoint is None and not found:
         raise DataError("the run has no checkpoint to export", file=str(run_dir))
-    path = Path(checkpoint) if checkpoint else found[-1]
+    path = run_checkpoint(run_dir, checkpoint, found) if checkpoint else found[-1]
     if best:
         best_step = read_progress(found[-1]).best_step if found else None
         if best_step is None:
@@ -68,3 +71,17 @@ def export_run(
         "data_action_shift": shift if shift is not None else base.model_inputs().action_shift,
     }
     return save_checkpoint(out, model.eval(), raw, extra, step=state.progress.step, epoch=state.progress.epoch)
+
+
+def run_checkpoint(run_dir: Path, checkpoint: str | Path, found: list[Path]) -> Path:
+    """One of the run's own checkpoints, given as its folder or its name (``step_000120``): the
+    weights of another run's checkpoint would land on this run's base without a word."""
+    path = Path(checkpoint)
+    if not path.exists() and len(path.parts) == 1:
+        path = run_dir / "checkpoints" / path
+    if path.resolve() not in {p.resolve() for p in found}:
+        names = ", ".join(p.name for p in found) or "none yet"
+        what = "not a checkpoint of this run" if path.is_dir() else "no such checkpoint"
+        raise DataError(f"{checkpoint}: {what}", file=str(run_dir),
+                        hint=f"its checkpoints: {names}; or best (keep_best)")
+    return path

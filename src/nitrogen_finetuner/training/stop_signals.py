@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import threading
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class TrainingStopped(Exception):
 
     def __str__(self) -> str:
         return (f"stopped by {signal.Signals(self.signal_number).name} after step {self.step}; "
-                f"its checkpoint is saved: continue with  nitrogen-finetune train --resume {self.run_dir}")
+                f"its checkpoint is saved: continue with  nitrogen-finetune train --resume {shlex.quote(str(self.run_dir))}")
 
 
 class StopRequest:

@@ -13,8 +13,11 @@ optional EMA, validation on held-out episodes, atomic checkpoints and exact resu
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -25,14 +28,16 @@ from typing import Optional
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, parse_flag_from_env
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..data.errors import DataError
+from ..data.errors import DataError, user_message
 from ..data.episodes import split_episodes
 from ..data.pipeline import prepare_data
 from ..evaluation.open_loop import predict_chunks, score_chunks
-from ..files import apply_umask
+from ..files import apply_umask, no_space_left, tensor_bytes
+from ..model.checkpoint import CheckpointError
 from ..policy import NitroGenPolicy
 from .activation_checkpointing import enable_activation_checkpointing
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
@@ -85,6 +90,30 @@ def precision_label(precision: str, fsdp: bool, bf16_weights: bool) -> str:
     return "fp32, FSDP" if precision == "no" else f"{precision} FSDP units, float32 master weights"
 
 
+class RunFolderLock:
+    """An exclusive lock on the run folder (``.lock``), taken by the main process, released when
+    the training ends however it ends."""
+
+    def __init__(self, run_dir: Path, is_main: bool):
+        self.run_dir, self.is_main, self.file = run_dir, is_main, None
+
+    def __enter__(self) -> "RunFolderLock":
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.run_dir / ".lock", "w")
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.file.close()
+                raise DataError("another training is writing to this run folder", file=str(self.run_dir),
+                                hint="wait for it to end, or choose another --output") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # closing releases the lock
+
+
 class EMA:
     """Exponential moving average of the trainable weights, kept in float32."""
 
@@ -100,12 +129,23 @@ class EMA:
 
 def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest] = None) -> TrainResult:
     """Run (or with ``resume``, continue) the training a config describes. When ``stop`` catches a
-    signal, the step running finishes, its checkpoint is written and ``TrainingStopped`` is raised."""
+    signal, the step running finishes, its checkpoint is written and ``TrainingStopped`` is raised.
+
+    The run folder is locked while it trains: a second training into it would mix the two runs'
+    checkpoints, base and logs without a word."""
+    with RunFolderLock(Path(config.output), int(os.environ.get("RANK", "0")) == 0):
+        return _train(config, resume, stop)
+
+
+def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> TrainResult:
     # ------------------------------------------------------------------------------- set up
     # cpu=True on machines without CUDA (or with ACCELERATE_USE_CPU, as `accelerate launch --cpu`
     # sets it): it is what makes torchrun / accelerate launch use gloo.
     on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
     precision = _mixed_precision(config.mixed_precision, on_gpu)
+    if precision == "fp16" and not on_gpu:
+        raise DataError("mixed_precision fp16 needs a GPU: on the CPU it would silently train in fp32",
+                        hint="set mixed_precision to bf16 or no")
     # bf16 weights compute in bf16 without autocast, which Accelerate would wrap the model in.
     accelerator = Accelerator(mixed_precision="no" if config.bf16_weights else precision, cpu=not on_gpu)
     if accelerator.distributed_type == DistributedType.FSDP:
@@ -118,11 +158,9 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
         device.type == "cpu" if config.deterministic is None else config.deterministic, warn_only=True
     )
     run_dir = Path(config.output)
-    if accelerator.is_main_process:
-        if checkpoint_dirs(run_dir) and not resume:
-            raise DataError("the run folder already holds checkpoints", file=str(run_dir),
-                            hint="resume it with --resume, or choose another --output")
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint_dirs(run_dir) and not resume:  # every process: they all stop alike
+        raise DataError("the run folder already holds checkpoints", file=str(run_dir),
+                        hint="resume it with --resume, or choose another --output")
     if resume and (run_dir / "config.yaml").is_file():  # every process: they all stop alike
         changed = changed_trainable_setup(resolve_config(run_dir / "config.yaml"), config)
         if changed:
@@ -189,11 +227,16 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
         if state.rng is not None:
             set_rng_state(state.rng)
         progress = state.progress
+        if progress.step >= config.max_steps:
+            raise DataError(f"the run has trained {progress.step} steps and max_steps is {config.max_steps}: "
+                            "nothing to train", file=str(run_dir),
+                            hint=f"raise --max-steps to train on; `nitrogen-finetune export {run_dir} OUT.pt` "
+                                 "writes its model")
     if accelerator.is_main_process:  # only now: a resume that fails to start leaves the run's config as it was
         (run_dir / "config.yaml").write_text(dump_config(config))
 
     writer = CheckpointWriter(run_dir, config.keep_last, rank, accelerator.wait_for_everyone)
-    logger = RunLogger(run_dir, config, accelerator.is_main_process)
+    logger = RunLogger(run_dir, config, accelerator.is_main_process, resumed_at=progress.step if resume else None)
     batches = micro_batches(train_set, progress, config.num_workers)
     preprocessor, noise_args = base.preprocessor, (
         data.spec.horizon, model_cfg.action_dim, model_cfg.noise_beta_alpha, model_cfg.noise_beta_beta,
@@ -356,11 +399,14 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
     save_unless_saved()
     exported = None
     save_trained_weights(master, run_dir, accelerator.is_main_process)
-    if accelerator.is_main_process:
-        if config.export_at_end:
-            from .export import export_run  # noqa: PLC0415
+    if accelerator.is_main_process and config.export_at_end:
+        from .export import export_run  # noqa: PLC0415
 
+        try:
             exported = export_run(run_dir, run_dir / "model.pt")
+        except CheckpointError as err:
+            raise DataError(f"{err}; the run's last checkpoint is complete",
+                            hint=f"then `nitrogen-finetune export {run_dir} {run_dir / 'model.pt'}`") from err
     logger.finish(progress, losses, val_loss, exported)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -384,26 +430,46 @@ def save_trained_weights(master: torch.nn.Module, run_dir: Path, is_main: bool) 
     if not is_main:
         return
     trained = {n: t.contiguous() for n, t in trained.items()}
-    if hasattr(master, "save_pretrained"):
-        master.save_pretrained(str(run_dir / "adapter"), safe_serialization=True)
-        save_file(trained, str(run_dir / "adapter" / "fully_trained.safetensors"))
-        apply_umask(run_dir / "adapter")
-    else:
-        save_file(trained, str(run_dir / "weights.safetensors"))
-        apply_umask(run_dir / "weights.safetensors")
+    target = run_dir / ("adapter" if hasattr(master, "save_pretrained") else "weights.safetensors")
+    try:
+        if target.name == "adapter":
+            master.save_pretrained(str(target), safe_serialization=True)
+            save_file(trained, str(target / "fully_trained.safetensors"))
+        else:
+            save_file(trained, str(target))
+    except (OSError, SafetensorError) as err:
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+        reason = no_space_left(run_dir, tensor_bytes(trained)) or getattr(err, "strerror", None) or user_message(err)
+        raise DataError(f"cannot be written ({reason}); the run's last checkpoint is complete", file=str(target),
+                        hint=f"then `nitrogen-finetune export {run_dir} {run_dir / 'model.pt'}` writes the model "
+                             "from it") from err
+    apply_umask(target)
 
 
 class RunLogger:
     """metrics.jsonl and TensorBoard always; Weights & Biases when installed and asked for."""
 
-    def __init__(self, run_dir: Path, config: TrainConfig, enabled: bool):
+    def __init__(self, run_dir: Path, config: TrainConfig, enabled: bool, resumed_at: Optional[int]):
+        """A new run starts the logs afresh (an earlier attempt in the folder left no checkpoint);
+        a resumed run drops what was logged after its checkpoint, which it logs again."""
         self.enabled, self.run_dir, self.wandb = enabled, run_dir, None
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
 
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-        self.metrics = open(run_dir / "metrics.jsonl", "a")
+        metrics_file = run_dir / "metrics.jsonl"
+        if resumed_at is None:
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+            metrics_file.unlink(missing_ok=True)
+        elif metrics_file.is_file():
+            rows = metrics_file.read_text().splitlines(keepends=True)
+            metrics_file.write_text("".join(r for r in rows if r.strip() and json.loads(r)["step"] <= resumed_at))
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"),
+                                         purge_step=None if resumed_at is None else resumed_at + 1)
+        self.metrics = open(metrics_file, "a")
         if config.wandb:
             try:
                 import wandb  # noqa: PLC0415

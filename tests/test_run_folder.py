@@ -1,0 +1,177 @@
+"""The run folder stays one run's: its base, its checkpoints, its logs, and one training at a time."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from nitrogen_finetuner.cli import main
+from nitrogen_finetuner.files import FILE_MODE
+from nitrogen_finetuner.model.checkpoint import save_checkpoint
+from nitrogen_finetuner.model.presets import build_preset
+from nitrogen_finetuner.training import trainer as trainer_module
+from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
+from nitrogen_finetuner.training.trainer import RunFolderLock, train
+from runs import config, logged
+
+FAST = ["--set", "num_workers=0", "--set", "batch_size=4", "--set", "checkpoint_every=2", "--set", "val_every=0"]
+
+
+def one_error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nitrogen-finetune:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def snapshot(run_dir: Path) -> dict:
+    return {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
+def write_base(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    return save_checkpoint(path, *build_preset("tiny"))
+
+
+def test_a_new_run_from_a_file_drops_the_base_pt_an_earlier_run_left(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    write_base(run_dir / "base.pt", seed=123)  # a preset run's, stopped before its first checkpoint
+    base = write_base(tmp_path / "ng.pt", seed=7)
+    train(config(recordings, run_dir, base=str(base), max_steps=2))
+    assert not (run_dir / "base.pt").exists()
+    assert main(["export", str(run_dir), str(tmp_path / "out.pt")]) == 0
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "3", *FAST]) == 0
+
+
+def test_a_resume_naming_another_base_than_its_preset_is_refused(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2))  # the tiny preset, seed 0, saved as base.pt
+    before = snapshot(run_dir)
+    other = write_base(tmp_path / "other.pt", seed=5)
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--base", str(other), *FAST]) == 2
+    assert "other.pt: not the base this run was trained from" in one_error_line(capsys)
+    assert snapshot(run_dir) == before
+    same = write_base(tmp_path / "same.pt", seed=0)  # the preset's weights under another name will do
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--base", str(same), *FAST]) == 0
+
+
+def test_a_second_training_into_a_run_folder_in_use_is_refused(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", "--data", str(recordings), "--output", str(run_dir), "--max-steps", "2", *FAST]
+    with RunFolderLock(run_dir, is_main=True):  # as a training in another process holds it
+        assert main(args) == 2
+        assert "another training is writing to this run folder" in one_error_line(capsys)
+        assert not checkpoint_dirs(run_dir)
+    assert main(args) == 0  # released when that training ends
+
+
+def test_export_takes_the_runs_own_checkpoints_by_name_or_folder_and_no_other_runs(recordings, tmp_path, capsys):
+    run_dir, other = tmp_path / "run", tmp_path / "other"
+    train(config(recordings, run_dir, max_steps=4))
+    train(config(recordings, other, max_steps=2, seed=1))
+    out = tmp_path / "out.pt"
+    assert main(["export", str(run_dir), str(out), "--checkpoint", "step_000002"]) == 0
+    assert torch.load(out, weights_only=True)["step"] == 2
+    assert main(["export", str(run_dir), str(out), "--checkpoint", str(checkpoint_dirs(run_dir)[0])]) == 0
+    capsys.readouterr()
+    foreign = checkpoint_dirs(other)[-1]
+    assert main(["export", str(run_dir), str(out), "--checkpoint", str(foreign)]) == 2
+    assert "not a checkpoint of this run" in (line := one_error_line(capsys))
+    assert "its checkpoints: step_000002, step_000004" in line
+    assert main(["export", str(run_dir), str(out), "--checkpoint", "step_000003"]) == 2
+    assert "step_000003: no such checkpoint" in one_error_line(capsys)
+
+
+def test_export_takes_a_moved_base_with_the_same_weights(recordings, tmp_path, capsys):
+    base = write_base(tmp_path / "ng.pt", seed=3)
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, base=str(base), max_steps=2))
+    moved = base.rename(tmp_path / "moved.pt")
+    out = tmp_path / "out.pt"
+    capsys.readouterr()
+    assert main(["export", str(run_dir), str(out)]) == 2
+    assert "give its new path (--base" in one_error_line(capsys)
+    assert main(["export", str(run_dir), str(out), "--base", str(write_base(tmp_path / "x.pt", seed=4))]) == 2
+    assert "x.pt: not the base this run was trained from" in one_error_line(capsys)
+    assert main(["export", str(run_dir), str(out), "--base", str(moved)]) == 0
+
+
+def test_a_damaged_checkpoint_is_one_line_and_the_one_before_it_resumes(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=4))
+    newest = checkpoint_dirs(run_dir)[-1]
+    (newest / "weights.safetensors").write_bytes(b"\0" * 100)  # a copy cut short
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "6", *FAST]) == 2
+    line = one_error_line(capsys)
+    assert "checkpoint step_000004 cannot be read" in line and "delete the folder" in line
+    shutil.rmtree(newest)
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "6", *FAST]) == 0
+    assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.step == 6
+
+
+def test_a_resume_with_nothing_to_train_changes_nothing(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2))
+    before = snapshot(run_dir)
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "2", *FAST]) == 2
+    assert "the run has trained 2 steps and max_steps is 2: nothing to train" in one_error_line(capsys)
+    assert snapshot(run_dir) == before  # summary.json keeps its losses
+
+
+def test_logs_hold_each_step_once_across_a_fresh_start_and_a_resume(recordings, tmp_path):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=3, checkpoint_every=0))
+    shutil.rmtree(run_dir / "checkpoints")  # an attempt that left no checkpoint: the folder is reused
+    train(config(recordings, run_dir, max_steps=3, learning_rate=1e-3, checkpoint_every=2))
+    assert logged(run_dir, "train/lr")[0] == pytest.approx(1e-3)
+    assert [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1
+    shutil.rmtree(checkpoint_dirs(run_dir)[-1])  # killed after logging step 3, before its checkpoint
+    train(config(recordings, run_dir, max_steps=4, learning_rate=1e-3, checkpoint_every=2), resume=True)
+    assert [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--set", "mixed_precision=fp16"], "mixed_precision fp16 needs a GPU"),
+])
+def test_settings_the_machine_cannot_honour_are_refused(recordings, tmp_path, capsys, flags, message):
+    assert main(["train", "--data", str(recordings), "--output", str(tmp_path / "run"), *FAST, *flags]) == 2
+    assert message in one_error_line(capsys)
+
+
+def test_resume_continues_in_the_runs_own_folder(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2))
+    assert main(["train", "--resume", str(run_dir), "--output", str(tmp_path / "elsewhere"), *FAST]) == 2
+    assert f"--resume continues the run in {run_dir}, not in --output" in one_error_line(capsys)
+
+
+def test_final_outputs_that_cannot_be_written_are_one_line_naming_the_complete_checkpoint(recordings, tmp_path,
+                                                                                         capsys, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer_module, "save_file", disk_full)
+    run_dir = tmp_path / "run"
+    args = ["train", "--data", str(recordings), "--output", str(run_dir), "--max-steps", "2", *FAST]
+    assert main([*args, "--method", "full"]) == 2
+    line = one_error_line(capsys)
+    assert "weights.safetensors: cannot be written (No space left on device)" in line
+    assert f"the run's last checkpoint is complete (then `nitrogen-finetune export {run_dir}" in line
+    assert not (run_dir / "weights.safetensors").exists()
+    assert main(["export", str(run_dir), str(tmp_path / "out.pt")]) == 0
+    assert (tmp_path / "out.pt").stat().st_mode & 0o777 == FILE_MODE
+
+
+def test_an_export_onto_a_folder_names_the_folder(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2))
+    (tmp_path / "out").mkdir()
+    capsys.readouterr()
+    assert main(["export", str(run_dir), str(tmp_path / "out")]) == 2
+    assert one_error_line(capsys) == f"nitrogen-finetune: error: {tmp_path / 'out'}: Is a directory"
