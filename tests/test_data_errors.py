@@ -89,6 +89,23 @@ def test_out_of_range_values(tmp_path, capsys):
     assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path), "row 5", "column 'south'")
 
 
+def test_a_stick_column_read_two_ways_in_two_files(tmp_path, capsys):
+    rests = {"ep1.parquet": 0.5, "ep2.parquet": 0.9}  # a 0..1 stick, held right through the second file
+    for name, most in rests.items():
+        left_x = [most] * 6 + [0.0, 1.0]
+        pq.write_table(pa.table({"image": image_structs(8), "south": [0] * 8, "left_x": left_x}), tmp_path / name)
+    assert_one_line_error(inspect(tmp_path, tmp_path, capsys=capsys), "ep2.parquet",
+                          "stick column 'left_x' reads as float_pm1 here but as float_01 in", "{left_x: float_01}")
+    fixed = inspect(tmp_path, tmp_path, "--stick-range", "float_01", capsys=capsys)
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_a_mapping_key_that_names_no_column(tmp_path, capsys):
+    path = write(tmp_path / "run.parquet")
+    assert_one_line_error(inspect(path, tmp_path, "--map", "gide=", capsys=capsys), str(path),
+                          "mapping names the column 'gide', which no file of the dataset has", "guide")
+
+
 def test_undecodable_image(tmp_path):  # as a real process: the exit status of the command itself
     images = image_structs(8)
     images[5] = {"bytes": b"definitely not a png", "path": None}

@@ -116,6 +116,8 @@ def test_no_profile_expresses_the_four_right_stick_direction_buttons():
     ([0, 0, 127, -128], np.int64, "int8"),
     ([0, 0, 200, -200], np.int64, "int16"),
     ([0.5, 0.5, 1.0, 0.0], np.float64, "float_01"),   # no negatives, neutral 0.5
+    ([128 / 255, 128 / 255, 1.0, 0.0], np.float32, "float_01"),  # a byte scaled to 0..1
+    ([0.51, 0.51, 1.0, 0.0], np.float64, "float_pm1"),
     ([0.5, 0.5, -1.0, 0.0], np.float64, "float_pm1"),
     ([0.0, 0.0, 0.3, 0.6], np.float64, "float_pm1"),  # no negatives but neutral 0
     ([0.0, 0.0, 1.5, -0.2], np.float64, "float_pm1"),  # not whole numbers: a float stick, 1.5 is bad

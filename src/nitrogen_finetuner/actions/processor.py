@@ -10,8 +10,9 @@ binding fixes the pick, so one file reads one way throughout):
 
 1. the column's own type: int8 -> int8, uint8 -> uint8, int16 -> int16;
 2. every value within [-1, 1], or any value that is not a whole number: float_01 when none is
-   negative and the most frequent value (the neutral a resting stick leaves behind) is 0.5, else
-   float_pm1 (values beyond the range are reported as bad rows);
+   negative and the most frequent value (the neutral a resting stick leaves behind) is 0.5 (or
+   128/255 or 127/255, a byte scaled to 0..1), else float_pm1 (values beyond the range are
+   reported as bad rows);
 3. whole numbers within 0..255 whose most frequent value is not 0 (128 is uint8's neutral, 0 a
    signed stick's) -> uint8;
 4. within -128..127 -> int8; otherwise int16 (values beyond it are reported as bad rows).
@@ -33,6 +34,7 @@ from .profiles import PROFILES, STICK_SIDES, ConsoleProfile, column_player, dete
 
 Array = Union[np.ndarray, torch.Tensor]
 FLOAT_TOLERANCE = 1e-3  # how far a float stick may overshoot its range (rounding in recorders)
+CENTRE_TOLERANCE = 1 / 255  # a 0..1 stick made from a byte rests at 128/255 or 127/255
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ def detect_stick_range(values: np.ndarray, dtype: np.dtype) -> str:
         return _DTYPE_RANGES[dtype]
     low, high = float(values.min()), float(values.max())
     if max(-low, high) <= 1.0 + FLOAT_TOLERANCE or np.any(values != np.round(values)):
-        return "float_01" if low >= -FLOAT_TOLERANCE and _most_frequent(values) == 0.5 else "float_pm1"
+        centred = abs(_most_frequent(values) - 0.5) <= CENTRE_TOLERANCE
+        return "float_01" if low >= -FLOAT_TOLERANCE and centred else "float_pm1"
     if low >= 0 and high <= 255 and _most_frequent(values) != 0:
         return "uint8"
     return "int8" if low >= -128 and high <= 127 else "int16"
@@ -445,6 +448,11 @@ class UniversalVectorProcessor:
         return ColumnBinding(self.layout, profile, targets, self._slot_mask(targets),
                              {c: r for c, r in ranges.items() if r != "auto"}, self.analog_deadzone,
                              self.trigger_threshold)
+
+    def unmatched_mapping(self, columns: Sequence[str]) -> list[str]:
+        """The ``mapping`` keys that name none of these columns (a typo maps nothing, silently)."""
+        names = {normalize_column(c) for c in columns}
+        return [key for key in self._mapping if normalize_column(key) not in names]
 
     def _slot_mask(self, targets: _Targets) -> np.ndarray:
         """The slots the file's bound columns drive: the loss applies there only. A slot without a

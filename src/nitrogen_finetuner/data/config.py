@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,7 +18,9 @@ class DataConfig(BaseModel):
     mapping: dict[str, Optional[str]] = Field(
         default_factory=dict, description="source column -> action slot (LEFT_X, -LEFT_Y, LEFT for [x, y]) or null"
     )
-    stick_range: str = Field("auto", description="auto, float_pm1, float_01, int8, uint8 or int16")
+    stick_range: Union[str, dict[str, str]] = Field(
+        "auto", description="auto, float_pm1, float_01, int8, uint8 or int16; or per column: {j_left: int16}"
+    )
     analog_deadzone: float = Field(0.05, ge=0.0, lt=1.0, description="|stick| below this becomes 0")
     trigger_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="analog trigger above this is a press")
     prediction_horizon: Optional[int] = Field(None, ge=1, description="action rows per window (checkpoint's horizon)")

@@ -107,7 +107,32 @@ def build_index(
         image_columns.append(image_col)
         bindings.append(binding)
         unused.append([c for c in action_columns if c not in binding.columns])
+    _check_mapping(processor, sources)
+    _check_stick_ranges(bindings, sources)
     return DatasetIndex(sources, episodes, image_columns, bindings, unused, bad_total)
+
+
+def _check_mapping(processor: UniversalVectorProcessor, sources: list[Source]) -> None:
+    columns = sorted({c for source in sources for c in source.column_names()})
+    unmatched = processor.unmatched_mapping(columns)
+    if unmatched:
+        raise DataError(f"mapping names the column {unmatched[0]!r}, which no file of the dataset has",
+                        file=sources[0].name if len(sources) == 1 else None,
+                        hint=f"columns: {', '.join(columns)}")
+
+
+def _check_stick_ranges(bindings: list[ColumnBinding], sources: list[Source]) -> None:
+    """One column, one stick range: "auto" picks a range per file from its values, and a file in
+    which a 0..1 stick seldom rests would otherwise be read as a -1..1 stick."""
+    seen: dict[str, tuple[str, str]] = {}
+    for binding, source in zip(bindings, sources):
+        for column, name in binding.stick_ranges.items():
+            first = seen.setdefault(column, (name, source.name))
+            if first[0] != name:
+                raise DataError(f"stick column {column!r} reads as {name} here but as {first[0]} in {first[1]}",
+                                file=source.name,
+                                hint=f"set stick_range to the range the recorder wrote, for this column alone "
+                                     f"{{{column}: {first[0]}}}")
 
 
 def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
