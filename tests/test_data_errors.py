@@ -170,4 +170,7 @@ def test_unreachable_hub_dataset_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     result = inspect("nobody/no-such-dataset", tmp_path, capsys=capsys)
-    assert_one_line_error(result, "cannot load 'nobody/no-such-dataset' from the Hugging Face hub")
+    assert_one_line_error(result, "'nobody/no-such-dataset' is no local file or folder, and the Hugging Face hub "
+                                  "cannot load it as a dataset id")
+    for local in ("recordngs/", "./nobody/data", "runs/a/b"):  # not user/name: a mistyped path, never the hub
+        assert_one_line_error(inspect(local, tmp_path, capsys=capsys), f"{local}: no such file or folder")

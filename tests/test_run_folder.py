@@ -175,3 +175,15 @@ def test_an_export_onto_a_folder_names_the_folder(recordings, tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(run_dir), str(tmp_path / "out")]) == 2
     assert one_error_line(capsys) == f"nitrogen-finetune: error: {tmp_path / 'out'}: Is a directory"
+
+
+def test_a_run_started_with_relative_paths_resumes_and_exports_from_anywhere(recordings, tmp_path, monkeypatch):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(recordings, work / "recordings")
+    write_base(work / "ng.pt", seed=2)
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["train", "--data", "recordings", "--base", "ng.pt", "--output", "run", "--max-steps", "2", *FAST]) == 0
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--resume", str(work / "run"), "--max-steps", "3", *FAST]) == 0
+    assert main(["export", str(work / "run"), "out.pt"]) == 0

@@ -8,6 +8,7 @@ larger than memory streams. Sources are cheap to pickle: workers reopen files th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -177,6 +178,9 @@ def _load_from_disk(folder: Path, split: str) -> list[Source]:
     return _datasets_sources(loaded, folder)
 
 
+HUB_ID = re.compile(r"[\w-][\w.-]*/[\w-][\w.-]*")  # user/name; anything else is a local path
+
+
 def load_hub_dataset(name: str, split: str) -> list[Source]:
     """A dataset on the Hugging Face hub (downloaded once into the local ``datasets`` cache)."""
     import datasets  # noqa: PLC0415
@@ -184,8 +188,9 @@ def load_hub_dataset(name: str, split: str) -> list[Source]:
     try:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as err:  # network, authentication, unknown repository, unknown split
-        raise DataError(f"cannot load '{name}' from the Hugging Face hub ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:200]})", hint="check the id, the split and your network") from None
+        raise DataError(f"'{name}' is no local file or folder, and the Hugging Face hub cannot load it as a dataset "
+                        f"id ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
+                        hint="check the path; for the hub, the id, the split and your network") from None
     return _datasets_sources(dataset, None)
 
 
@@ -209,7 +214,7 @@ def open_sources(dataset_name: str, split: str = "train") -> list[Source]:
             return [TableSource(str(p), _read_table(p), p.parent) for p in tables]
         raise DataError("no recordings found: expected .parquet files, a save_to_disk folder, or frames with an "
                         "actions table (.csv/.jsonl)", file=str(path))
-    if path.is_absolute() or dataset_name.startswith((".", "~")) or dataset_name.count("/") != 1:
+    if not HUB_ID.fullmatch(dataset_name):
         raise DataError("no such file or folder", file=dataset_name,
                         hint="give a local path, or a Hugging Face dataset id such as user/name")
     return load_hub_dataset(dataset_name, split)

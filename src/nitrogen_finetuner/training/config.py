@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..data.config import DataConfig
 from ..data.errors import DataError, invalid_setting
+from ..model.presets import PRESETS
 
 LORA_COMPONENTS = {
     # DiT attention projections (self- and cross-attention blocks).
@@ -163,6 +164,18 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
         return TrainConfig.model_validate(tree)
     except ValidationError as err:
         raise invalid_setting(err, file=str(file) if file else None) from None
+
+
+def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The config with its local data and base as absolute paths, so that the run folder's
+    config.yaml still finds them when the run is resumed or exported from another folder."""
+    data, base = Path(config.data.dataset_name).expanduser(), Path(config.base).expanduser()
+    updates = {}
+    if data.exists():
+        updates["data"] = config.data.model_copy(update={"dataset_name": str(data.resolve())})
+    if config.base not in PRESETS and base.exists():
+        updates["base"] = str(base.resolve())
+    return config.model_copy(update=updates)
 
 
 def run_config_file(run_dir: str | Path) -> Path:

@@ -46,7 +46,7 @@ from .batches import micro_batches, one_pass, padding_window, window_noise
 from .bf16_weights import Bf16Weights
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
                           set_rng_state)
-from .config import TrainConfig, changed_trainable_setup, dump_config, resolve_config
+from .config import TrainConfig, changed_trainable_setup, dump_config, resolve_config, with_absolute_paths
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
                        shard_optimizer_state)
 from .stop_signals import StopRequest, TrainingStopped
@@ -139,6 +139,7 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
 
 def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> TrainResult:
     # ------------------------------------------------------------------------------- set up
+    config = with_absolute_paths(config)
     # cpu=True on machines without CUDA (or with ACCELERATE_USE_CPU, as `accelerate launch --cpu`
     # sets it): it is what makes torchrun / accelerate launch use gloo.
     on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
