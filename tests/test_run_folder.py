@@ -17,6 +17,7 @@ from nitrogen_finetuner.model.presets import build_preset
 from nitrogen_finetuner.training import trainer as trainer_module
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
 from nitrogen_finetuner.training.trainer import RunFolderLock, train
+from recordings import write_nitrogen_parquet
 from runs import config, logged
 
 FAST = ["--set", "num_workers=0", "--set", "batch_size=4", "--set", "checkpoint_every=2", "--set", "val_every=0"]
@@ -187,3 +188,12 @@ def test_a_run_started_with_relative_paths_resumes_and_exports_from_anywhere(rec
     monkeypatch.chdir(elsewhere)
     assert main(["train", "--resume", str(work / "run"), "--max-steps", "3", *FAST]) == 0
     assert main(["export", str(work / "run"), "out.pt"]) == 0
+
+
+def test_episodes_too_short_for_a_window_say_so(tmp_path, capsys):
+    for i in range(3):  # 3 frames each: with action_shift 3 no frame has an action row to predict
+        write_nitrogen_parquet(tmp_path / "data" / f"episode_{i}.parquet", n=3)
+    assert main(["train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run"), *FAST]) == 2
+    line = one_error_line(capsys)
+    assert "the training episodes make no window: a frame needs an action row 3 rows after it" in line
+    assert "1 of 3 episodes are held out for validation" in line

@@ -194,6 +194,13 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     train_set = data.dataset(micro, train_episodes, seed=config.seed, rank=rank, world_size=world)
     val_set = data.dataset(micro, val_episodes, shuffle=False, rank=rank, world_size=world, train=False,
                            drop_last=False) if val_episodes else None
+    if train_set.num_windows == 0:
+        held_out = f"; {len(val_episodes)} of {len(data.index.episodes)} episodes are held out for validation" \
+            if val_episodes else ""
+        raise DataError(f"the training episodes make no window: a frame needs an action row "
+                        f"{data.spec.action_shift} rows after it (action_shift){held_out}",
+                        file=config.data.dataset_name,
+                        hint="record longer episodes" + (", or set val_fraction lower" if val_episodes else ""))
     if train_set.batches_per_epoch() < 1:
         raise DataError(f"the training episodes hold {train_set.num_windows} windows, fewer than one global "
                         f"batch of {micro * world}", file=config.data.dataset_name, hint="lower batch_size")
