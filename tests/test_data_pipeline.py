@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 
 import numpy as np
@@ -9,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 from nitrogen_finetuner.actions.layout import ActionLayout
 from nitrogen_finetuner.data.config import DataConfig
-from nitrogen_finetuner.data.images import FrameTransform, fit_square
+from nitrogen_finetuner.data.images import FrameTransform, ImageDecodeError, decode_image, fit_square
 from nitrogen_finetuner.data.loader import make_loader
 from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
 from nitrogen_finetuner.data.sources import _datasets_sources
@@ -133,6 +135,15 @@ def test_image_column_formats(tmp_path, kind):
     pq.write_table(pa.table({"image": values, **nitrogen_rows(n)}), tmp_path / "run.parquet")
     data = prepared(tmp_path / "run.parquet")
     assert [check_alignment(w) for w in all_windows(data)] == [0, 1, 2]
+
+
+def test_sixteen_bit_grey_frames_keep_their_grey_and_decode_errors_name_no_memory_address():
+    grey = io.BytesIO()
+    Image.fromarray(np.full((4, 4), 32768, np.uint16)).save(grey, format="PNG")
+    assert np.asarray(decode_image(grey.getvalue())).tolist() == [[[128] * 3] * 4] * 4
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(b"not an image")
+    assert str(err.value) == "cannot decode the image (UnidentifiedImageError: cannot identify image file)"
 
 
 def test_workers_and_ranks_split_the_global_batches(tmp_path):

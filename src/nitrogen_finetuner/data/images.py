@@ -7,6 +7,7 @@ tower's range happens on the training device (``ImagePreprocessor.normalize``).
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -46,7 +47,10 @@ def decode_image(value: Any, base_dir: Optional[Path] = None) -> Image.Image:
     except ImageDecodeError:
         raise
     except Exception as err:  # PIL raises many types for corrupt data
-        raise ImageDecodeError(f"cannot decode the image ({type(err).__name__}: {str(err)[:120]})") from None
+        reason = re.sub(r" <[^<>]* at 0x[0-9a-f]+>", "", str(err))[:120]  # no "<_io.BytesIO object at 0x7f...>"
+        raise ImageDecodeError(f"cannot decode the image ({type(err).__name__}: {reason})") from None
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: RGB conversion would clip it to white
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) * (255 / 65535)).round().astype(np.uint8))
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
