@@ -144,6 +144,17 @@ def test_bad_rows_are_skipped_and_counted_when_asked(tmp_path, capsys):
     assert "bad rows     1 action rows, 1 images" in result.stdout
 
 
+def test_a_value_that_is_no_number_is_a_bad_row(tmp_path, capsys):
+    south = ["0", "1", "no", "1", "0", "1", "0", "1"]  # a text column with a word in it
+    path = tmp_path / "run.parquet"
+    pq.write_table(pa.table({"image": image_structs(8), "south": pa.array(south, pa.string()),
+                             "j_left": nitrogen_rows(8)["j_left"]}), path)
+    assert_one_line_error(inspect(path, tmp_path, "--profile", "nitrogen", capsys=capsys), str(path), "row 2",
+                          "column 'south'", "'no' is not a number", "a button holds 0/1")
+    result = inspect(path, tmp_path, "--profile", "nitrogen", "--skip-bad-rows", capsys=capsys)
+    assert result.returncode == 0 and "bad rows     1 action rows" in result.stdout, result.stderr
+
+
 def test_error_raised_in_a_dataloader_worker_stays_one_line(tmp_path):
     from nitrogen_finetuner.actions.layout import ActionLayout
     from nitrogen_finetuner.data.config import DataConfig

@@ -217,6 +217,12 @@ def test_columns_a_nitrogen_file_leaves_out_stay_out_of_the_loss():
     np.testing.assert_allclose(actions, np.stack([vec(SOUTH=1, LEFT_X=0.75), vec(EAST=1)]))
 
 
+def test_pairs_written_as_text_read_like_lists():
+    columns = {"south": np.array(["1", "0"], dtype=object), "j_left": objects(["[0.5, 0.0]", "[0, 1]"])}  # CSV cells
+    _, actions, _ = convert(columns, profile="nitrogen")
+    np.testing.assert_allclose(actions, np.stack([vec(SOUTH=1, LEFT_X=0.75), vec(LEFT_Y=1.0)]))
+
+
 def test_playstation_uint8_sticks_and_analog_l2_r2():
     columns = {
         "P1 Cross": np.array([True, False, False, False]),

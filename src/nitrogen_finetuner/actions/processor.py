@@ -20,6 +20,7 @@ binding fixes the pick, so one file reads one way throughout):
 
 from __future__ import annotations
 
+import json
 import operator
 from dataclasses import dataclass, replace
 from itertools import repeat
@@ -156,26 +157,52 @@ def _first_unreadable(values: np.ndarray, convert) -> int:
     return 0
 
 
-def _numbers(raw, column: str, source: str, first_row: int) -> tuple[np.ndarray, np.ndarray, np.dtype]:
-    """One number per row: float64 values (0 where null), where null, and the column's dtype."""
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _numbers(raw, column: str, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.dtype]:
+    """One number per row: float64 values (0 where null or not a number), where null, where not a
+    number (a list, a word), and the column's dtype."""
     arr = np.asarray(raw)
     if arr.ndim != 1:
         raise DataError("holds several values per row where one number is expected", file=source,
                         column=column, hint="map an [x, y] column to LEFT or RIGHT")
+    none = np.zeros(len(arr), bool)
     if arr.dtype == object:
         missing = _is_none(arr)
         values = np.zeros(len(arr))
         try:
             values[~missing] = arr[~missing].astype(np.float64)
-        except (TypeError, ValueError):
-            i = _first_unreadable(arr, float)
-            raise DataError(f"{_show(arr[i])} is not a number", file=source, row=first_row + i, column=column,
-                            hint="map an [x, y] column to LEFT or RIGHT, or ignore the column with null") from None
-        return values, missing, arr.dtype
+        except (TypeError, ValueError):  # some rows hold no number: each becomes a bad row
+            values[~missing] = np.fromiter(map(_number, arr[~missing]), np.float64, int((~missing).sum()))
+            unreadable = ~missing & np.isnan(values) & ~np.fromiter(map(_is_nan, arr), bool, len(arr))
+            values[unreadable] = 0.0
+            return values, missing, unreadable, arr.dtype
+        return values, missing, none, arr.dtype
     if arr.dtype.kind not in "biuf":
         raise DataError(f"holds {arr.dtype} values, not numbers", file=source, column=column,
                         hint="map the column to null in `mapping` to ignore it")
-    return arr.astype(np.float64), np.zeros(len(arr), bool), arr.dtype
+    return arr.astype(np.float64), none, none, arr.dtype
+
+
+def _text_pair(value):
+    """A pair written as text ("[0.5, -1]": a CSV cell) as a list; any other value as it is."""
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        return parsed if isinstance(parsed, list) else value
+    return value
+
+
+def _is_nan(value) -> bool:
+    """A float NaN as such (a bad value), as opposed to a value that is not a number at all."""
+    return isinstance(value, float) and value != value
 
 
 def _pairs(raw, column: str, source: str, first_row: int):
@@ -188,6 +215,7 @@ def _pairs(raw, column: str, source: str, first_row: int):
         return (values if arr.shape[1] == 2 else np.zeros((n, 2))), np.zeros(n, bool), wrong, arr.dtype
     if arr.ndim == 2:  # rows of Python objects: read them one row each, like a list column
         arr = np.fromiter(arr, dtype=object, count=n)
+    arr = np.fromiter(map(_text_pair, arr), dtype=object, count=n)
     missing = _is_none(arr)
     try:
         lengths = np.fromiter(map(len, arr[~missing]), np.int64, int((~missing).sum()))
@@ -300,11 +328,16 @@ class ColumnBinding:
     def _decode(self, column: str, target: _Target, raw, source: str, first_row: int) -> _Decoded:
         if target.kind == "pair":
             return self._decode_stick(column, target, *_pairs(raw, column, source, first_row))
-        values, missing, dtype = _numbers(raw, column, source, first_row)
+        values, missing, unreadable, dtype = _numbers(raw, column, source)
         if target.kind == "axis":
-            wrong = np.zeros(len(values), bool)
-            return self._decode_stick(column, target, values[:, None], missing, wrong, dtype)
-        return self._decode_button(target, values, missing)
+            decoded = self._decode_stick(column, target, values[:, None], missing | unreadable,
+                                         np.zeros(len(values), bool), dtype)
+            hint = "a stick axis holds numbers; map an [x, y] column to LEFT or RIGHT, or set skip_bad_rows"
+        else:
+            decoded = self._decode_button(target, values, missing | unreadable)
+            hint = _HINT_TRIGGER if target.analog else _HINT_BUTTON
+        decoded.problems.insert(0, (unreadable, "{value} is not a number", hint))
+        return decoded
 
     def _decode_button(self, target: _Target, values: np.ndarray, missing: np.ndarray) -> _Decoded:
         infinite = ~np.isfinite(values)
