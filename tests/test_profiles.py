@@ -218,7 +218,8 @@ def test_columns_a_nitrogen_file_leaves_out_stay_out_of_the_loss():
 
 
 def test_pairs_written_as_text_read_like_lists():
-    columns = {"south": np.array(["1", "0"], dtype=object), "j_left": objects(["[0.5, 0.0]", "[0, 1]"])}  # CSV cells
+    columns = {"south": np.array(["1", "0"], dtype=object),  # CSV cells are text
+               "j_left": np.array(["[0.5, 0.0]", "[0, 1]"], dtype=object)}
     _, actions, _ = convert(columns, profile="nitrogen")
     np.testing.assert_allclose(actions, np.stack([vec(SOUTH=1, LEFT_X=0.75), vec(LEFT_Y=1.0)]))
 
