@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,3 +200,21 @@ def test_episodes_too_short_for_a_window_say_so(tmp_path, capsys):
     line = one_error_line(capsys)
     assert "the training episodes make no window: a frame needs an action row 3 rows after it" in line
     assert "1 of 3 episodes are held out for validation" in line
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 trains on a GPU only")
+def test_fp16_loss_scale_state_is_checkpointed_and_resumed(recordings, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "false"}
+    # A constant learning rate: the 4-step run and the 2 + 2-step run take the same steps.
+    common = [sys.executable, "-m", "nitrogen_finetuner.cli", "train", *FAST, "--set", "mixed_precision=fp16",
+              "--set", "warmup_steps=0", "--set", "min_learning_rate_ratio=1.0", "--data", str(recordings)]
+
+    def run(*flags: str) -> None:
+        subprocess.run([*common, *flags], check=True, env=env, capture_output=True, timeout=300)
+
+    run("--output", str(tmp_path / "straight"), "--max-steps", "4")
+    run("--output", str(tmp_path / "resumed"), "--max-steps", "2")
+    run("--resume", str(tmp_path / "resumed"), "--max-steps", "4")
+    scalers = [torch.load(checkpoint_dirs(tmp_path / name)[-1] / "optimizer.pt", weights_only=True)["scaler"]
+               for name in ("straight", "resumed")]
+    assert scalers[0] is not None and scalers[0] == scalers[1]  # the scale and its growth tracker go on

@@ -102,6 +102,7 @@ class CheckpointWriter:
         scheduler: dict,
         ema: Optional[dict[str, torch.Tensor]],
         config_text: str,
+        scaler: Optional[dict] = None,
     ) -> Path:
         final = checkpoint_dir(self.root.parent, progress.step)
         tmp = final.with_name(f".{final.name}.tmp")
@@ -115,7 +116,7 @@ class CheckpointWriter:
                 save_file(_contiguous(weights), str(tmp / "weights.safetensors"))
                 if ema is not None:
                     save_file(_contiguous(ema), str(tmp / "ema.safetensors"))
-                torch.save({"optimizer": optimizer, "scheduler": scheduler}, tmp / "optimizer.pt")
+                torch.save({"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}, tmp / "optimizer.pt")
                 (tmp / "progress.json").write_text(json.dumps(asdict(progress)))
                 (tmp / "config.yaml").write_text(config_text)
         except Exception as err:
@@ -150,6 +151,7 @@ class LoadedTrainingState:
     optimizer: dict
     scheduler: dict
     rng: Optional[dict[str, torch.Tensor]]
+    scaler: Optional[dict] = None  # fp16's loss scale and its growth tracker
 
 
 def read_progress(checkpoint: Path) -> Progress:
@@ -170,6 +172,7 @@ def load_training_state(checkpoint: Path, rank: int = 0) -> LoadedTrainingState:
             optimizer=states["optimizer"],
             scheduler=states["scheduler"],
             rng=load_file(str(rng_file)) if rng_file.exists() else None,
+            scaler=states.get("scaler"),
         )
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError,
             SafetensorError) as err:

@@ -230,6 +230,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             bf16_weights.weights_from_master()
         optimizer.load_state_dict(shard_optimizer_state(state.optimizer, optimizer))
         scheduler.load_state_dict(state.scheduler)
+        if accelerator.scaler is not None and state.scaler is not None:
+            accelerator.scaler.load_state_dict(state.scaler)
         if ema is not None and state.ema is not None:
             ema.shadow = {k: shard_like(ema.shadow[k], v.float()) for k, v in state.ema.items()}
         if state.rng is not None:
@@ -327,7 +329,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
 
     def save_unless_saved() -> None:
         if checkpoint_dirs(run_dir)[-1:] != [checkpoint_dir(run_dir, progress.step)]:
-            save(writer, progress, master, optimizer, scheduler, ema, config)
+            save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
 
     # ------------------------------------------------------------------------- the update step
     module.train()
@@ -389,7 +391,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                     logger.scalars(progress.step, {"val/loss": val_loss, **sampled_metrics()})
                 note_best(val_loss)
             if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
-                save(writer, progress, master, optimizer, scheduler, ema, config)
+                save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
             if stop_votes > 0:  # every process agrees: the votes were summed with the loss
                 stopped = True
                 break
@@ -421,12 +423,13 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     return TrainResult(run_dir, progress.step, losses, val_loss, exported)
 
 
-def save(writer: CheckpointWriter, progress: Progress, master, optimizer, scheduler, ema, config) -> Path:
+def save(writer: CheckpointWriter, progress: Progress, master, optimizer, scheduler, ema, config, scaler) -> Path:
     """Every process calls it: sharded tensors are gathered whole, then the main one writes."""
     main = writer.rank == 0
     return writer.save(progress, full_tensors(trainable_state(master), main),
                        full_optimizer_state(optimizer.state_dict(), main), scheduler.state_dict(),
-                       full_tensors(ema.shadow, main) if ema else None, dump_config(config))
+                       full_tensors(ema.shadow, main) if ema else None, dump_config(config),
+                       scaler.state_dict() if scaler is not None else None)
 
 
 def save_trained_weights(master: torch.nn.Module, run_dir: Path, is_main: bool) -> None:
