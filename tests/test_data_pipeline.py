@@ -146,6 +146,12 @@ def test_sixteen_bit_grey_frames_keep_their_grey_and_decode_errors_name_no_memor
     assert str(err.value) == "cannot decode the image (UnidentifiedImageError: cannot identify image file)"
 
 
+def test_file_suffixes_and_profile_names_in_any_case(tmp_path):
+    write_nitrogen_parquet(tmp_path / "data" / "RUN.PARQUET", n=6)
+    for path in (tmp_path / "data", tmp_path / "data" / "RUN.PARQUET"):
+        assert [check_alignment(w) for w in all_windows(prepared(path, profile="NitroGen"))] == [0, 1, 2, 3]
+
+
 def test_workers_and_ranks_split_the_global_batches(tmp_path):
     for name, start in (("a", 0), ("b", 50)):
         write_nitrogen_parquet(tmp_path / "data" / f"{name}.parquet", n=20, start=start, row_group_size=4)

@@ -399,6 +399,8 @@ class UniversalVectorProcessor:
                  stick_range: Union[str, Mapping[str, str]] = "auto",
                  analog_deadzone: float = 0.05, trigger_threshold: float = 0.5):
         self.layout = layout
+        if isinstance(profile, str):
+            profile = profile.lower()
         if isinstance(profile, str) and profile != "auto" and profile not in PROFILES:
             raise DataError(f"unknown console profile {profile!r}", hint=f"use auto or one of {', '.join(PROFILES)}")
         self.profile = profile

@@ -153,7 +153,7 @@ class ArrowFileSource(TableSource):
 
 def _read_table(path: Path) -> pa.Table:
     try:
-        if path.suffix == ".csv":
+        if path.suffix.lower() == ".csv":
             return pyarrow.csv.read_csv(path)
         return pyarrow.json.read_json(path)
     except pa.ArrowInvalid as err:
@@ -197,19 +197,19 @@ def load_hub_dataset(name: str, split: str) -> list[Source]:
 def open_sources(dataset_name: str, split: str = "train") -> list[Source]:
     """All sources of a dataset: a path on disk (file or folder), else a hub dataset id."""
     path = Path(dataset_name).expanduser()
-    if path.is_file():
-        if path.suffix == ".parquet":
+    if path.is_file():  # suffixes in any case: Windows tools write RUN.PARQUET
+        if path.suffix.lower() == ".parquet":
             return [ParquetSource(path)]
-        if path.suffix in TABLE_SUFFIXES:
+        if path.suffix.lower() in TABLE_SUFFIXES:
             return [TableSource(str(path), _read_table(path), path.parent)]
         raise DataError("not a dataset file: expected .parquet, .csv or .jsonl", file=str(path))
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             return _load_from_disk(path, split)
-        parquet = sorted(path.rglob("*.parquet"))
+        parquet = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".parquet" and p.is_file())
         if parquet:
             return [ParquetSource(p) for p in parquet]
-        tables = sorted(p for p in path.rglob("*") if p.suffix in TABLE_SUFFIXES)
+        tables = sorted(p for p in path.rglob("*") if p.suffix.lower() in TABLE_SUFFIXES and p.is_file())
         if tables:
             return [TableSource(str(p), _read_table(p), p.parent) for p in tables]
         raise DataError("no recordings found: expected .parquet files, a save_to_disk folder, or frames with an "
