@@ -530,6 +530,11 @@ def test_an_empty_section_takes_dotted_settings(recordings, tmp_path):
     assert (cfg.data.dataset_name, cfg.lora.rank) == (str(recordings), 4)
 
 
+def test_names_that_yaml_reads_as_numbers_stay_names():
+    cfg = resolve_config(None, {"data.dataset_name": 2024, "output": 2024, "base": 7})  # --set output=2024
+    assert (cfg.data.dataset_name, cfg.output, cfg.base) == ("2024", "2024", "7")
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, tmp_path):
     common = ["--data", str(recordings), "--max-steps", "3", "--method", "full", "--set", "dropout=0.0",

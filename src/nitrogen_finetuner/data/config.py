@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class DataConfig(BaseModel):
     """How recordings become training windows. Unset values come from the checkpoint."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # `--set output=2024` is a name
 
     dataset_name: str = Field(description="local parquet file or folder, save_to_disk folder, frames folder, or hub id")
     split: str = Field("train", description="split of a hub or save_to_disk dataset")

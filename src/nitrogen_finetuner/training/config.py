@@ -32,7 +32,7 @@ LORA_COMPONENTS = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # `--set output=2024` is a name
 
 
 class LoraConfig(_Section):
