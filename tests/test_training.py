@@ -116,6 +116,10 @@ def test_a_stop_request_announces_once_a_second_ctrl_c_stops_at_once_and_handler
             signal.raise_signal(signal.SIGINT)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     assert capfd.readouterr().err.count("SIGTERM: stopping after this step and saving a checkpoint") == 1
+    with StopRequest() as stop:
+        stop.steps_done()  # a signal while the final checkpoint and model are written promises no stop
+        signal.raise_signal(signal.SIGINT)
+    assert "SIGINT: the training steps are done; finishing the final checkpoint and model" in capfd.readouterr().err
 
 
 def test_ctrl_c_ends_a_command_line_run_with_a_checkpoint_and_one_line(recordings, tmp_path):

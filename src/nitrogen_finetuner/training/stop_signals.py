@@ -39,7 +39,12 @@ class StopRequest:
     def __init__(self, announce: bool = True) -> None:
         self.announce = announce
         self.signal_number: Optional[int] = None
+        self.what_happens = "stopping after this step and saving a checkpoint"
         self._previous: dict[int, object] = {}
+
+    def steps_done(self) -> None:
+        """From now on a signal has no step to stop after: the run is writing its final outputs."""
+        self.what_happens = "the training steps are done; finishing the final checkpoint and model"
 
     @property
     def requested(self) -> bool:
@@ -54,8 +59,7 @@ class StopRequest:
         if self.announce:
             # A raw write to stderr's descriptor: print() here could land inside the progress bar's
             # own write to sys.stderr, and Python refuses such a reentrant call with an error.
-            notice = (f"\n{signal.Signals(signal_number).name}: stopping after this step and saving a checkpoint "
-                      "(Ctrl-C again stops at once)\n")
+            notice = f"\n{signal.Signals(signal_number).name}: {self.what_happens} (Ctrl-C again stops at once)\n"
             with contextlib.suppress(OSError):
                 os.write(STDERR, notice.encode())
 

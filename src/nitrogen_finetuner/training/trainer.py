@@ -403,6 +403,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         raise TrainingStopped(run_dir, progress.step, stop.signal_number or signal.SIGTERM)
 
     # ----------------------------------------------------------------------------- finish
+    if stop is not None:
+        stop.steps_done()
     if val_set is not None and (not config.val_every or progress.step % config.val_every):
         val_loss = validate()
         note_best(val_loss)
