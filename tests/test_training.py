@@ -173,6 +173,10 @@ def test_gradient_accumulation_trains_the_weights_of_one_big_batch(recordings, t
     assert split.losses == pytest.approx(whole.losses, rel=1e-5)
     a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    # A resume with another micro-batch size goes on from the same window of the epoch.
+    train(config(recordings, tmp_path / "resumed", **dict(settings, max_steps=1)))
+    resumed = train(config(recordings, tmp_path / "resumed", micro_batch_size=1, **settings), resume=True)
+    assert resumed.losses == pytest.approx(whole.losses[1:], rel=1e-5)
 
 
 def test_bf16_weights_follow_a_float32_run_and_keep_float32_master_weights(recordings, tmp_path):

@@ -37,6 +37,7 @@ class Progress:
     step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    windows_per_batch: Optional[int] = None  # windows in one of those micro-batches, over all processes
     best_step: Optional[int] = None  # the checkpoint with the lowest validation loss (keep_best)
     best_val_loss: Optional[float] = None
 

@@ -219,7 +219,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         module, optimizer = accelerator.prepare(module, optimizer)
     ema = EMA(master, config.ema_decay) if config.ema_decay else None
 
-    progress = Progress()
+    progress = Progress(windows_per_batch=micro * world)
     if resume:
         latest = checkpoint_dirs(run_dir)
         if not latest:
@@ -237,6 +237,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         if state.rng is not None:
             set_rng_state(state.rng)
         progress = state.progress
+        continue_data_position(progress, micro * world, run_dir)
         if progress.step >= config.max_steps:
             raise DataError(f"the run has trained {progress.step} steps and max_steps is {config.max_steps}: "
                             "nothing to train", file=str(run_dir),
@@ -423,6 +424,18 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(run_dir, progress.step, losses, val_loss, exported)
+
+
+def continue_data_position(progress: Progress, windows_per_batch: int, run_dir: Path) -> None:
+    """Count the epoch's consumed micro-batches in this run's micro-batch size: a resume with
+    another batch_size, micro_batch_size or number of processes goes on from the same window."""
+    saved = progress.windows_per_batch or windows_per_batch  # checkpoints before this count: unchanged
+    windows = progress.batches_in_epoch * saved
+    if windows % windows_per_batch:
+        raise DataError(f"the run stopped {windows} windows into its epoch, which micro-batches of "
+                        f"{windows_per_batch} windows (over all processes) do not divide", file=str(run_dir),
+                        hint=f"resume with micro-batches that divide {windows} (micro_batch_size x processes)")
+    progress.batches_in_epoch, progress.windows_per_batch = windows // windows_per_batch, windows_per_batch
 
 
 def save(writer: CheckpointWriter, progress: Progress, master, optimizer, scheduler, ema, config, scaler) -> Path:
