@@ -19,7 +19,8 @@ from nitrogen_finetuner.model.checkpoint import save_checkpoint
 from nitrogen_finetuner.model.presets import build_preset
 from nitrogen_finetuner.training import trainer as trainer_module
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
-from nitrogen_finetuner.training.trainer import RunFolderLock, train
+from nitrogen_finetuner.training.run_lock import RunFolderLock
+from nitrogen_finetuner.training.trainer import train
 from recordings import write_nitrogen_parquet
 from runs import config, logged
 

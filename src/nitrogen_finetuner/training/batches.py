@@ -7,12 +7,14 @@ process and N processes with the same global batch compute the same loss.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..data.errors import DataError
 from ..data.loader import WindowDataset, make_loader
 from .checkpoints import Progress
 
@@ -28,6 +30,18 @@ def micro_batches(dataset: WindowDataset, progress: Progress, num_workers: int) 
         for consumed, batch in enumerate(loader, start=skip + 1):
             yield epoch, consumed, batch
         epoch, skip = epoch + 1, 0
+
+
+def continue_data_position(progress: Progress, windows_per_batch: int, run_dir: Path) -> None:
+    """Count the epoch's consumed micro-batches in this run's micro-batch size: a resume with
+    another batch_size, micro_batch_size or number of processes goes on from the same window."""
+    saved = progress.windows_per_batch or windows_per_batch  # checkpoints before this count: unchanged
+    windows = progress.batches_in_epoch * saved
+    if windows % windows_per_batch:
+        raise DataError(f"the run stopped {windows} windows into its epoch, which micro-batches of "
+                        f"{windows_per_batch} windows (over all processes) do not divide", file=str(run_dir),
+                        hint=f"resume with micro-batches that divide {windows} (micro_batch_size x processes)")
+    progress.batches_in_epoch, progress.windows_per_batch = windows // windows_per_batch, windows_per_batch
 
 
 def one_pass(dataset: WindowDataset, num_workers: int) -> Iterator[dict]:

@@ -13,7 +13,6 @@ optional EMA, validation on held-out episodes, atomic checkpoints and exact resu
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -42,11 +41,12 @@ from ..policy import NitroGenPolicy
 from .activation_checkpointing import enable_activation_checkpointing
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
 from .base import load_base, set_dropout
-from .batches import micro_batches, one_pass, padding_window, window_noise
+from .batches import continue_data_position, micro_batches, one_pass, padding_window, window_noise
 from .bf16_weights import Bf16Weights
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
                           set_rng_state)
 from .config import TrainConfig, changed_trainable_setup, dump_config, resolve_config, with_absolute_paths
+from .run_lock import RunFolderLock
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
                        shard_optimizer_state)
 from .stop_signals import StopRequest, TrainingStopped
@@ -88,30 +88,6 @@ def precision_label(precision: str, fsdp: bool, bf16_weights: bool) -> str:
     if not fsdp:
         return precision
     return "fp32, FSDP" if precision == "no" else f"{precision} FSDP units, float32 master weights"
-
-
-class RunFolderLock:
-    """An exclusive lock on the run folder (``.lock``), taken by the main process, released when
-    the training ends however it ends."""
-
-    def __init__(self, run_dir: Path, is_main: bool):
-        self.run_dir, self.is_main, self.file = run_dir, is_main, None
-
-    def __enter__(self) -> "RunFolderLock":
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.run_dir / ".lock", "w")
-            try:
-                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self.file.close()
-                raise DataError("another training is writing to this run folder", file=str(self.run_dir),
-                                hint="wait for it to end, or choose another --output") from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()  # closing releases the lock
 
 
 class EMA:
@@ -424,18 +400,6 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(run_dir, progress.step, losses, val_loss, exported)
-
-
-def continue_data_position(progress: Progress, windows_per_batch: int, run_dir: Path) -> None:
-    """Count the epoch's consumed micro-batches in this run's micro-batch size: a resume with
-    another batch_size, micro_batch_size or number of processes goes on from the same window."""
-    saved = progress.windows_per_batch or windows_per_batch  # checkpoints before this count: unchanged
-    windows = progress.batches_in_epoch * saved
-    if windows % windows_per_batch:
-        raise DataError(f"the run stopped {windows} windows into its epoch, which micro-batches of "
-                        f"{windows_per_batch} windows (over all processes) do not divide", file=str(run_dir),
-                        hint=f"resume with micro-batches that divide {windows} (micro_batch_size x processes)")
-    progress.batches_in_epoch, progress.windows_per_batch = windows // windows_per_batch, windows_per_batch
 
 
 def save(writer: CheckpointWriter, progress: Progress, master, optimizer, scheduler, ema, config, scaler) -> Path:

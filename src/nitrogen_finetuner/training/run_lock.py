@@ -1,0 +1,33 @@
+"""One training at a time in a run folder: a second one would mix the two runs' checkpoints,
+base and logs without a word."""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+
+from ..data.errors import DataError
+
+
+class RunFolderLock:
+    """An exclusive lock on the run folder (``.lock``), taken by the main process, released when
+    the training ends however it ends."""
+
+    def __init__(self, run_dir: Path, is_main: bool):
+        self.run_dir, self.is_main, self.file = run_dir, is_main, None
+
+    def __enter__(self) -> "RunFolderLock":
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.run_dir / ".lock", "w")
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.file.close()
+                raise DataError("another training is writing to this run folder", file=str(self.run_dir),
+                                hint="wait for it to end, or choose another --output") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # closing releases the lock
