@@ -62,6 +62,17 @@ def test_wrong_contents_are_explained(tmp_path, case_checkpoints):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="model_cfg.action_horizon"):
         load_policy(path, verbose=False)
+    ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
+    ckpt["model"]["action_decoder.layer2.b"] = torch.zeros(7)
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"action_decoder.layer2.b is \(7,\), the config makes it \(1, 25\)"):
+        load_policy(path, verbose=False)
+    torch.save(ckpt["model"], path)  # the state dict alone
+    with pytest.raises(CheckpointError, match="it is a bare state dict: the 'model' entry of a checkpoint"):
+        load_policy(path, verbose=False)
+    path.write_bytes(case_checkpoints["plain_old_layout"].read_bytes()[:5000])  # a download cut short
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint, truncated or damaged"):
+        load_policy(path, verbose=False)
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

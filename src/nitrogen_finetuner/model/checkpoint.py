@@ -70,16 +70,27 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
             raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt pickle data)") from None
         raise CheckpointError(
             f"{path}: refused to load, it needs arbitrary unpickling (it stores a {blocked.group(1)} object); "
-            "only if you trust where it came from, pass --trust-pickle (trust_pickle=True)"
+            "only if you trust where it came from: pass --trust-pickle (info, predict, eval, rollout, data "
+            "inspect), or write a safe copy once with load_policy(path, trust_pickle=True).save('safe.pt')"
         ) from None
+    except (AttributeError, ImportError) as err:  # trusted, but a stored object's class is not importable here
+        raise CheckpointError(f"{path}: its pickle data needs code this environment lacks ({err})") from None
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(err).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint, truncated or damaged "
+                              f"({str(err).splitlines()[0][:120]})", ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "ckpt_config" not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(
-            f"{path}: not an official-format NitroGen checkpoint (expected 'model' and 'ckpt_config', found {keys})"
-        )
+        raise CheckpointError(f"{path}: not an official-format NitroGen checkpoint ({_what_it_holds(ckpt)})")
     return ckpt
+
+
+def _what_it_holds(ckpt: Any) -> str:
+    if not isinstance(ckpt, dict):
+        return f"expected a dict with 'model' and 'ckpt_config', found a {type(ckpt).__name__}"
+    if any(isinstance(k, str) and k.startswith(VISION_PREFIX) for k in ckpt):
+        return "it is a bare state dict: the 'model' entry of a checkpoint, without the 'ckpt_config' that describes it"
+    keys = sorted(map(str, ckpt))
+    shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+    return f"expected 'model' and 'ckpt_config', found {shown or 'an empty dict'}"
 
 
 def parse_config(raw: dict, source: str = "ckpt_config") -> CheckpointConfig:
@@ -135,6 +146,11 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Load
     extra = ckpt.get(EXTRA_KEY) or {}
     with torch.device("meta"):
         model = build_model(config, state_dict, extra.get("vision_tower"))
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    wrong = next((k for k, v in state_dict.items() if k in shapes and tuple(v.shape) != shapes[k]), None)
+    if wrong is not None:
+        raise CheckpointError(f"{path}: weights do not match the architecture in its ckpt_config ({wrong} is "
+                              f"{tuple(state_dict[wrong].shape)}, the config makes it {shapes[wrong]})")
     result = model.load_state_dict(state_dict, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
