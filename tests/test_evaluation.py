@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +110,8 @@ def test_eval_command_writes_report_and_figures(tiny_checkpoint, tmp_path, capsy
     assert len(first["by_horizon_step"]["button_error_rate"]) == 18
     assert set(first["consistency"]) == {"predicted", "true"}
     assert first == report["checkpoints"]["tiny_2"]  # fixed noise: the same checkpoint scores the same
+    assert report["checkpoint_files"] == {"tiny": str(tiny_checkpoint.resolve()), "tiny_2": str(tiny_checkpoint.resolve())}
+    assert [Path(name).name for name in report["episode_names"]] == ["e0.parquet", "e1.parquet"]
     check = report["button_order_check"]["tiny"]
     assert len(check["correlation"]) == 21 and "SOUTH" in check["labelled_buttons"]
     for name in ("f1.png", "horizon.png", "traces_tiny.png", "traces_tiny_2.png", "button_order_tiny.png"):
@@ -119,7 +122,7 @@ def test_eval_command_writes_report_and_figures(tiny_checkpoint, tmp_path, capsy
     assert json.loads((out / "report.json").read_text()) == report  # a rerun gives the same numbers
 
 
-def test_predict_command_on_frames_and_a_video(tiny_checkpoint, tmp_path, capsys):
+def test_predict_command_on_frames_and_a_video(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     av = pytest.importorskip("av")
     Image.new("RGB", (80, 60), (200, 10, 10)).save(tmp_path / "frame.png")
     video = tmp_path / "clip.mp4"
@@ -144,5 +147,48 @@ def test_predict_command_on_frames_and_a_video(tiny_checkpoint, tmp_path, capsys
     assert all(b in {"BACK", "SOUTH", "START", "WEST"} or b.isupper() for b in step["buttons"])
     with av.open(str(tmp_path / "overlay.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 40
+        assert container.streams.video[0].average_rate == 30  # the input's frame rate
     first_run = out.read_text()
     assert main(argv) == 0 and out.read_text() == first_run
+    # The same file under another spelling of its path gets the same noise, so the same actions.
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "--checkpoint", str(tiny_checkpoint), "./frame.png", "--output", "again.jsonl"]) == 0
+    assert json.loads((tmp_path / "again.jsonl").read_text())["actions"] == lines[0]["actions"]
+    capsys.readouterr()
+    for inputs, overlay, message in [
+        ([str(tmp_path)], None, f"{tmp_path}: a folder, not a file"),
+        (["frame.png"], "overlay.mp4", "--overlay draws on one video, and 0 of the inputs are videos"),
+        ([str(video), str(video)], "overlay.mp4", "--overlay draws on one video, and 2 of the inputs are videos"),
+        ([str(video)], "overlay.txt", "overlay.txt: an overlay is a video file"),
+    ]:
+        flags = ["--overlay", overlay] if overlay else []
+        assert main(["predict", "--checkpoint", str(tiny_checkpoint), *inputs, "--output", str(out), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert out.read_text() == first_run  # a failed predict leaves the earlier output as it was
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["rollout", "--game", "runner", "--episodes", "0"], "argument --episodes: 0 is below 1"),
+    (["predict", "x.png", "--seed", "-1"], "argument --seed: -1 is below 0"),
+    (["predict", "x.png", "--device", "bogus"], "argument --device: 'bogus' is not a device"),
+    (["eval", "--data", "d", "--max-chunks", "0"], "argument --max-chunks: 0 is below 1"),
+    (["eval", "--data", "d", "--val-fraction", "1.5"], "argument --val-fraction: 1.5 is not between 0 and 1"),
+])
+def test_option_values_out_of_range_are_one_line(tiny_checkpoint, capsys, argv, message):
+    with pytest.raises(SystemExit) as stopped:
+        main([*argv, "--checkpoint", str(tiny_checkpoint)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_init_never_replaces_a_file_unless_forced(tmp_path, capsys):
+    path = tmp_path / "ng.pt"
+    path.write_bytes(b"real weights")
+    assert main(["init", str(path)]) == 2
+    assert "the file exists (choose another name, or pass --force)" in capsys.readouterr().err
+    assert path.read_bytes() == b"real weights"
+    assert main(["init", str(path), "--force"]) == 0
+    first = path.read_bytes()
+    assert main(["init", str(path), "--force"]) == 0 and path.read_bytes() == first  # seeded: the same weights
+

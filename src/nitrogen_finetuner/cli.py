@@ -27,6 +27,47 @@ USER_ERRORS = (CheckpointError, LayoutError, DataError, FileNotFoundError, FileE
                NotADirectoryError, PermissionError)
 
 
+def _count(minimum: int):
+    """An argparse type: a whole number >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a share strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return value
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device this machine has."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("this machine has no CUDA GPU (use cpu)")
+    return text
+
+
+def _load(args: argparse.Namespace, path: str):
+    """The policy of a checkpoint named on the command line, with the command's options."""
+    return load_policy(path, device=args.device, button_order=getattr(args, "button_order", None),
+                       trust_pickle=args.trust_pickle, verbose=False)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     policy = load_policy(args.checkpoint, trust_pickle=args.trust_pickle, verbose=False)
     print(policy.summary())
@@ -35,6 +76,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if Path(args.output).exists() and not args.force:  # never replace real weights with random ones by accident
+        raise DataError("the file exists", file=args.output, hint="choose another name, or pass --force")
+    torch.manual_seed(args.seed)
     model, raw = build_preset(args.preset)
     path = save_checkpoint(args.output, model, raw)
     print(f"wrote a randomly initialised '{args.preset}' NitroGen ({sum(p.numel() for p in model.parameters()):,} parameters) to {path}")
@@ -121,7 +165,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
     if args.game not in GAMES:
         raise DataError(f"unknown game '{args.game}'", hint=f"games: {', '.join(GAMES)}")
-    policy = load_policy(args.checkpoint, device=args.device, verbose=False)
+    policy = _load(args, args.checkpoint)
     if args.replan_every is not None and not 1 <= args.replan_every <= policy.horizon:
         raise DataError(f"--replan-every {args.replan_every} is outside 1..{policy.horizon}",
                         file=args.checkpoint, hint=f"the checkpoint predicts {policy.horizon} actions per chunk")
@@ -178,6 +222,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint, _data_config(args, args.data), Path(args.output), episodes=args.episodes,
         val_fraction=args.val_fraction, seed=args.seed, button_order=args.button_order,
         check_button_order=args.check_button_order, limit=args.max_chunks, device=args.device,
+        trust_pickle=args.trust_pickle,
     )
     print(text)
     return 0
@@ -186,14 +231,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .evaluation.predict import predict_files  # noqa: PLC0415
 
-    policy = load_policy(args.checkpoint, device=args.device, button_order=args.button_order, verbose=False)
+    policy = _load(args, args.checkpoint)
     overlay = Path(args.overlay) if args.overlay else None
     if args.output == "-":
         predict_files(policy, args.inputs, sys.stdout, args.seed, overlay)
         return 0
-    with open(args.output, "w") as sink:
-        lines = predict_files(policy, args.inputs, sink, args.seed, overlay)
-    print(f"wrote {lines} line(s) to {args.output}" + (f" and {overlay}" if overlay else ""))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.tmp")  # an existing file stays as it was until all went well
+    try:
+        with open(partial, "w") as sink:
+            lines = predict_files(policy, args.inputs, sink, args.seed, overlay)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"wrote {lines} line(s) to {output}" + (f" and {overlay}" if overlay else ""))
     return 0
 
 
@@ -211,8 +263,20 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad-rows", action="store_true", help="count bad rows instead of stopping at the first")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes in one line, like every other user error (the usage is in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nitrogen-finetune", description="Fine-tune NVIDIA's NitroGen gaming model.")
+    parser = _Parser(prog="nitrogen-finetune", description="Fine-tune NVIDIA's NitroGen gaming model.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -224,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="write a randomly initialised NitroGen checkpoint of a preset")
     init.add_argument("output", help="where to write the .pt file")
     init.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    init.add_argument("--seed", type=_count(0), default=0, help="seed of the random weights")
+    init.add_argument("--force", action="store_true", help="replace the file if it exists")
     init.set_defaults(func=cmd_init)
 
     train = sub.add_parser("train", help="fine-tune (LoRA or full) and export an official-format checkpoint; "
@@ -259,13 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", default="eval", help="folder for report.json and the figures")
     evaluate.add_argument("--episodes", choices=("all", "val"), default="all",
                           help="all episodes, or the held-out ones of training's split (--val-fraction, --seed)")
-    evaluate.add_argument("--val-fraction", type=float, default=0.1)
-    evaluate.add_argument("--seed", type=int, default=0, help="noise seed (and split seed)")
-    evaluate.add_argument("--max-chunks", type=int, help="evaluate at most this many chunks")
+    evaluate.add_argument("--val-fraction", type=_fraction, default=0.1)
+    evaluate.add_argument("--seed", type=_count(0), default=0, help="noise seed (and split seed)")
+    evaluate.add_argument("--max-chunks", type=_count(1), help="evaluate at most this many chunks")
     evaluate.add_argument("--check-button-order", action="store_true",
                           help="correlate every predicted slot with every labelled button")
     evaluate.add_argument("--button-order", help="use another named button order")
-    evaluate.add_argument("--device", default="cpu")
+    _add_checkpoint_options(evaluate)
     _add_data_options(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
@@ -274,20 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", required=True)
     predict.add_argument("--output", default="-", help="JSONL file (default: standard output)")
     predict.add_argument("--overlay", help="for a video: write an MP4 with the actions drawn on it")
-    predict.add_argument("--seed", type=int, default=0)
+    predict.add_argument("--seed", type=_count(0), default=0)
     predict.add_argument("--button-order")
-    predict.add_argument("--device", default="cpu")
+    _add_checkpoint_options(predict)
     predict.set_defaults(func=cmd_predict)
 
     play = sub.add_parser("rollout", help="play a built-in game with a checkpoint (closed loop)")
     play.add_argument("--checkpoint", required=True)
     play.add_argument("--game", required=True, help="runner or collector")
-    play.add_argument("--episodes", type=int, default=10)
-    play.add_argument("--seed", type=int, default=10_000, help="first game seed (recordings use 0, 1, ...)")
+    play.add_argument("--episodes", type=_count(1), default=10)
+    play.add_argument("--seed", type=_count(0), default=10_000, help="first game seed (recordings use 0, 1, ...)")
     play.add_argument("--output", default=".", help="folder for the GIF of the first episode")
     play.add_argument("--replan-every", type=int, help="query the policy every N steps (default: once per "
                       "chunk, as the official player does; the demo uses 6)")
-    play.add_argument("--device", default="cpu")
+    _add_checkpoint_options(play)
     play.set_defaults(func=cmd_rollout)
 
     data = sub.add_parser("data", help="look at a dataset before training on it")

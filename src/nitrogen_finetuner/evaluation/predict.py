@@ -2,13 +2,15 @@
 
 Images give one line each. Videos are queried once per chunk, as the official player does (every
 ``horizon`` frames); each line holds the frame number, its time and the chunk of actions, buttons
-by name. Start noise is seeded per (seed, file, frame), so reruns give the same output.
+by name. Start noise is seeded per (seed, file contents, frame), so reruns give the same output,
+however the file's path is spelled.
 """
 
 from __future__ import annotations
 
 import json
 import zlib
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Optional, TextIO
 
@@ -36,9 +38,18 @@ def chunk_records(policy: NitroGenPolicy, out: dict) -> list[dict]:
     ]
 
 
-def _noise(policy: NitroGenPolicy, seed: int, source: str, frame: int) -> torch.Tensor:
-    rng = np.random.default_rng([seed, zlib.crc32(source.encode()), frame])
+def _noise(policy: NitroGenPolicy, seed: int, contents: int, frame: int) -> torch.Tensor:
+    rng = np.random.default_rng([seed, contents, frame])
     return torch.from_numpy(rng.standard_normal((policy.horizon, policy.action_dim)).astype(np.float32))
+
+
+def _contents(path: Path) -> int:
+    """A checksum of the file's bytes: the noise key that does not depend on the path's spelling."""
+    checksum = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            checksum = zlib.crc32(block, checksum)
+    return checksum
 
 
 def _video_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
@@ -53,6 +64,13 @@ def _video_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
                 yield i, float(frame.time or 0.0), frame.to_ndarray(format="rgb24")
     except av.error.FFmpegError as err:
         raise DataError(f"cannot read the video ({err})", file=str(path)) from None
+
+
+def _frame_rate(path: Path) -> Fraction:
+    import av  # noqa: PLC0415
+
+    with av.open(str(path)) as container:
+        return container.streams.video[0].average_rate or Fraction(60)
 
 
 def draw_overlay(frame: np.ndarray, step: dict) -> np.ndarray:
@@ -70,14 +88,30 @@ def draw_overlay(frame: np.ndarray, step: dict) -> np.ndarray:
     return np.asarray(image)
 
 
+def check_inputs(paths: list[str], overlay: Optional[Path]) -> None:
+    """Every input is a file, and an overlay has exactly one video to draw on, before any work."""
+    for name in paths:
+        if not Path(name).is_file():
+            raise DataError("a folder, not a file" if Path(name).is_dir() else "no such file", file=name,
+                            hint="give image or video files")
+    if overlay is None:
+        return
+    videos = [name for name in paths if Path(name).suffix.lower() in VIDEO_SUFFIXES]
+    if len(videos) != 1:
+        raise DataError(f"--overlay draws on one video, and {len(videos)} of the inputs are videos", file=str(overlay),
+                        hint="give one video per predict command when asking for an overlay")
+    if overlay.suffix.lower() not in VIDEO_SUFFIXES:
+        raise DataError("an overlay is a video file", file=str(overlay),
+                        hint=f"end its name in one of {', '.join(sorted(VIDEO_SUFFIXES))}")
+
+
 def predict_files(policy: NitroGenPolicy, paths: list[str], sink: TextIO, seed: int = 0,
                   overlay: Optional[Path] = None) -> int:
     """Write one JSON line per image or per video chunk; returns the number of lines."""
+    check_inputs(paths, overlay)
     lines = 0
     for name in paths:
         path = Path(name)
-        if not path.is_file():
-            raise DataError("no such file", file=name)
         if path.suffix.lower() in VIDEO_SUFFIXES:
             lines += _predict_video(policy, path, sink, seed, overlay)
             continue
@@ -85,25 +119,25 @@ def predict_files(policy: NitroGenPolicy, paths: list[str], sink: TextIO, seed: 
             frame = np.asarray(decode_image(str(path)))
         except ImageDecodeError as err:
             raise DataError(str(err), file=name, hint="give image or video files") from None
-        out = policy.predict(frame, noise=_noise(policy, seed, name, 0))
+        out = policy.predict(frame, noise=_noise(policy, seed, _contents(path), 0))
         sink.write(json.dumps({"source": name, "frame": 0, "actions": chunk_records(policy, out)}) + "\n")
         lines += 1
     return lines
 
 
 def _predict_video(policy: NitroGenPolicy, path: Path, sink: TextIO, seed: int, overlay: Optional[Path]) -> int:
-    writer, lines, steps = None, 0, []
+    writer, lines, steps, contents = None, 0, [], _contents(path)
     try:
         for i, time_s, frame in _video_frames(path):
             if i % policy.horizon == 0:
-                out = policy.predict(frame, noise=_noise(policy, seed, str(path), i))
+                out = policy.predict(frame, noise=_noise(policy, seed, contents, i))
                 steps = chunk_records(policy, out)
                 sink.write(json.dumps({"source": str(path), "frame": i, "time_s": round(time_s, 4),
                                        "actions": steps}) + "\n")
                 lines += 1
             if overlay is not None:
                 if writer is None:
-                    writer = _VideoWriter(overlay, frame.shape)
+                    writer = _VideoWriter(overlay, frame.shape, _frame_rate(path))
                 writer.write(draw_overlay(frame, steps[i % policy.horizon]))
     finally:
         if writer is not None:
@@ -112,9 +146,10 @@ def _predict_video(policy: NitroGenPolicy, path: Path, sink: TextIO, seed: int, 
 
 
 class _VideoWriter:
-    def __init__(self, path: Path, shape: tuple[int, ...], fps: int = 60):
+    def __init__(self, path: Path, shape: tuple[int, ...], fps: Fraction):
         import av  # noqa: PLC0415
 
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.container = av.open(str(path), mode="w")
         self.stream = self.container.add_stream("libx264", rate=fps)
         self.stream.height, self.stream.width = shape[0] - shape[0] % 2, shape[1] - shape[1] % 2

@@ -69,11 +69,13 @@ def run_eval(
     check_button_order: bool = False,
     limit: Optional[int] = None,
     device: str = "cpu",
+    trust_pickle: bool = False,
 ) -> tuple[dict, str]:
     output.mkdir(parents=True, exist_ok=True)
-    reports, orders, chosen = {}, {}, None
+    reports, orders, files, chosen, names = {}, {}, {}, None, []
     for path in checkpoints:
-        policy = load_policy(path, device=device, button_order=button_order, verbose=False)
+        policy = load_policy(path, device=device, button_order=button_order, trust_pickle=trust_pickle,
+                             verbose=False)
         data = prepare_data(data_config, ModelInputs.of_policy(policy))
         every = list(range(len(data.index.episodes)))
         chosen = every if episodes == "all" else split_episodes(len(every), val_fraction, seed)[1]
@@ -83,9 +85,11 @@ def run_eval(
         chunks = predict_chunks(policy, data, chosen, seed=seed, limit=limit)
         if not len(chunks.episodes):
             raise DataError("no frame of the chosen episodes has an action chunk to compare with",
-                            file=data_config.dataset_name)
+                            file=data_config.dataset_name,
+                            hint=f"an episode needs more than action_shift ({data.spec.action_shift}) frames")
         label = _label(path, set(reports))
-        reports[label] = score_chunks(chunks, policy)
+        reports[label], files[label] = score_chunks(chunks, policy), str(Path(path).resolve())
+        names = [data.index.episodes[i].name for i in chosen]
         plots.traces(chunks, policy, output / f"traces_{label}.png", label)
         if check_button_order:
             orders[label] = button_order_check(chunks, policy)
@@ -94,7 +98,8 @@ def run_eval(
                                     f"{label}: correlation, {policy.layout.button_order} order")
     plots.f1_bars(reports, output / "f1.png")
     plots.horizon_errors(reports, output / "horizon.png")
-    report = {"data": data_config.dataset_name, "episodes": chosen, "seed": seed, "checkpoints": reports}
+    report = {"data": data_config.dataset_name, "episodes": chosen, "episode_names": names, "seed": seed,
+              "checkpoint_files": files, "checkpoints": reports}
     if orders:
         report["button_order_check"] = orders
     (output / "report.json").write_text(json.dumps(report, indent=2))
