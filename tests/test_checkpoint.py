@@ -100,7 +100,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_file(tmp_path, monkeypa
     monkeypatch.setattr(checkpoint_module.torch, "save", disk_fills_up)
     monkeypatch.setattr(files.shutil, "disk_usage", lambda path: DiskUsage(total=10**9, used=10**9, free=4096))
     capsys.readouterr()
-    assert main(["init", str(tmp_path / "model.pt"), "--preset", "tiny"]) == 2
+    assert main(["init", str(tmp_path / "model.pt"), "--preset", "tiny", "--force"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     found = re.search(r": no space left \(about ([\d.]+) MiB needed, 0.0 MiB free\)$", err[0])
     assert len(err) == 1 and str(tmp_path / "model.pt") in err[0] and found, err
