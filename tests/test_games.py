@@ -71,6 +71,12 @@ def test_rollout_command_writes_a_gif(tmp_path, capsys):
                  "--output", str(tmp_path)]) == 0
     assert "collector: success" in capsys.readouterr().out
     assert (tmp_path / "rollout_collector.gif").read_bytes()[:6] in (b"GIF87a", b"GIF89a")
+    # A layout without SOUTH would never jump in runner and still report a score: refused.
+    policy = load_policy(checkpoint, verbose=False)
+    lower = tmp_path / "lower.pt"
+    load_policy(checkpoint, buttons=[b.lower() for b in policy.layout.buttons], verbose=False).save(lower)
+    assert main(["rollout", "--checkpoint", str(lower), "--game", "runner", "--episodes", "1"]) == 2
+    assert "runner reads the SOUTH button, which the checkpoint's layout (custom) does not name" in capsys.readouterr().err
 
 
 def test_shortened_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):

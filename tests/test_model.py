@@ -114,10 +114,38 @@ def test_predict_accepts_pil_images_and_draws_noise_when_none(case_checkpoints):
     torch.manual_seed(0)
     b = policy.predict(frame)["raw"]
     np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="noise must have shape"):
+    with pytest.raises(ValueError, match=r"noise must have shape \(6, 25\), got \(5, 25\)"):
         policy.predict(frame, noise=torch.zeros(5, 25))
     with pytest.raises(ValueError, match="RGB uint8"):
         policy.predict(frame.astype(np.float32))
+    np.testing.assert_array_equal(policy.predict(frame, noise=np.zeros((6, 25), np.float32))["raw"],
+                                  policy.predict(frame, noise=torch.zeros(6, 25))["raw"])  # numpy noise too
+    # 16-bit grey as a capture tool saves it: mid-grey, not clipped to white
+    grey = Image.fromarray(np.full(frame.shape[:2], 32768, np.uint16))
+    mid_grey = Image.new("RGB", grey.size, (128, 128, 128))
+    assert policy.preprocessor.resize(grey).tolist() == policy.preprocessor.resize(mid_grey).tolist()
+    for wrong, error, message in [
+        (torch.from_numpy(frame), TypeError, "numpy array or a PIL image, got Tensor"),
+        (frame.tolist(), TypeError, "got list"),
+        (np.zeros((0, 0, 3), np.uint8), ValueError, "the image is empty"),
+    ]:
+        with pytest.raises(error, match=message):
+            policy.predict(wrong)
+    with pytest.raises(TypeError, match="predict_batch takes a list of frames, got ndarray"):
+        policy.predict_batch(frame)
+    with pytest.raises(ValueError, match="at least one frame"):
+        policy.predict_batch([])
+
+
+def test_button_names_are_a_list_and_one_way_of_naming_them(case_checkpoints):
+    from nitrogen_finetuner.actions import LayoutError  # noqa: PLC0415
+
+    path = case_checkpoints["interleaved_sinusoidal"]
+    with pytest.raises(LayoutError, match="buttons is a list of names in slot order, got the string"):
+        load_policy(path, buttons="SOUTH,EAST", verbose=False)
+    names = load_policy(path, verbose=False).layout.buttons
+    with pytest.raises(LayoutError, match="not both"):
+        load_policy(path, buttons=names, button_order="nitrogen-v1", verbose=False)
 
 
 def test_loss_ignores_masked_slots_and_samples_without_real_actions():

@@ -166,6 +166,11 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.game not in GAMES:
         raise DataError(f"unknown game '{args.game}'", hint=f"games: {', '.join(GAMES)}")
     policy = _load(args, args.checkpoint)
+    missing = sorted(GAMES[args.game].buttons_read - set(policy.layout.buttons))
+    if missing:  # the game would never see a press, and would still report a score
+        raise DataError(f"{args.game} reads the {missing[0]} button, which the checkpoint's layout "
+                        f"({policy.layout.button_order}) does not name", file=args.checkpoint,
+                        hint="rollout plays the built-in games with the universal button names")
     if args.replan_every is not None and not 1 <= args.replan_every <= policy.horizon:
         raise DataError(f"--replan-every {args.replan_every} is outside 1..{policy.horizon}",
                         file=args.checkpoint, hint=f"the checkpoint predicts {policy.horizon} actions per chunk")

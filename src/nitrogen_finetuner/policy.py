@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .actions import ActionLayout, UniversalVectorProcessor
+from .actions.layout import LayoutError
 from .model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from .model.configuration import CheckpointConfig
 from .model.modeling import NitroGenModel
@@ -86,13 +87,23 @@ class NitroGenPolicy:
     def predict_batch(self, images: Sequence, noise: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
         """One action chunk per frame: ``raw`` (B, horizon, action_dim), ``j_left``/``j_right``
         (B, horizon, 2) in [-1, 1], ``buttons`` (B, horizon, n_buttons) in {0, 1}."""
-        raw = self.sample(self.preprocess(images), noise).cpu()
+        if isinstance(images, (np.ndarray, torch.Tensor, str, bytes)) or not isinstance(images, Sequence):
+            raise TypeError(f"predict_batch takes a list of frames, got {type(images).__name__} "
+                            "(for one frame, use predict)")
+        if not images:
+            raise ValueError("predict_batch needs at least one frame")
+        raw = self.sample(self.preprocess(images), None if noise is None else torch.as_tensor(noise)).cpu()
         decoded = self.processor.unpack(raw)
         return {"raw": raw.numpy(), **{k: v.numpy() for k, v in decoded.items()}}
 
     def predict(self, image, noise: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
         """The action chunk for one frame; ``noise`` (horizon, action_dim) is the Euler start."""
-        out = self.predict_batch([image], None if noise is None else noise.unsqueeze(0))
+        if noise is not None:
+            noise = torch.as_tensor(noise)
+            if tuple(noise.shape) != (self.horizon, self.action_dim):
+                raise ValueError(f"noise must have shape ({self.horizon}, {self.action_dim}), got {tuple(noise.shape)}")
+            noise = noise.unsqueeze(0)
+        out = self.predict_batch([image], noise)
         return {k: v[0] for k, v in out.items()}
 
     def enable_cuda_graphs(self, compile: bool = False) -> "NitroGenPolicy":
@@ -141,6 +152,8 @@ def checkpoint_layout(
 ) -> ActionLayout:
     """The action layout of a checkpoint: the one this tool recorded in it, else its
     ``action_dim`` and ``old_layout`` with the default button order; arguments override."""
+    if buttons is not None and button_order is not None:
+        raise LayoutError("give buttons (names in slot order) or button_order (a named order), not both")
     recorded = extra.get("action_layout")
     if recorded and buttons is None and button_order is None:
         buttons, button_order = recorded["buttons"], recorded.get("button_order")

@@ -75,6 +75,8 @@ class ActionLayout:
     ) -> "ActionLayout":
         """The layout for a checkpoint's ``action_dim``: explicit ``buttons`` win, then a named
         ``button_order``, then the default order when it has the right length."""
+        if isinstance(buttons, str):
+            raise LayoutError(f"buttons is a list of names in slot order, got the string {buttons[:40]!r}")
         if buttons is not None:
             layout = cls(tuple(buttons), old_layout, button_order or "custom")
         else:

@@ -15,6 +15,8 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from ..model.vision import rgb_image
+
 IMAGE_FITS = ("pad", "crop", "stretch")
 
 
@@ -49,9 +51,7 @@ def decode_image(value: Any, base_dir: Optional[Path] = None) -> Image.Image:
     except Exception as err:  # PIL raises many types for corrupt data
         reason = re.sub(r" <[^<>]* at 0x[0-9a-f]+>", "", str(err))[:120]  # no "<_io.BytesIO object at 0x7f...>"
         raise ImageDecodeError(f"cannot decode the image ({type(err).__name__}: {reason})") from None
-    if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: RGB conversion would clip it to white
-        image = Image.fromarray((np.asarray(image, dtype=np.float64) * (255 / 65535)).round().astype(np.uint8))
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return rgb_image(image)
 
 
 def fit_square(image: Image.Image, fit: str) -> Image.Image:

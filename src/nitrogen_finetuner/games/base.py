@@ -29,6 +29,7 @@ class GamepadGame(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
     name: str = "game"
     max_steps: int = 200
+    buttons_read: frozenset[str] = frozenset()  # the universal button names the game reacts to
 
     def __init__(self):
         self.observation_space = gym.spaces.Box(0, 255, (FRAME, FRAME, 3), np.uint8)

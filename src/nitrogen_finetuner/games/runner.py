@@ -21,6 +21,7 @@ HOLD = 6  # frames the expert keeps SOUTH pressed
 
 class Runner(GamepadGame):
     name = "runner"
+    buttons_read = frozenset({"SOUTH"})
 
     def start(self) -> None:
         self.height, self.velocity = 0.0, 0.0

@@ -166,8 +166,11 @@ class ImagePreprocessor:
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"expected an RGB uint8 HxWx3 image, got {image.dtype} array of shape {image.shape}")
             image = Image.fromarray(image)
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        elif not isinstance(image, Image.Image):
+            raise TypeError(f"expected an RGB uint8 HxWx3 numpy array or a PIL image, got {type(image).__name__}")
+        if 0 in image.size:
+            raise ValueError(f"the image is empty ({image.size[0]}x{image.size[1]})")
+        image = rgb_image(image)
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), resample=self.resample, reducing_gap=None)
         return np.asarray(image)
@@ -182,3 +185,11 @@ class ImagePreprocessor:
     def __call__(self, images: list) -> torch.Tensor:
         """A list of frames to (B, 3, size, size) float32 pixel values."""
         return self.normalize(torch.from_numpy(np.stack([self.resize(im) for im in images])))
+
+
+def rgb_image(image: Image.Image) -> Image.Image:
+    """Any PIL image as RGB. 16-bit grey (PNGs from capture tools) is scaled to 8 bits, where
+    PIL's own conversion would clip it to white."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) * (255 / 65535)).round().astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
