@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from .actions.layout import LayoutError
 from .data.errors import DataError, invalid_setting, user_message
-from .model.checkpoint import CheckpointError, save_checkpoint
+from .model.checkpoint import CheckpointError, parse_config, save_checkpoint
 from .model.presets import PRESETS, build_preset
-from .policy import __version__, load_policy
+from .policy import __version__, checkpoint_layout, load_policy
 
 USER_ERRORS = (CheckpointError, LayoutError, DataError, FileNotFoundError, FileExistsError, IsADirectoryError,
                NotADirectoryError, PermissionError)
@@ -69,6 +69,9 @@ def _load(args: argparse.Namespace, path: str):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.checkpoint in PRESETS and not Path(args.checkpoint).exists():
+        raise DataError(f"'{args.checkpoint}' is a preset name, not a checkpoint file",
+                        hint=f"nitrogen-finetune init {args.checkpoint}.pt --preset {args.checkpoint} writes one")
     policy = load_policy(args.checkpoint, trust_pickle=args.trust_pickle, verbose=False)
     print(policy.summary())
     print(f"  slots           {', '.join(policy.layout.slot_names)}")
@@ -80,7 +83,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise DataError("the file exists", file=args.output, hint="choose another name, or pass --force")
     torch.manual_seed(args.seed)
     model, raw = build_preset(args.preset)
-    path = save_checkpoint(args.output, model, raw)
+    layout = checkpoint_layout(parse_config(raw), {})
+    path = save_checkpoint(args.output, model, raw, {"version": __version__, "action_layout": layout.to_dict()})
     print(f"wrote a randomly initialised '{args.preset}' NitroGen ({sum(p.numel() for p in model.parameters()):,} parameters) to {path}")
     return 0
 
