@@ -131,7 +131,11 @@ def test_a_resume_with_nothing_to_train_changes_nothing(recordings, tmp_path, ca
 def test_logs_hold_each_step_once_across_a_fresh_start_and_a_resume(recordings, tmp_path):
     run_dir = tmp_path / "run"
     train(config(recordings, run_dir, max_steps=3, checkpoint_every=0))
-    shutil.rmtree(run_dir / "checkpoints")  # an attempt that left no checkpoint: the folder is reused
+    for path in run_dir.iterdir():  # as an attempt killed before its first checkpoint leaves the folder
+        if path.is_dir() and path.name != "tensorboard":
+            shutil.rmtree(path)
+        elif path.is_file() and path.name not in ("metrics.jsonl", "base.pt", "base.json"):
+            path.unlink()
     train(config(recordings, run_dir, max_steps=3, learning_rate=1e-3, checkpoint_every=2))
     assert logged(run_dir, "train/lr")[0] == pytest.approx(1e-3)
     assert [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
@@ -219,3 +223,42 @@ def test_fp16_loss_scale_state_is_checkpointed_and_resumed(recordings, tmp_path)
     scalers = [torch.load(checkpoint_dirs(tmp_path / name)[-1] / "optimizer.pt", weights_only=True)["scaler"]
                for name in ("straight", "resumed")]
     assert scalers[0] is not None and scalers[0] == scalers[1]  # the scale and its growth tracker go on
+
+
+def test_a_new_run_never_overwrites_a_finished_run_whose_checkpoints_were_deleted(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2, export_at_end=True))
+    shutil.rmtree(run_dir / "checkpoints")  # to free the disk
+    before = snapshot(run_dir)
+    assert main(["train", "--data", str(recordings), "--output", str(run_dir), "--max-steps", "2", *FAST]) == 2
+    assert "the run folder holds a finished run (model.pt, summary.json, adapter)" in one_error_line(capsys)
+    assert snapshot(run_dir) == before
+
+
+
+def test_a_run_that_cannot_start_leaves_no_folder_and_no_base_behind(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--output", str(run_dir), *FAST]) == 2
+    assert not run_dir.exists()
+    run_dir.mkdir()  # the user's own folder stays, but holds no base of a run that never started
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--output", str(run_dir), *FAST]) == 2
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+
+
+def test_a_run_folder_recovers_from_a_deleted_config_and_a_damaged_preset_base(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2))
+    (run_dir / "config.yaml").unlink()  # the newest checkpoint keeps a copy
+    (run_dir / "base.pt").write_bytes(b"PK damaged")
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "3", *FAST]) == 2
+    assert "base.pt: not a readable torch checkpoint" in (line := one_error_line(capsys))
+    assert "delete it: the run rebuilds its tiny base from its seed" in line
+    (run_dir / "base.pt").unlink()
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "3", *FAST]) == 0
+    assert main(["train", "--resume", str(run_dir), "--set", f"output={tmp_path / 'other'}", *FAST]) == 2
+    assert "--resume continues the run in" in one_error_line(capsys)
+
+
+def test_a_folder_named_like_a_date_stays_a_name(recordings, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", str(recordings), "--set", "output=2024-01-05", "--print-config"]) == 0

@@ -122,8 +122,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, flag)
     config_file = args.config
     if args.resume:
-        if args.output is not None and Path(args.output).resolve() != Path(args.resume).resolve():
-            raise DataError(f"--resume continues the run in {args.resume}, not in --output {args.output}",
+        output = overrides.get("output")  # --output, or --set output=...
+        if output is not None and Path(str(output)).resolve() != Path(args.resume).resolve():
+            raise DataError(f"--resume continues the run in {args.resume}, not in --output {output}",
                             hint="leave out --output (or copy the run folder first)")
         config_file = config_file or str(run_config_file(args.resume))
         overrides["output"] = args.resume

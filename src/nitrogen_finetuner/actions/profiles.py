@@ -217,6 +217,7 @@ def detect_profile(columns: Iterable[str], source: Optional[str] = None) -> Cons
             raise DataError(
                 f"the columns fit the {', '.join(readings)} profiles equally, and these read {column!r} "
                 f"differently", file=source,
-                hint="name the console that recorded them with data.profile (--profile)",
+                hint="name the console that recorded them: --set data.profile=NAME for train, "
+                     "--profile NAME for data inspect and eval",
             )
     return best

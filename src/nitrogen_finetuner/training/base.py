@@ -48,13 +48,13 @@ def _assemble(model: NitroGenModel, raw: dict, extra: dict, source: str) -> Base
     return BaseCheckpoint(model, raw, config, checkpoint_layout(config, extra), preprocessor, source, extra)
 
 
-def load_base(spec: str, run_dir: Path, seed: int, new_run: bool, is_main: bool) -> BaseCheckpoint:
+def load_base(spec: str, run_dir: Path, seed: int, new_run: bool) -> BaseCheckpoint:
     """The run's own ``base.pt`` when it resumes and has one, else a preset (random, seeded) or a
     checkpoint.
 
-    A new run records the base's fingerprint (``base.json``; the main process writes it, and
-    ``base.pt`` for a preset); resuming and exporting refuse a base whose weights differ from it,
-    which would otherwise put the trained weights on top of another model without a word.
+    A new run records the base's fingerprint (``record_base``); resuming and exporting refuse a
+    base whose weights differ from it, which would otherwise put the trained weights on top of
+    another model without a word.
     """
     saved, record = run_dir / BASE_FILE, run_dir / BASE_RECORD
     trained_from = json.loads(record.read_text()) if not new_run and record.is_file() else None
@@ -71,20 +71,31 @@ def load_base(spec: str, run_dir: Path, seed: int, new_run: bool, is_main: bool)
             raise CheckpointError(
                 f"{path}: no such checkpoint file; resuming and exporting need the base this run was trained "
                 f"from: put it back, or give its new path (--base, or `base` in {run_dir / 'config.yaml'})")
-        loaded = load_checkpoint(path)
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointError as err:
+            if not own_base:
+                raise
+            raise CheckpointError(f"{err}; delete it: the run rebuilds its {spec} base from its seed and checks "
+                                  f"the weights against {record}") from None
         base = _assemble(loaded.model, loaded.raw_config, loaded.extra, str(path))
-    if new_run and is_main:
-        if spec in PRESETS:
-            save_checkpoint(saved, base.model, base.raw_config)
-        else:
-            saved.unlink(missing_ok=True)  # an earlier run's; resuming this one would pick it up
-        record.write_text(json.dumps({"base": spec, "fingerprint": fingerprint(base.model)}, indent=2))
-    elif trained_from is not None:
+    if trained_from is not None:
         if fingerprint(base.model) != trained_from["fingerprint"]:
             raise CheckpointError(
                 f"{base.source}: not the base this run was trained from (its weights differ from those of "
                 f"{trained_from['base']}, recorded in {record}); resuming and exporting need that base")
     return base
+
+
+def record_base(base: BaseCheckpoint, spec: str, run_dir: Path) -> None:
+    """A new run's record of its base (main process, once the run has everything it needs to
+    start): the fingerprint in ``base.json``, and a preset's weights in ``base.pt``."""
+    saved = run_dir / BASE_FILE
+    if spec in PRESETS:
+        save_checkpoint(saved, base.model, base.raw_config)
+    else:
+        saved.unlink(missing_ok=True)  # an earlier run's; resuming this one would pick it up
+    (run_dir / BASE_RECORD).write_text(json.dumps({"base": spec, "fingerprint": fingerprint(base.model)}, indent=2))
 
 
 def fingerprint(model: NitroGenModel) -> str:

@@ -128,6 +128,16 @@ class TrainConfig(_Section):
         return self
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML without its date type: `output: 2024-01-05` is a folder name, not a date."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _set_dotted(tree: dict, key: str, value: Any, file: Optional[Path]) -> None:
     node = tree
     *parents, leaf = key.split(".")
@@ -151,7 +161,7 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
         if not path.is_file():
             raise DataError("no such config file", file=str(path))
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            tree = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
         except UnicodeDecodeError:
             raise DataError("not a UTF-8 text file", file=str(path), hint="give a YAML config file") from None
         except yaml.YAMLError as err:
@@ -179,8 +189,12 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
 
 
 def run_config_file(run_dir: str | Path) -> Path:
-    """A run folder's ``config.yaml``: the fully resolved config its training wrote."""
+    """A run folder's ``config.yaml``: the fully resolved config its training wrote (or, when it
+    was deleted, the copy in the newest checkpoint)."""
     path = Path(run_dir) / "config.yaml"
+    copies = sorted((Path(run_dir) / "checkpoints").glob("step_*/config.yaml"))
+    if not path.is_file() and copies:
+        return copies[-1]
     if not path.is_file():
         raise DataError("not a run folder (it holds no config.yaml)", file=str(run_dir),
                         hint="give the --output folder of a training run")
@@ -210,7 +224,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise DataError(f"overrides look like key=value (e.g. lora.rank=8), got '{text}'")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), yaml.load(value, Loader=_Loader)
     except yaml.YAMLError as err:
         raise DataError(f"--set {key.strip()}: {value!r} is not a valid YAML value ({yaml_problem(err)})",
                         hint="quote text that holds YAML's special characters, e.g. --set 'output=\"@x\"'") from None

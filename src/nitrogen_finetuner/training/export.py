@@ -49,7 +49,7 @@ def export_run(
         raise DataError("this checkpoint has no EMA weights (the run had no ema_decay)", file=str(path))
     weights = state.ema if (use_ema is not False and state.ema is not None) else state.weights
 
-    base = load_base(config.base, run_dir, config.seed, new_run=False, is_main=False)
+    base = load_base(config.base, run_dir, config.seed, new_run=False)
     module = prepare_trainable(base.model, config.method, config.lora, config.tune)
     load_trainable_state(module, weights)
     model = module.merge_and_unload() if isinstance(module, PeftModel) else module

@@ -4,6 +4,7 @@ base and logs without a word."""
 from __future__ import annotations
 
 import fcntl
+import shutil
 from pathlib import Path
 
 from ..data.errors import DataError
@@ -14,10 +15,11 @@ class RunFolderLock:
     the training ends however it ends."""
 
     def __init__(self, run_dir: Path, is_main: bool):
-        self.run_dir, self.is_main, self.file = run_dir, is_main, None
+        self.run_dir, self.is_main, self.file, self.created = run_dir, is_main, None, False
 
     def __enter__(self) -> "RunFolderLock":
         if self.is_main:
+            self.created = not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.file = open(self.run_dir / ".lock", "w")
             try:
@@ -28,6 +30,9 @@ class RunFolderLock:
                                 hint="wait for it to end, or choose another --output") from None
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()  # closing releases the lock
+    def __exit__(self, error_type, *exc) -> None:
+        if self.file is None:
+            return
+        self.file.close()  # closing releases the lock
+        if error_type is not None and self.created and [p.name for p in self.run_dir.iterdir()] == [".lock"]:
+            shutil.rmtree(self.run_dir)  # a run that could not start leaves no empty folder behind

@@ -40,7 +40,7 @@ from ..model.checkpoint import CheckpointError
 from ..policy import NitroGenPolicy
 from .activation_checkpointing import enable_activation_checkpointing
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
-from .base import load_base, set_dropout
+from .base import load_base, record_base, set_dropout
 from .batches import continue_data_position, micro_batches, one_pass, padding_window, window_noise
 from .bf16_weights import Bf16Weights
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
@@ -51,6 +51,10 @@ from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered
                        shard_optimizer_state)
 from .stop_signals import StopRequest, TrainingStopped
 from .throughput import flops_per_sample, peak_flops
+
+
+# What a run writes when it ends: a new run never overwrites them.
+FINISHED_RUN_FILES = ("model.pt", "summary.json", "adapter", "weights.safetensors")
 
 
 @dataclass
@@ -138,6 +142,10 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if checkpoint_dirs(run_dir) and not resume:  # every process: they all stop alike
         raise DataError("the run folder already holds checkpoints", file=str(run_dir),
                         hint="resume it with --resume, or choose another --output")
+    finished = [name for name in FINISHED_RUN_FILES if (run_dir / name).exists()]
+    if finished and not resume:  # a finished run whose checkpoints were deleted to free the disk
+        raise DataError(f"the run folder holds a finished run ({', '.join(finished)})", file=str(run_dir),
+                        hint="choose another --output")
     if resume and (run_dir / "config.yaml").is_file():  # every process: they all stop alike
         changed = changed_trainable_setup(resolve_config(run_dir / "config.yaml"), config)
         if changed:
@@ -153,18 +161,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                         f"x {world} processes")
     accumulation = config.batch_size // (micro * world)
 
-    base = load_base(config.base, run_dir, config.seed, new_run=not resume, is_main=accelerator.is_main_process)
+    base = load_base(config.base, run_dir, config.seed, new_run=not resume)
     model_cfg = base.model.config
-    if config.dropout is not None:
-        set_dropout(base.model, config.dropout)
-    # master: the float32 weights that the optimizer updates, EMA follows and checkpoints save;
-    # module: what runs forward and backward (the master itself, or its bf16 copy).
-    master = prepare_trainable(base.model, config.method, config.lora, config.tune)
-    bf16_weights = Bf16Weights(master.to(device)) if config.bf16_weights else None
-    module = bf16_weights.module if bf16_weights else master
-    if config.activation_checkpointing:
-        enable_activation_checkpointing(base_model(module))
-
     data = prepare_data(config.data, base.model_inputs(config.data.prediction_horizon))
     train_episodes, val_episodes = split_episodes(len(data.index.episodes), config.val_fraction, config.seed)
     train_set = data.dataset(micro, train_episodes, seed=config.seed, rank=rank, world_size=world)
@@ -180,7 +178,18 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if train_set.batches_per_epoch() < 1:
         raise DataError(f"the training episodes hold {train_set.num_windows} windows, fewer than one global "
                         f"batch of {micro * world}", file=config.data.dataset_name, hint="lower batch_size")
+    if not resume and accelerator.is_main_process:  # only now: a run that cannot start leaves no base behind
+        record_base(base, config.base, run_dir)
 
+    if config.dropout is not None:
+        set_dropout(base.model, config.dropout)
+    # master: the float32 weights that the optimizer updates, EMA follows and checkpoints save;
+    # module: what runs forward and backward (the master itself, or its bf16 copy).
+    master = prepare_trainable(base.model, config.method, config.lora, config.tune)
+    bf16_weights = Bf16Weights(master.to(device)) if config.bf16_weights else None
+    module = bf16_weights.module if bf16_weights else master
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(base_model(module))
     if config.fsdp:
         shard_model(module, device, precision, config.compile)
     elif config.compile:
