@@ -153,3 +153,17 @@ def test_a_file_where_a_folder_belongs_is_one_line_naming_it(tmp_path, capsys):
     for command in (["init", str(blocker / "x.pt")], ["train", "--output", str(blocker), "--data", str(tmp_path)]):
         assert main(command) == 2, command
         assert capsys.readouterr().err.strip() == f"nitrogen-finetune: error: {blocker}: File exists", command
+
+
+def test_a_layout_of_its_own_is_named_on_the_command_line(tmp_path, capsys):
+    from nitrogen_finetuner.model.checkpoint import build_model, parse_config  # noqa: PLC0415
+    from nitrogen_finetuner.model.presets import preset_config  # noqa: PLC0415
+
+    raw = preset_config("tiny")
+    raw["model_cfg"]["action_dim"] = raw["tokenizer_cfg"]["max_action_dim"] = 9  # 5 buttons and the sticks
+    path = save_checkpoint(tmp_path / "nine.pt", build_model(parse_config(raw)), raw)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}: the checkpoint's action_dim is 9" in err[0] and "--buttons A,B," in err[0]
+    assert main(["info", str(path), "--buttons", "A,B,SELECT,START,UP"]) == 0
+    assert "9 = 5 buttons" in capsys.readouterr().out

@@ -62,17 +62,21 @@ def _device(text: str) -> str:
     return text
 
 
+def _buttons(args: argparse.Namespace) -> Optional[list[str]]:
+    return [name.strip() for name in args.buttons.split(",")] if args.buttons else None
+
+
 def _load(args: argparse.Namespace, path: str):
     """The policy of a checkpoint named on the command line, with the command's options."""
-    return load_policy(path, device=args.device, button_order=getattr(args, "button_order", None),
-                       trust_pickle=args.trust_pickle, verbose=False)
+    return load_policy(path, device=getattr(args, "device", "cpu"), button_order=getattr(args, "button_order", None),
+                       buttons=_buttons(args), trust_pickle=args.trust_pickle, verbose=False)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     if args.checkpoint in PRESETS and not Path(args.checkpoint).exists():
         raise DataError(f"'{args.checkpoint}' is a preset name, not a checkpoint file",
                         hint=f"nitrogen-finetune init {args.checkpoint}.pt --preset {args.checkpoint} writes one")
-    policy = load_policy(args.checkpoint, trust_pickle=args.trust_pickle, verbose=False)
+    policy = _load(args, args.checkpoint)
     print(policy.summary())
     print(f"  slots           {', '.join(policy.layout.slot_names)}")
     return 0
@@ -232,7 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint, _data_config(args, args.data), Path(args.output), episodes=args.episodes,
         val_fraction=args.val_fraction, seed=args.seed, button_order=args.button_order,
         check_button_order=args.check_button_order, limit=args.max_chunks, device=args.device,
-        trust_pickle=args.trust_pickle,
+        trust_pickle=args.trust_pickle, buttons=_buttons(args),
     )
     print(text)
     return 0
@@ -283,6 +287,10 @@ class _Parser(argparse.ArgumentParser):
 def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--trust-pickle", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
+    parser.add_argument("--buttons", help=BUTTONS_HELP)
+
+
+BUTTONS_HELP = "the checkpoint's button names in slot order, comma-separated (for a layout of its own)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="summarise a checkpoint: parameters, action layout, horizon, steps")
     info.add_argument("checkpoint", help="an official-format checkpoint such as ng.pt")
     info.add_argument("--trust-pickle", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
+    info.add_argument("--buttons", help=BUTTONS_HELP)
     info.set_defaults(func=cmd_info)
 
     init = sub.add_parser("init", help="write a randomly initialised NitroGen checkpoint of a preset")

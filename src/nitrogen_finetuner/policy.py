@@ -179,7 +179,10 @@ def load_policy(
     """
     loaded: LoadedCheckpoint = load_checkpoint(path, trust_pickle=trust_pickle)
     cfg = loaded.config
-    layout = checkpoint_layout(cfg, loaded.extra, button_order, buttons)
+    try:
+        layout = checkpoint_layout(cfg, loaded.extra, button_order, buttons)
+    except LayoutError as err:
+        raise LayoutError(f"{path}: {err}") from None
     loaded.model.to(device=device, dtype=dtype)
     policy = NitroGenPolicy(
         model=loaded.model, config=cfg, raw_config=loaded.raw_config, preprocessor=loaded.preprocessor,

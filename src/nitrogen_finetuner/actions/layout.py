@@ -88,7 +88,7 @@ class ActionLayout:
                 raise LayoutError(
                     f"the checkpoint's action_dim is {action_dim}, which has no built-in layout "
                     f"(the {name} order gives {layout.action_dim}); give the {action_dim - N_STICK_VALUES} "
-                    "button names in slot order"
+                    "button names in slot order (--buttons A,B,... or buttons=[...])"
                 )
         if layout.action_dim != action_dim:
             raise LayoutError(

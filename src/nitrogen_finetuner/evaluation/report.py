@@ -70,12 +70,13 @@ def run_eval(
     limit: Optional[int] = None,
     device: str = "cpu",
     trust_pickle: bool = False,
+    buttons: Optional[Sequence[str]] = None,
 ) -> tuple[dict, str]:
     output.mkdir(parents=True, exist_ok=True)
     reports, orders, files, chosen, names = {}, {}, {}, None, []
     for path in checkpoints:
-        policy = load_policy(path, device=device, button_order=button_order, trust_pickle=trust_pickle,
-                             verbose=False)
+        policy = load_policy(path, device=device, button_order=button_order, buttons=buttons,
+                             trust_pickle=trust_pickle, verbose=False)
         data = prepare_data(data_config, ModelInputs.of_policy(policy))
         every = list(range(len(data.index.episodes)))
         chosen = every if episodes == "all" else split_episodes(len(every), val_fraction, seed)[1]
