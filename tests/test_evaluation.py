@@ -182,7 +182,14 @@ def test_option_values_out_of_range_are_one_line(tiny_checkpoint, capsys, argv, 
     assert stopped.value.code == 2 and len(err) == 1 and message in err[0], err
 
 
-def test_init_never_replaces_a_file_unless_forced(tmp_path, capsys):
+def test_an_eval_that_cannot_load_its_checkpoint_leaves_no_output_folder(tmp_path, capsys):
+    write_nitrogen_parquet(tmp_path / "data" / "e0.parquet", n=40)
+    argv = ["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tmp_path / "data"),
+            "--output", str(tmp_path / "eval")]
+    assert main(argv) == 2 and not (tmp_path / "eval").exists()
+
+
+
     path = tmp_path / "ng.pt"
     path.write_bytes(b"real weights")
     assert main(["init", str(path)]) == 2

@@ -72,7 +72,6 @@ def run_eval(
     trust_pickle: bool = False,
     buttons: Optional[Sequence[str]] = None,
 ) -> tuple[dict, str]:
-    output.mkdir(parents=True, exist_ok=True)
     reports, orders, files, chosen, names = {}, {}, {}, None, []
     for path in checkpoints:
         policy = load_policy(path, device=device, button_order=button_order, buttons=buttons,
@@ -91,6 +90,7 @@ def run_eval(
         label = _label(path, set(reports))
         reports[label], files[label] = score_chunks(chunks, policy), str(Path(path).resolve())
         names = [data.index.episodes[i].name for i in chosen]
+        output.mkdir(parents=True, exist_ok=True)  # only now: a checkpoint or dataset that fails leaves no folder
         plots.traces(chunks, policy, output / f"traces_{label}.png", label)
         if check_button_order:
             orders[label] = button_order_check(chunks, policy)
