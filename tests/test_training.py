@@ -385,6 +385,17 @@ def test_the_run_says_which_profile_reads_the_actions_and_which_columns_nothing_
     unused = next(line for line in lines if line.startswith("unused"))
     assert "j_left, j_right" in unused and unused.endswith("(check data.profile; `nitrogen-finetune data inspect` "
                                                            "shows the mapping)")
+    ignored = {"data.profile": "snes", "data.mapping": {"j_left": None}}  # left out on purpose: not reported
+    train(config(recordings, tmp_path / "ignored", max_steps=1, **ignored))
+    unused = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("unused"))
+    assert "j_right" in unused and "j_left" not in unused
+
+
+def test_auto_and_all_can_be_typed_where_the_tables_show_them(recordings, tmp_path):
+    cfg = config(recordings, tmp_path / "run", micro_batch_size="auto", deterministic="auto", val_batches="all",
+                 mixed_precision=False, **{"data.image_column": "auto", "tune.vision_tower": "auto"})
+    assert (cfg.micro_batch_size, cfg.deterministic, cfg.val_batches, cfg.mixed_precision) == (None, None, None, "no")
+    assert cfg.data.image_column is None and cfg.tune.vision_tower is None
 
 
 def test_misspelled_lora_target_is_a_clear_error(recordings, tmp_path, capsys):

@@ -115,7 +115,8 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.config import dump_config, parse_override, resolve_config, run_config_file  # noqa: PLC0415
+    from .training.config import (dump_config, parse_override, resolve_config, run_config_file,  # noqa: PLC0415
+                                  with_absolute_paths)
     from .training.stop_signals import StopRequest, TrainingStopped
     from .training.trainer import train
 
@@ -144,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                      **overrides}
     config = resolve_config(config_file, overrides)
     if args.print_config:
-        print(dump_config(config), end="")
+        print(dump_config(with_absolute_paths(config)), end="")
         return 0
     main_process = int(os.environ.get("RANK", "0")) == 0
     try:

@@ -484,6 +484,11 @@ class UniversalVectorProcessor:
                              {c: r for c, r in ranges.items() if r != "auto"}, self.analog_deadzone,
                              self.trigger_threshold)
 
+    def ignores(self, column: str) -> bool:
+        """Whether ``mapping`` sends the column to null on purpose."""
+        return any(target is None and normalize_column(key) == normalize_column(column)
+                   for key, target in self._mapping.items())
+
     def unmatched_mapping(self, columns: Sequence[str]) -> list[str]:
         """The ``mapping`` keys that name none of these columns (a typo maps nothing, silently)."""
         names = {normalize_column(c) for c in columns}

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def auto_means_null(model: type[BaseModel], values):
+    """``auto`` (or ``all``) for a setting whose default is null: the words the README's tables
+    use for "decided for you" work when typed, instead of failing or naming a column "auto"."""
+    if not isinstance(values, dict):
+        return values
+    nullable = {name for name, field in model.model_fields.items() if field.default is None}
+    return {k: None if k in nullable and v in ("auto", "all") else v for k, v in values.items()}
 
 
 class DataConfig(BaseModel):
@@ -36,3 +45,5 @@ class DataConfig(BaseModel):
     shard: Literal["windows", "blocks"] = Field(
         "windows", description="split over ranks by window (exact, any world size) or by block (less I/O)"
     )
+
+    _auto = model_validator(mode="before")(classmethod(auto_means_null))

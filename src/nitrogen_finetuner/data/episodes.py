@@ -106,7 +106,7 @@ def build_index(
             episodes.append(Episode(name, s, rows, actions[rows], bad[rows], binding.slot_mask))
         image_columns.append(image_col)
         bindings.append(binding)
-        unused.append([c for c in action_columns if c not in binding.columns])
+        unused.append([c for c in action_columns if c not in binding.columns and not processor.ignores(c)])
     _check_mapping(processor, sources)
     _check_stick_ranges(bindings, sources)
     return DatasetIndex(sources, episodes, image_columns, bindings, unused, bad_total)

@@ -36,6 +36,7 @@ class BaseCheckpoint:
     preprocessor: ImagePreprocessor
     source: str
     extra: dict
+    fingerprint: str = ""  # of the weights as loaded, before any adapter is added
 
     def model_inputs(self, horizon: Optional[int] = None) -> ModelInputs:
         inputs = ModelInputs.of_config(self.config, self.extra, self.layout, self.preprocessor.size)
@@ -79,23 +80,30 @@ def load_base(spec: str, run_dir: Path, seed: int, new_run: bool) -> BaseCheckpo
             raise CheckpointError(f"{err}; delete it: the run rebuilds its {spec} base from its seed and checks "
                                   f"the weights against {record}") from None
         base = _assemble(loaded.model, loaded.raw_config, loaded.extra, str(path))
+    base.fingerprint = fingerprint(base.model)
     if trained_from is not None:
-        if fingerprint(base.model) != trained_from["fingerprint"]:
+        if base.fingerprint != trained_from["fingerprint"]:
             raise CheckpointError(
                 f"{base.source}: not the base this run was trained from (its weights differ from those of "
                 f"{trained_from['base']}, recorded in {record}); resuming and exporting need that base")
     return base
 
 
-def record_base(base: BaseCheckpoint, spec: str, run_dir: Path) -> None:
+def record_base(base: BaseCheckpoint, spec: str, seed: int, run_dir: Path) -> None:
     """A new run's record of its base (main process, once the run has everything it needs to
-    start): the fingerprint in ``base.json``, and a preset's weights in ``base.pt``."""
+    start, adapters included): the fingerprint in ``base.json``, and a preset's weights in
+    ``base.pt``, built again from the seed (the model in hand may carry adapters by now)."""
     saved = run_dir / BASE_FILE
     if spec in PRESETS:
-        save_checkpoint(saved, base.model, base.raw_config)
+        with torch.random.fork_rng(devices=[]):  # the run's own random stream goes on untouched
+            torch.manual_seed(seed)
+            model, raw = build_preset(spec)
+        if fingerprint(model) != base.fingerprint:
+            raise RuntimeError(f"the {spec} preset built from seed {seed} is not the run's base")
+        save_checkpoint(saved, model, raw)
     else:
         saved.unlink(missing_ok=True)  # an earlier run's; resuming this one would pick it up
-    (run_dir / BASE_RECORD).write_text(json.dumps({"base": spec, "fingerprint": fingerprint(base.model)}, indent=2))
+    (run_dir / BASE_RECORD).write_text(json.dumps({"base": spec, "fingerprint": base.fingerprint}, indent=2))
 
 
 def fingerprint(model: NitroGenModel) -> str:

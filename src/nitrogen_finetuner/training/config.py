@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..data.config import DataConfig
+from ..data.config import DataConfig, auto_means_null
 from ..data.errors import DataError, invalid_setting
 from ..model.presets import PRESETS
 
@@ -33,6 +33,8 @@ LORA_COMPONENTS = {
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # `--set output=2024` is a name
+
+    _auto = model_validator(mode="before")(classmethod(auto_means_null))
 
 
 class LoraConfig(_Section):
@@ -109,6 +111,11 @@ class TrainConfig(_Section):
     wandb_project: str = "nitrogen-finetuner"
     tune: TuneConfig = Field(default_factory=TuneConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        return "no" if value is False else value  # YAML reads a bare `no` as false
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

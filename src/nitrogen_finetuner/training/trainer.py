@@ -178,8 +178,6 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if train_set.batches_per_epoch() < 1:
         raise DataError(f"the training episodes hold {train_set.num_windows} windows, fewer than one global "
                         f"batch of {micro * world}", file=config.data.dataset_name, hint="lower batch_size")
-    if not resume and accelerator.is_main_process:  # only now: a run that cannot start leaves no base behind
-        record_base(base, config.base, run_dir)
 
     if config.dropout is not None:
         set_dropout(base.model, config.dropout)
@@ -190,6 +188,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     module = bf16_weights.module if bf16_weights else master
     if config.activation_checkpointing:
         enable_activation_checkpointing(base_model(module))
+    if not resume and accelerator.is_main_process:  # only now: a run that cannot start leaves no base behind
+        record_base(base, config.base, config.seed, run_dir)
     if config.fsdp:
         shard_model(module, device, precision, config.compile)
     elif config.compile:
