@@ -243,6 +243,10 @@ def test_a_run_that_cannot_start_leaves_no_folder_and_no_base_behind(recordings,
     run_dir.mkdir()  # the user's own folder stays, but holds no base of a run that never started
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--output", str(run_dir), *FAST]) == 2
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+    frozen = ["--set", "tune.diffusion_model=false", "--set", "lora.targets=[dit_attention]"]  # a refused LoRA setup
+    assert main(["train", "--data", str(recordings), "--output", str(tmp_path / "frozen"), *FAST, *frozen]) == 2
+    assert "LoRA target 'dit_attention' is frozen" in capsys.readouterr().err
+    assert not (tmp_path / "frozen").exists()
 
 
 def test_a_run_folder_recovers_from_a_deleted_config_and_a_damaged_preset_base(recordings, tmp_path, capsys):
