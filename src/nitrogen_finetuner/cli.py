@@ -187,7 +187,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     gif = Path(args.output) / f"rollout_{args.game}.gif"
     result = rollout(args.game, lambda seed: policy_player(policy, seed, args.replan_every),
                      range(args.seed, args.seed + args.episodes), gif=gif)
-    print(f"{args.game}: success {result.success_rate:.0%} over {result.episodes} episodes, "
+    print(f"{args.game}: success {result.success_rate:.0%} over {result.episodes} episode(s), "
           f"mean return {result.mean_return:.1f}; first episode: {gif}")
     return 0
 

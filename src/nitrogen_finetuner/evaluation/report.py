@@ -132,5 +132,6 @@ def format_table(report: dict, output: Path) -> str:
         lines.append(f"button order ({label}, {check['button_order']}): "
                      + ("every labelled button agrees best with its own slot" if not wrong
                         else "agrees best elsewhere: " + ", ".join(f"{k}->{v}" for k, v in wrong.items())))
-    lines.append(f"written      {output / 'report.json'}, f1.png, horizon.png, traces_*.png")
+    lines.append(f"written      {output / 'report.json'}, f1.png, horizon.png, traces_*.png"
+                 + (", button_order_*.png" if report.get("button_order_check") else ""))
     return "\n".join(lines)

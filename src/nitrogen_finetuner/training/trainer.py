@@ -487,7 +487,7 @@ class RunLogger:
         print(f"base        {base.source} ({total:,} parameters)")
         print(f"method      {method}: {trained:,} parameters trained")
         index = data.index
-        print(f"data        {data.config.dataset_name}: {len(index.episodes)} episodes, "
+        print(f"data        {data.config.dataset_name}: {len(index.episodes)} episode(s), "
               f"{train_set.num_windows} training windows" + (f", {val_set.num_windows} validation" if val_set else ""))
         profiles = sorted({f"{b.profile.name} (loss on {int(b.slot_mask.sum())}/{b.layout.action_dim} slots)"
                            for b in index.bindings})
