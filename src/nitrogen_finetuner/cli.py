@@ -197,7 +197,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     best = args.checkpoint == "best"
     path = export_run(args.run_dir, args.out, checkpoint=None if best else args.checkpoint, best=best,
-                      use_ema={"ema": True, "final": False}.get(args.weights), base=args.base)
+                      use_ema={"ema": True, "final": False}.get(args.weights), base_file=args.base)
     policy = load_policy(path, verbose=False)
     print(f"wrote {path}\n{policy.summary()}")
     if args.push_to_hub:

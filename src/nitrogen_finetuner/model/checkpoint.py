@@ -77,7 +77,7 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
         raise CheckpointError(f"{path}: its pickle data needs code this environment lacks ({err})") from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"{path}: not a readable torch checkpoint, truncated or damaged "
-                              f"({str(err).splitlines()[0][:120]})", ) from None
+                              f"({str(err).splitlines()[0][:120]})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "ckpt_config" not in ckpt:
         raise CheckpointError(f"{path}: not an official-format NitroGen checkpoint ({_what_it_holds(ckpt)})")
     return ckpt

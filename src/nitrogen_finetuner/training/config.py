@@ -199,13 +199,13 @@ def run_config_file(run_dir: str | Path) -> Path:
     """A run folder's ``config.yaml``: the fully resolved config its training wrote (or, when it
     was deleted, the copy in the newest checkpoint)."""
     path = Path(run_dir) / "config.yaml"
+    if path.is_file():
+        return path
     copies = sorted((Path(run_dir) / "checkpoints").glob("step_*/config.yaml"))
-    if not path.is_file() and copies:
-        return copies[-1]
-    if not path.is_file():
+    if not copies:
         raise DataError("not a run folder (it holds no config.yaml)", file=str(run_dir),
                         hint="give the --output folder of a training run")
-    return path
+    return copies[-1]
 
 
 TRAINABLE_SETUP = ("method", "lora", "tune")

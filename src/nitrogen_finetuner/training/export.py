@@ -25,15 +25,15 @@ from .config import resolve_config, run_config_file
 
 def export_run(
     run_dir: str | Path, out: str | Path, checkpoint: Optional[str | Path] = None, use_ema: Optional[bool] = None,
-    best: bool = False, base: Optional[str] = None,
+    best: bool = False, base_file: Optional[str] = None,
 ) -> Path:
     """Merge a run's trained weights into its base and write ``out``; returns the path. The newest
-    checkpoint by default, or ``checkpoint``, or with ``best`` the one keep_best kept. ``base``
-    stands for the run's base when that file has moved (its weights must be the same)."""
+    checkpoint by default, or ``checkpoint``, or with ``best`` the one keep_best kept.
+    ``base_file`` stands for the run's base when that file has moved (its weights must be the same)."""
     run_dir = Path(run_dir)
     config = resolve_config(run_config_file(run_dir))
-    if base is not None:
-        config = config.model_copy(update={"base": base})
+    if base_file is not None:
+        config = config.model_copy(update={"base": base_file})
     found = checkpoint_dirs(run_dir)
     if checkpoint is None and not found:
         raise DataError("the run has no checkpoint to export", file=str(run_dir))

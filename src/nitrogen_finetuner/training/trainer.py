@@ -403,8 +403,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         try:
             exported = export_run(run_dir, run_dir / "model.pt")
         except CheckpointError as err:
-            raise DataError(f"{err}; the run's last checkpoint is complete",
-                            hint=f"then `nitrogen-finetune export {run_dir} {run_dir / 'model.pt'}`") from err
+            raise final_output_error(str(err), None, run_dir) from err
     logger.finish(progress, losses, val_loss, exported)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -442,10 +441,15 @@ def save_trained_weights(master: torch.nn.Module, run_dir: Path, is_main: bool) 
         else:
             target.unlink(missing_ok=True)
         reason = no_space_left(run_dir, tensor_bytes(trained)) or getattr(err, "strerror", None) or user_message(err)
-        raise DataError(f"cannot be written ({reason}); the run's last checkpoint is complete", file=str(target),
-                        hint=f"then `nitrogen-finetune export {run_dir} {run_dir / 'model.pt'}` writes the model "
-                             "from it") from err
+        raise final_output_error(f"cannot be written ({reason})", target, run_dir) from err
     apply_umask(target)
+
+
+def final_output_error(message: str, file: Optional[Path], run_dir: Path) -> DataError:
+    """A file written after the last checkpoint failed: the checkpoint is complete, and ``export``
+    writes the model from it once the cause is fixed."""
+    return DataError(f"{message}; the run's last checkpoint is complete", file=str(file) if file else None,
+                     hint=f"then `nitrogen-finetune export {run_dir} {run_dir / 'model.pt'}` writes the model from it")
 
 
 class RunLogger:
