@@ -75,6 +75,13 @@ def test_full_tensors_and_shard_like_round_trip(process_group):
     assert isinstance(resharded, DTensor) and torch.equal(resharded.full_tensor(), plain[name] + 1)
 
 
+def test_a_loaded_tensor_lands_on_the_device_and_dtype_of_an_unsharded_parameter():
+    """Checkpoints load onto the CPU: EMA weights resumed on a GPU must move there ("meta" stands in)."""
+    reference = torch.empty(3, device="meta", dtype=torch.bfloat16)
+    placed = shard_like(reference, torch.ones(3))
+    assert placed.device.type == "meta" and placed.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"fsdp": True}, "fsdp shards full fine-tuning: set method to full"),
     ({"fsdp": True, "method": "full", "mixed_precision": "fp16"}, "fsdp computes in bf16 or fp32"),

@@ -182,7 +182,7 @@ def test_gradient_accumulation_trains_the_weights_of_one_big_batch(recordings, t
 def test_bf16_weights_follow_a_float32_run_and_keep_float32_master_weights(recordings, tmp_path):
     settings = dict(method="full", max_steps=3, dropout=0.0, checkpoint_every=0, val_every=3, val_chunks=2,
                     export_at_end=True)
-    float32 = train(config(recordings, tmp_path / "float32", **settings))
+    float32 = train(config(recordings, tmp_path / "float32", mixed_precision="no", **settings))
     bf16 = train(config(recordings, tmp_path / "bf16", bf16_weights=True, **settings))
     assert bf16.losses == pytest.approx(float32.losses, rel=0.01) and bf16.losses != float32.losses
     assert bf16.val_loss == pytest.approx(float32.val_loss, rel=0.01)
@@ -640,22 +640,13 @@ def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_
 
 @pytest.mark.slow
 def test_bf16_fsdp_follows_a_bf16_autocast_run_in_one_process_with_the_same_losses(recordings, tmp_path):
-    """In a subprocess: Accelerate keeps one precision per process, so a bf16 run here would
-    clash with the fp32 tests around it. FSDP's bf16 layers and bf16 autocast train alike."""
-    script = f"""
-import json, sys
-from nitrogen_finetuner.training.config import resolve_config
-from nitrogen_finetuner.training import trainer as trainer_module
-from nitrogen_finetuner.training.activation_checkpointing import enable_activation_checkpointing
-from nitrogen_finetuner.training.trainer import train
-common = {{"data.dataset_name": {str(recordings)!r}, "mixed_precision": "bf16", "method": "full", "max_steps": 3,
-           "num_workers": 0, "batch_size": 4, "export_at_end": False, "val_every": 0, "dropout": 0.0}}
-autocast = train(resolve_config(None, {{**common, "output": {str(tmp_path / "autocast")!r}}})).losses
-sharded = train(resolve_config(None, {{**common, "fsdp": True, "output": {str(tmp_path / "fsdp")!r}}})).losses
-print(json.dumps([autocast, sharded]))
-"""
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    autocast, sharded = json.loads(done.stdout.strip().splitlines()[-1])
+    """FSDP's bf16 layers and bf16 autocast train alike. The fp32 runs of the other tests share this
+    process: each run sets its own precision."""
+    common = dict(mixed_precision="bf16", method="full", max_steps=3, dropout=0.0)
+    autocast = train(config(recordings, tmp_path / "autocast", **common)).losses
+    sharded = train(config(recordings, tmp_path / "fsdp", fsdp=True, **common)).losses
     assert sharded == pytest.approx(autocast, rel=0.02)
     assert sharded != autocast  # bf16 layers, not autocast: the rounding differs
+    float32 = train(config(recordings, tmp_path / "float32", mixed_precision="no", method="full", max_steps=3,
+                           dropout=0.0)).losses
+    assert float32 != autocast

@@ -106,10 +106,11 @@ def full_tensors(tensors: dict[str, torch.Tensor], keep: bool = True) -> dict[st
 
 
 def shard_like(reference: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
-    """``full`` cut like ``reference`` (a sharded parameter), or ``full`` itself if nothing is sharded."""
+    """``full`` (as loaded, on the CPU) on ``reference``'s device and in its dtype, cut like it if it is sharded."""
+    full = full.to(reference.device, reference.dtype)
     if not isinstance(reference, DTensor):
         return full
-    return distribute_tensor(full.to(reference.device, reference.dtype), reference.device_mesh, reference.placements)
+    return distribute_tensor(full, reference.device_mesh, reference.placements)
 
 
 def full_optimizer_state(state: dict, keep: bool = True) -> dict:

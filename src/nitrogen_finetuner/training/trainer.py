@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, parse_flag_from_env
 from safetensors import SafetensorError
 from safetensors.torch import save_file
@@ -127,6 +128,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if precision == "fp16" and not on_gpu:
         raise DataError("mixed_precision fp16 needs a GPU: on the CPU it would silently train in fp32",
                         hint="set mixed_precision to bf16 or no")
+    # Accelerate keeps the first precision of a process and refuses another: forget it, so one
+    # process (the Python API, a notebook) can train again with another precision.
+    AcceleratorState._reset_state()
     # bf16 weights compute in bf16 without autocast, which Accelerate would wrap the model in.
     accelerator = Accelerator(mixed_precision="no" if config.bf16_weights else precision, cpu=not on_gpu)
     if accelerator.distributed_type == DistributedType.FSDP:
