@@ -3,7 +3,8 @@
     python benchmarks/training_throughput.py                       # GPU: full, FSDP and LoRA, batch 32 and 64
     python benchmarks/training_throughput.py --compile --output train.json
     python benchmarks/training_throughput.py --runs bf16_weights:64 --compile --profile   # where the time goes
-    python benchmarks/training_throughput.py --official-src /path/to/NitroGen   # official full fine-tune too
+    python benchmarks/training_throughput.py --runs bf16_weights:64 --compile --compile-mode reduce-overhead
+    python benchmarks/training_throughput.py --official-src /path/to/NitroGen   # the official full and LoRA too
 
 One step is what ``nitrogen-finetune train`` does per optimizer step: per-window flow noise,
 bf16 autocast forward of the flow-matching loss, backward, gradient clipping and a fused AdamW
@@ -12,6 +13,8 @@ step, on synthetic 256x256 frames already on the device (the data loader is meas
 attention and feed-forward layers and the VL mixer, with the action head trained fully;
 ``lora_attention`` is the setup of the reference LoRA figures: rank 16 on every attention projection
 (DiT, VL mixer and SigLIP tower, so the backward pass runs through the tower), action head fully.
+With ``--official-src`` the official model runs the full fine-tune and, through PEFT, the
+``lora_attention`` set-up (same rank, alpha, dropout and layers) in the same process.
 
 ``bf16_weights`` is full fine-tuning with ``bf16_weights: true``: a bf16 copy of the model computes
 with no autocast and AdamW updates the float32 masters (see ``training/bf16_weights.py``).
@@ -27,6 +30,7 @@ import argparse
 import contextlib
 import gc
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -41,7 +45,7 @@ from nitrogen_finetuner.training.activation_checkpointing import enable_activati
 from nitrogen_finetuner.training.adapters import base_model, prepare_trainable
 from nitrogen_finetuner.training.batches import window_noise
 from nitrogen_finetuner.training.bf16_weights import Bf16Weights
-from nitrogen_finetuner.training.config import LoraConfig
+from nitrogen_finetuner.training.config import LORA_COMPONENTS, LoraConfig
 from nitrogen_finetuner.training.sharding import shard_model
 from nitrogen_finetuner.training.throughput import flops_per_sample, peak_flops
 
@@ -78,9 +82,10 @@ def reset_memory(device) -> None:
 def kernel_time_by_kind(step, steps: int = 3) -> dict:
     """GPU kernel milliseconds per step, by kind of kernel and for the slowest kernels, from the
     PyTorch profiler. Kernel time well below the step's wall time means the GPU waits on the CPU."""
-    kinds = {"convolution": ("conv", "wgrad", "dgrad", "implicit_gemm"),
+    # Attention first: cuDNN's attention kernels carry "sm90" in their names, as matmuls do.
+    kinds = {"attention": ("flash", "fmha", "attention", "sdpa"),
+             "convolution": ("conv", "wgrad", "dgrad", "implicit_gemm"),
              "matmul": ("gemm", "nvjet", "cutlass", "xmma", "sm90", "cublas", "matmul", "scaled_mm"),
-             "attention": ("flash", "fmha", "attention", "cudnn"),
              "optimizer and clipping": ("adam", "multi_tensor", "foreach", "norm_kernel"),
              "fused (triton)": ("triton",)}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
@@ -103,44 +108,58 @@ def kernel_time_by_kind(step, steps: int = 3) -> dict:
             "slowest_kernels_ms": {name: round(ms, 2) for name, ms in slowest}}
 
 
-def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_model: bool,
-          recompute: bool, device, profile: bool = False) -> dict:
-    torch.manual_seed(0)
-    model, _ = build_preset(preset, device=device)
-    cfg = model.config
-    sharded = method == "fsdp"
-    lora = LoraConfig(targets=EVERY_ATTENTION_PROJECTION) if method == "lora_attention" else LoraConfig()
-    trained = "lora" if method.startswith("lora") else "full"  # fsdp and bf16_weights are full fine-tunes
-    master = prepare_trainable(model, trained, lora)
-    master.train()
-    bf16_weights = Bf16Weights(master) if method == "bf16_weights" else None
-    module = bf16_weights.module if bf16_weights else master
-    if recompute:
-        enable_activation_checkpointing(base_model(module))
-    if sharded:
-        shard_model(module, device, "bf16", compile_units=compile_model)
-    elif compile_model:
-        module.compile()
-    params = [p for p in master.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
-    data = synthetic_batch(batch_size, model.vision_encoder.config.image_size, cfg.action_horizon, cfg.action_dim, device)
-    noise_args = (cfg.action_horizon, cfg.action_dim, cfg.noise_beta_alpha, cfg.noise_beta_beta, cfg.noise_s)
+def compiled_label(mode: str | None) -> str:
+    return "" if mode is None else " (compiled)" if mode == "default" else f" (compiled, {mode})"
 
-    def step(i: int) -> None:
-        noise, flow_time = window_noise(data, 0, i, *noise_args)
-        bf16_end_to_end = sharded or bf16_weights
-        autocast = contextlib.nullcontext() if bf16_end_to_end else torch.autocast(device.type, dtype=torch.bfloat16)
+
+class TrainingStep:
+    """One optimizer step of a method, as the trainer runs it, on synthetic data on the device."""
+
+    def __init__(self, preset: str, method: str, batch_size: int, compile_mode: str | None, recompute: bool, device):
+        torch.manual_seed(0)
+        model, _ = build_preset(preset, device=device)
+        self.config, self.device = model.config, device
+        self.sharded = method == "fsdp"
+        lora = LoraConfig(targets=EVERY_ATTENTION_PROJECTION) if method == "lora_attention" else LoraConfig()
+        trained = "lora" if method.startswith("lora") else "full"  # fsdp and bf16_weights are full fine-tunes
+        self.master = prepare_trainable(model, trained, lora)
+        self.master.train()
+        self.bf16_weights = Bf16Weights(self.master) if method == "bf16_weights" else None
+        self.module = self.bf16_weights.module if self.bf16_weights else self.master
+        if recompute:
+            enable_activation_checkpointing(base_model(self.module))
+        if self.sharded:
+            shard_model(self.module, device, "bf16", compile_units=compile_mode is not None)
+        elif compile_mode is not None:
+            self.module.compile(mode=compile_mode)
+        self.params = [p for p in self.master.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-5, fused=device.type == "cuda")
+        cfg = self.config
+        self.data = synthetic_batch(batch_size, model.vision_encoder.config.image_size, cfg.action_horizon,
+                                    cfg.action_dim, device)
+        self.noise_args = (cfg.action_horizon, cfg.action_dim, cfg.noise_beta_alpha, cfg.noise_beta_beta, cfg.noise_s)
+
+    def __call__(self, i: int) -> None:
+        noise, flow_time = window_noise(self.data, 0, i, *self.noise_args)
+        bf16_end_to_end = self.sharded or self.bf16_weights
+        autocast = contextlib.nullcontext() if bf16_end_to_end else torch.autocast(self.device.type, dtype=torch.bfloat16)
+        data = self.data
         with autocast:
-            squared, count = module(data["pixels"], data["actions"], data["mask"], noise.to(device), flow_time.to(device))
+            squared, count = self.module(data["pixels"], data["actions"], data["mask"], noise.to(self.device),
+                                         flow_time.to(self.device))
         (squared / count).backward()
-        if bf16_weights:
-            bf16_weights.gradients_to_master()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if bf16_weights:
-            bf16_weights.weights_from_master()
+        if self.bf16_weights:
+            self.bf16_weights.gradients_to_master()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.bf16_weights:
+            self.bf16_weights.weights_from_master()
 
+
+def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_mode: str | None,
+          recompute: bool, device) -> dict:
+    step = TrainingStep(preset, method, batch_size, compile_mode, recompute, device)
     for i in range(warmup):
         step(i)
     sync(device)
@@ -154,26 +173,51 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
     seconds = statistics.median(times)
     samples_per_s = batch_size / seconds
     peak = peak_flops(device)
-    row = {
-        "method": method + (" (compiled)" if compile_model else "") + (" +AC" if recompute else ""),
+    return {
+        "method": method + compiled_label(compile_mode) + (" +AC" if recompute else ""),
         "batch": batch_size,
         "samples_per_s": round(samples_per_s, 1),
         "ms_per_step": round(seconds * 1000, 1),
         "peak_gib": peak_memory_gib(device),
-        "trainable": sum(p.numel() for p in params),
-        "mfu": round(samples_per_s * flops_per_sample(base_model(master), cfg.action_horizon) / peak, 3)
+        "trainable": sum(p.numel() for p in step.params),
+        "mfu": round(samples_per_s * flops_per_sample(base_model(step.master), step.config.action_horizon) / peak, 3)
         if peak else None,
     }
-    if profile and device.type == "cuda":
-        try:
-            row["profile"] = kernel_time_by_kind(step)
-        except Exception as err:  # keep the timing
-            row["profile"] = f"{type(err).__name__}: {str(err)[:200]}"
-    return row
 
 
-def bench_official(src: Path, preset: str, batch_size: int, steps: int, warmup: int, device) -> dict:
-    """The official NitroGen forward/backward (full fine-tune) with the same optimizer step."""
+def profile(preset: str, method: str, batch_size: int, warmup: int, compile_mode: str | None, recompute: bool,
+            device) -> dict | str:
+    """GPU kernel time of the same step, built afresh: the profiler runs after every timing, since a
+    process that has profiled launches kernels more slowly."""
+    try:
+        step = TrainingStep(preset, method, batch_size, compile_mode, recompute, device)
+        for i in range(warmup):
+            step(i)
+        return kernel_time_by_kind(step)
+    except Exception as err:  # keep the timings
+        return f"{type(err).__name__}: {str(err)[:200]}"
+
+
+def official_lora(official: torch.nn.Module) -> torch.nn.Module:
+    """The official model with ``lora_attention``'s adapters: the default rank, alpha and dropout
+    on every attention projection, and the action encoder, decoder and position embedding in full."""
+    from peft import LoraConfig as PeftLoraConfig  # noqa: PLC0415
+    from peft import get_peft_model  # noqa: PLC0415
+
+    pattern = "|".join(f"({LORA_COMPONENTS[component]})" for component in EVERY_ATTENTION_PROJECTION)
+    targets = [name for name, module in official.named_modules()
+               if isinstance(module, torch.nn.Linear) and re.fullmatch(pattern, name)]
+    lora = LoraConfig()
+    wrapped = get_peft_model(official, PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                      target_modules=targets))
+    for name in ("action_encoder", "action_decoder", "position_embedding"):
+        getattr(official, name).requires_grad_(True)
+    return wrapped
+
+
+def bench_official(src: Path, preset: str, method: str, batch_size: int, steps: int, warmup: int, device) -> dict:
+    """The official NitroGen forward/backward (full fine-tune, or ``lora_attention``'s LoRA set-up
+    through PEFT) with the same optimizer step."""
     sys.path.insert(0, str(src))
     from nitrogen.flow_matching_transformer.nitrogen import NitroGen, NitroGen_Config  # noqa: PLC0415
     from transformers import SiglipVisionModel  # noqa: PLC0415
@@ -186,6 +230,8 @@ def bench_official(src: Path, preset: str, batch_size: int, steps: int, warmup: 
     tower_dir = Path(tempfile.mkdtemp()) / "siglip-tower"
     SiglipVisionModel(SiglipVisionConfig(**TOWER_CONFIGS[raw["model_cfg"]["vision_encoder_name"]])).save_pretrained(tower_dir)
     official = NitroGen(config=NitroGen_Config.model_validate(dict(raw["model_cfg"], vision_encoder_name=str(tower_dir))))
+    if method == "lora_attention":
+        official = official_lora(official)
     official.to(device).train()
     params = [p for p in official.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
@@ -223,7 +269,7 @@ def bench_official(src: Path, preset: str, batch_size: int, steps: int, warmup: 
         sync(device)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    row = {"method": "official full", "batch": batch_size, "samples_per_s": round(batch_size / seconds, 1),
+    row = {"method": f"official {method}", "batch": batch_size, "samples_per_s": round(batch_size / seconds, 1),
            "ms_per_step": round(seconds * 1000, 1),
            "peak_gib": peak_memory_gib(device),
            "trainable": sum(p.numel() for p in params), "mfu": None}
@@ -240,9 +286,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time each run with torch.compile")
+    parser.add_argument("--compile-mode", default="default",
+                        help="torch.compile's mode for --compile: default, reduce-overhead (CUDA graphs), "
+                             "max-autotune-no-cudagraphs, max-autotune")
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute layers in backward")
     parser.add_argument("--profile", action="store_true", help="also GPU kernel time per step, by kind of kernel, and the slowest kernels")
-    parser.add_argument("--official-src", help="a checkout of github.com/MineDojo/NitroGen (full fine-tune, batch 64)")
+    parser.add_argument("--official-src", help="a checkout of github.com/MineDojo/NitroGen: also time its full "
+                        "fine-tune and its lora_attention LoRA set-up, batch 64")
     parser.add_argument("--output")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -250,21 +300,26 @@ def main() -> None:
         print("no CUDA device: this benchmark measures GPU training (the CPU path is exercised by the tests)")
         return
     torch.backends.cuda.matmul.allow_tf32 = True
-    rows = []
+    rows, ours = [], []
     for run in filter(None, args.runs.split(",")):
         method, batch = run.split(":")
-        for compiled in (False, True) if args.compile else (False,):
+        for compile_mode in (None, args.compile_mode) if args.compile else (None,):
+            setup = (args.preset, method, int(batch))
             try:
-                rows.append(bench(args.preset, method, int(batch), args.steps, args.warmup, compiled,
-                                  args.activation_checkpointing, device, args.profile))
+                rows.append(bench(*setup, args.steps, args.warmup, compile_mode, args.activation_checkpointing, device))
+                ours.append((rows[-1], setup, compile_mode))
             except Exception as err:  # report (e.g. out of memory) and go on
                 rows.append({"method": method, "batch": int(batch), "error": f"{type(err).__name__}: {str(err)[:200]}"})
-                reset_memory(device)
             reset_memory(device)  # the run's model and optimizer went out of scope with it
             print(json.dumps(rows[-1]), flush=True)
-    if args.official_src:
-        rows.append(bench_official(Path(args.official_src), args.preset, 64, args.steps, args.warmup, device))
+    for method in ("full", "lora_attention") if args.official_src else ():
+        rows.append(bench_official(Path(args.official_src), args.preset, method, 64, args.steps, args.warmup, device))
         print(json.dumps(rows[-1]), flush=True)
+        reset_memory(device)
+    for row, setup, compile_mode in ours if args.profile and device.type == "cuda" else ():
+        row["profile"] = profile(*setup, args.warmup, compile_mode, args.activation_checkpointing, device)
+        reset_memory(device)
+        print(json.dumps({"method": row["method"], "batch": row["batch"], "profile": row["profile"]}), flush=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"\n{args.preset} NitroGen, random weights, bf16 (autocast; bf16_weights and fsdp rows: "
           f"bf16 weights, float32 masters), {name}")
