@@ -187,8 +187,8 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
 
 def profile(preset: str, method: str, batch_size: int, warmup: int, compile_mode: str | None, recompute: bool,
             device) -> dict | str:
-    """GPU kernel time of the same step, built afresh: the profiler runs after every timing, since a
-    process that has profiled launches kernels more slowly."""
+    """GPU kernel time of the same step, built afresh. Profiles run after every timing: a compiled
+    step timed after a profile once waited on the CPU for a third of its time, cause unknown."""
     try:
         step = TrainingStep(preset, method, batch_size, compile_mode, recompute, device)
         for i in range(warmup):
