@@ -8,6 +8,7 @@ import pytest
 
 from nitrogen_finetuner.actions import (
     PROFILES,
+    STICK_RANGES,
     ActionLayout,
     UniversalVectorProcessor,
     detect_profile,
@@ -84,6 +85,8 @@ def test_normalize_column_drops_case_player_prefix_spaces_and_hyphens():
     ("xbox", ["A", "B", "X", "Y", "LB", "RB", "LT", "RT", "Back", "Start", "Guide", "LS", "RS", "D-Pad Up",
               "D-Pad Down", "D-Pad Left", "D-Pad Right", "Left X", "Left Y", "Right X", "Right Y"]),
     ("generic", ["left_x", "left_y"]),  # a tie with xbox's "Left X": the first in PROFILES wins
+    ("switch", ["A", "B", "X", "Y", "L", "R", "ZL", "ZR", "Plus", "Minus", "Home", "Left X", "Left Y",
+                "Right X", "Right Y"]),  # the sticks' names are Xbox's: the Nintendo buttons decide
 ])
 def test_detect_profile_by_column_names(profile, columns):
     assert detect_profile(columns + ["frame", "timestamp"]).name == profile
@@ -110,21 +113,33 @@ def test_no_profile_expresses_the_four_right_stick_direction_buttons():
         assert not profile.expressed_slots & {"RIGHT_UP", "RIGHT_BOTTOM", "RIGHT_LEFT", "RIGHT_RIGHT"}
 
 
-@pytest.mark.parametrize("values, dtype, expected", [
-    ([0, 0, 100], np.int16, "int16"),                 # the column's type decides
-    ([128, 128, 255, 0], np.int64, "uint8"),          # 0..255, neutral 128
-    ([0, 0, 127, -128], np.int64, "int8"),
-    ([0, 0, 200, -200], np.int64, "int16"),
-    ([0.5, 0.5, 1.0, 0.0], np.float64, "float_01"),   # no negatives, neutral 0.5
-    ([128 / 255, 128 / 255, 1.0, 0.0], np.float32, "float_01"),  # a byte scaled to 0..1
-    ([0.51, 0.51, 1.0, 0.0], np.float64, "float_pm1"),
-    ([0.5, 0.5, -1.0, 0.0], np.float64, "float_pm1"),
-    ([0.0, 0.0, 0.3, 0.6], np.float64, "float_pm1"),  # no negatives but neutral 0
-    ([0.0, 0.0, 1.5, -0.2], np.float64, "float_pm1"),  # not whole numbers: a float stick, 1.5 is bad
+@pytest.mark.parametrize("values, dtype, console, expected", [
+    ([0, 0, 100], np.int16, None, "int16"),                 # the column's type decides
+    ([128, 128, 255, 0], np.int64, None, "uint8"),          # 0..255, neutral 128
+    ([0, 0, 127, -128], np.int64, None, "int8"),
+    ([0, 0, 200, -200], np.int64, None, "int16"),
+    ([0.5, 0.5, 1.0, 0.0], np.float64, None, "float_01"),   # no negatives, neutral 0.5
+    ([128 / 255, 128 / 255, 1.0, 0.0], np.float32, None, "float_01"),  # a byte scaled to 0..1
+    ([0.5, 0.5, -1.0, 0.0], np.float64, None, "float_pm1"),
+    ([0.0, 0.0, 0.3, 0.6], np.float64, None, "float_pm1"),  # no negatives but neutral 0
+    ([0.0, 0.0, 1.5, -0.2], np.float64, None, "float_pm1"),  # not whole numbers: a float stick, 1.5 is bad
+    # Held in one direction, no resting value: only the console's encoding can tell.
+    ([1.0, 1.0, 0.5, 0.0], np.float64, None, None),
+    ([1.0, 1.0, 0.5, 0.0], np.float64, "float_pm1", "float_pm1"),
+    ([0.5, 0.5, 1.0, 0.0], np.float64, "uint8", "float_01"),  # an integer encoding says nothing of floats
+    ([0, 0, 0, 128, 255], np.int64, None, None),
+    ([0, 0, 0, 128, 255], np.int64, "uint8", "uint8"),
+    ([127, 127, 0, 60], np.int64, "int8", "int8"),
+    ([0, 0, 120], np.int64, "int16", "int16"),
+    ([0, 40000], np.int64, "uint8", "int16"),  # beyond the console's range: detected (and 40000 is bad)
 ])
-def test_auto_stick_range_rules(values, dtype, expected):
+def test_auto_stick_range_rules(values, dtype, console, expected):
     values = np.array(values, dtype=dtype)
-    assert detect_stick_range(values.astype(np.float64), values.dtype) == expected
+    assert detect_stick_range(values.astype(np.float64), values.dtype, console) == expected
+
+
+def test_every_profile_names_a_known_stick_range():
+    assert {p.stick_range for p in PROFILES.values()} - {None} <= set(STICK_RANGES)
 
 
 # --------------------------------------------------------------------------------- consoles
@@ -273,6 +288,50 @@ def test_n64_c_buttons_drive_the_right_stick_and_the_analog_y_flips():
         "SOUTH", "LEFT_TRIGGER", "LEFT_X", "LEFT_Y", "RIGHT_X", "RIGHT_Y"))
 
 
+def test_switch_face_buttons_sit_by_position_like_the_snes():
+    columns = {name: np.array([name == "A", name == "B"]) for name in ("A", "B", "X", "Y", "ZL", "ZR", "Plus", "Minus")}
+    binding, actions, _ = convert(columns)
+    assert binding.profile.name == "switch"
+    np.testing.assert_allclose(actions, np.stack([vec(EAST=1), vec(SOUTH=1)]))
+
+
+@pytest.mark.parametrize("columns, column, expected", [
+    # A PlayStation stick held up most of the file: no 128 to rest at, yet the console writes uint8.
+    ({"P1 Cross": [0] * 30, "P1 LStick Y": [0] * 20 + [128] * 8 + [255] * 2}, "P1 LStick Y",
+     {0: -1.0, 20: 0.0, 28: 1.0}),
+    # An N64 stick pushed forward (+127, up) most of the file: int8 with +y up.
+    ({"P1 A": [0] * 30, "P1 Y Axis": [127] * 20 + [0] * 6 + [60] * 4}, "P1 Y Axis",
+     {0: -1.0, 20: 0.0, 26: -60 / 127}),
+    # An Xbox stick resting with a little drift: int16, inside the deadzone.
+    ({"A": [0] * 20, "LB": [0] * 20, "Left X": [0] * 5 + [120] + [0] * 14}, "Left X", {5: 0.0}),
+])
+def test_a_stick_held_in_one_direction_reads_in_its_consoles_encoding(columns, column, expected):
+    binding, actions, _ = convert({k: np.array(v, np.int64) for k, v in columns.items()})
+    slot = SLOT[binding.describe().split(f"'{column}'->")[1].split(" ")[0].lstrip("-")]
+    for row, value in expected.items():
+        assert actions[row, slot] * 2 - 1 == pytest.approx(value, abs=1e-6)
+
+
+def test_a_stick_whose_values_cannot_tell_its_range_stops_and_asks_for_it():
+    held_right = np.array([1.0] * 20 + [0.5] * 6 + [0.0] * 4)  # 0..1 or -1..1? no resting value says
+    columns = {"south": np.zeros(30), "left_x": held_right}
+    with pytest.raises(DataError, match=r"rec.parquet, column 'left_x': the stick range of this column cannot be "
+                                        r"told from its values \(0..1, most often 1\).*stick_range"):
+        convert(columns)
+    _, actions, _ = convert(columns, stick_range={"left_x": "float_01"})
+    assert actions[[0, 20, 26], SLOT["LEFT_X"]].tolist() == [1.0, 0.5, 0.0]
+    # NitroGen's own [x, y] columns are -1..1 by definition.
+    binding, _, _ = convert({"south": np.zeros(30), "j_left": objects([[v, 1.0] for v in held_right])})
+    assert binding.stick_ranges == {"j_left": "float_pm1"}
+
+
+def test_analog_triggers_under_the_universal_names():
+    columns = {"south": np.zeros(3), "left_trigger": np.array([0.8, 0.2, 0.0]), "right_trigger": np.array([0, 1, 0])}
+    _, actions, _ = convert(columns)
+    assert actions[:, SLOT["LEFT_TRIGGER"]].tolist() == [1.0, 0.0, 0.0]
+    assert actions[:, SLOT["RIGHT_TRIGGER"]].tolist() == [0.0, 1.0, 0.0]
+
+
 def test_old_layout_puts_the_sticks_first():
     layout = ActionLayout.resolve(25, old_layout=True)
     columns = {"south": np.array([True]), "back": np.array([True]), "j_left": objects([[1.0, -1.0]])}
@@ -333,7 +392,7 @@ def test_binding_errors_name_the_file_and_what_to_do():
     with pytest.raises(DataError, match=r"rec.csv: columns \['A', 'a'\] all read as 'a'"):
         processor.bind(["A", "a"], "rec.csv")
     with pytest.raises(DataError, match=r"columns 'Left X' and 'lx' both drive LEFT_X"):
-        UniversalVectorProcessor(LAYOUT).bind(["A", "Left X", "lx"], "rec.csv")
+        UniversalVectorProcessor(LAYOUT).bind(["A", "LB", "Left X", "lx"], "rec.csv")
     with pytest.raises(DataError, match="unknown console profile"):
         UniversalVectorProcessor(LAYOUT, profile="atari")
     with pytest.raises(DataError, match="unknown stick_range"):
@@ -370,7 +429,7 @@ def test_each_bad_value_raises_naming_file_row_and_column(column, values, row, w
 
 
 def test_int_ranges_refuse_values_outside_them_or_between_integers():
-    data = {"A": np.array([True, True, True]), "Left X": np.array([0.0, 200.0, 3.5])}
+    data = {"A": np.array([True, True, True]), "LB": np.array([0, 0, 0]), "Left X": np.array([0.0, 200.0, 3.5])}
     binding = UniversalVectorProcessor(LAYOUT, stick_range="int8").bind(list(data), "f.csv")
     with pytest.raises(DataError, match=r"f.csv, row 1, column 'Left X': stick value 200.0 is outside the int8"):
         binding.convert(data, "f.csv")

@@ -6,16 +6,18 @@ model-space vectors: a console profile (or the user's mapping) says which column
 slot, so the slots keep their meaning whatever console recorded the data.
 
 Stick ranges, and how "auto" picks one per column (first match wins; the first ``convert`` of a
-binding fixes the pick, so one file reads one way throughout):
+binding fixes the pick, so one file reads one way throughout). The most frequent value is the
+neutral a resting stick leaves behind; a stick held in one direction leaves none, and then only
+the console's own encoding (the profile's ``stick_range``) or the user can tell:
 
 1. the column's own type: int8 -> int8, uint8 -> uint8, int16 -> int16;
-2. every value within [-1, 1], or any value that is not a whole number: float_01 when none is
-   negative and the most frequent value (the neutral a resting stick leaves behind) is 0.5 (or
-   128/255 or 127/255, a byte scaled to 0..1), else float_pm1 (values beyond the range are
-   reported as bad rows);
-3. whole numbers within 0..255 whose most frequent value is not 0 (128 is uint8's neutral, 0 a
-   signed stick's) -> uint8;
-4. within -128..127 -> int8; otherwise int16 (values beyond it are reported as bad rows).
+2. every value within [-1, 1], or any value that is not a whole number (floats): float_pm1 when
+   one is negative; float_01 when the most frequent value is 0.5 (or 128/255 or 127/255, a byte
+   scaled to 0..1); float_pm1 when it is 0; else the profile's range if it is a float one;
+3. whole numbers beyond that: the profile's range if it is an integer one and holds them all;
+   int8 or int16 when one is negative (the narrowest that holds them); int16 beyond 255; uint8
+   when the most frequent value is 127 or 128;
+4. otherwise no range can be told, and binding stops and asks for ``stick_range``.
 """
 
 from __future__ import annotations
@@ -72,22 +74,36 @@ STICK_RANGES: dict[str, StickRange] = {r.name: r for r in (
 _DTYPE_RANGES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.int16): "int16"}
 
 
+def _value_summary(values: np.ndarray) -> str:
+    return f"{values.min():g}..{values.max():g}, most often {_most_frequent(values):g}"
+
+
 def _most_frequent(values: np.ndarray) -> float:
     uniques, counts = np.unique(values, return_counts=True)
     return float(uniques[np.argmax(counts)])
 
 
-def detect_stick_range(values: np.ndarray, dtype: np.dtype) -> str:
-    """The stick range of a column from its type and its valid values (rules: module docstring)."""
+def detect_stick_range(values: np.ndarray, dtype: np.dtype, console: Optional[str] = None) -> Optional[str]:
+    """The stick range of a column from its type, its valid values and the range its console
+    writes (rules: module docstring); None when they cannot tell."""
     if dtype in _DTYPE_RANGES:
         return _DTYPE_RANGES[dtype]
     low, high = float(values.min()), float(values.max())
+    console_range = STICK_RANGES.get(console)
     if max(-low, high) <= 1.0 + FLOAT_TOLERANCE or np.any(values != np.round(values)):
-        centred = abs(_most_frequent(values) - 0.5) <= CENTRE_TOLERANCE
-        return "float_01" if low >= -FLOAT_TOLERANCE and centred else "float_pm1"
-    if low >= 0 and high <= 255 and _most_frequent(values) != 0:
-        return "uint8"
-    return "int8" if low >= -128 and high <= 127 else "int16"
+        rest = _most_frequent(values)
+        if low < -FLOAT_TOLERANCE or rest == 0:
+            return "float_pm1"
+        if abs(rest - 0.5) <= CENTRE_TOLERANCE:
+            return "float_01"
+        return console if console_range and not console_range.integral else None
+    if console_range and console_range.integral and console_range.low <= low and high <= console_range.high:
+        return console
+    if low < 0:
+        return "int8" if low >= -128 and high <= 127 else "int16"
+    if high > 255:
+        return "int16"
+    return "uint8" if _most_frequent(values) in (127, 128) else None
 
 
 # ------------------------------------------------------------------------------------ targets
@@ -327,11 +343,11 @@ class ColumnBinding:
 
     def _decode(self, column: str, target: _Target, raw, source: str, first_row: int) -> _Decoded:
         if target.kind == "pair":
-            return self._decode_stick(column, target, *_pairs(raw, column, source, first_row))
+            return self._decode_stick(column, target, *_pairs(raw, column, source, first_row), source)
         values, missing, unreadable, dtype = _numbers(raw, column, source)
         if target.kind == "axis":
             decoded = self._decode_stick(column, target, values[:, None], missing | unreadable,
-                                         np.zeros(len(values), bool), dtype)
+                                         np.zeros(len(values), bool), dtype, source)
             hint = "a stick axis holds numbers; map an [x, y] column to LEFT or RIGHT, or set skip_bad_rows"
         else:
             decoded = self._decode_button(target, values, missing | unreadable)
@@ -358,12 +374,19 @@ class ColumnBinding:
         return _Decoded(np.where(ok & pressed, target.factor, 0.0)[:, None], problems)
 
     def _decode_stick(self, column: str, target: _Target, values: np.ndarray, missing: np.ndarray,
-                      wrong_shape: np.ndarray, dtype: np.dtype) -> _Decoded:
+                      wrong_shape: np.ndarray, dtype: np.dtype, source: str) -> _Decoded:
         infinite = ~missing & ~wrong_shape & ~np.isfinite(values).all(axis=1)
         valid = ~missing & ~wrong_shape & ~infinite
         name = self.stick_ranges.get(column)
         if name is None and valid.any():
-            name = self.stick_ranges[column] = detect_stick_range(values[valid].ravel(), dtype)
+            name = detect_stick_range(values[valid].ravel(), dtype, self.profile.stick_range)
+            if name is None:
+                raise DataError(f"the stick range of this column cannot be told from its values "
+                                f"({_value_summary(values[valid].ravel())}): no resting value stands out",
+                                file=source, column=column,
+                                hint=f"set stick_range for this column, e.g. {{{column}: float_pm1}}; "
+                                     f"ranges: {', '.join(STICK_RANGES)}")
+            self.stick_ranges[column] = name
         stick_range = STICK_RANGES[name or "float_pm1"]  # no valid row to detect from: every row is bad
         unit, outside = stick_range.to_unit(np.where(valid[:, None], values, stick_range.center))
         outside = outside.any(axis=1)

@@ -55,9 +55,11 @@ class ConsoleProfile:
     buttons: column -> button slot. stick_axes: column -> (stick axis, sign); sign -1 flips a
     device whose +y means up (universal y > 0 is down). stick_pairs: column holding [x, y] ->
     "LEFT"/"RIGHT". stick_buttons: digital column -> (stick axis, value it pushes the axis to).
-    analog_triggers: button columns that may hold analog values. A slot that no column of a file
-    drives stays out of the loss: a missing column says nothing about that button or stick. Keys
-    are stored normalized.
+    analog_triggers: button columns that may hold analog values. stick_range: the encoding the
+    console's recorders write its sticks in, which values that fit it are read as (a stick held in
+    one direction all file long leaves no resting value to detect a range from). A slot that no
+    column of a file drives stays out of the loss: a missing column says nothing about that button
+    or stick. Keys are stored normalized.
     """
 
     name: str
@@ -67,6 +69,7 @@ class ConsoleProfile:
     stick_pairs: Mapping[str, str] = field(default_factory=dict)
     stick_buttons: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     analog_triggers: frozenset[str] = frozenset()
+    stick_range: Optional[str] = None
 
     def __post_init__(self):
         for axis, sign in self.stick_axes.values():
@@ -115,6 +118,7 @@ def _dpad(*prefixes: str, short: bool = False) -> dict[str, str]:
 _XBOX_STICKS = {"LEFT_X": ("left_x", "lx", "sthumblx"), "LEFT_Y": ("left_y", "ly", "sthumbly"),
                 "RIGHT_X": ("right_x", "rx", "sthumbrx"), "RIGHT_Y": ("right_y", "ry", "sthumbry")}
 _UNIVERSAL_BUTTONS = {b.lower(): b for b in RECORDED_BUTTONS}
+_UNIVERSAL_TRIGGERS = frozenset({"left_trigger", "right_trigger"})
 _BIZHAWK_DPAD = _dpad("", "dpad_", "d_pad_")  # BizHawk logs "P1 Up"; other tools "D-Pad Up"
 
 PROFILES: dict[str, ConsoleProfile] = {p.name: p for p in (
@@ -124,6 +128,8 @@ PROFILES: dict[str, ConsoleProfile] = {p.name: p for p in (
         "the universal buttons, j_left/j_right as [x, y] in [-1, 1].",
         buttons=_UNIVERSAL_BUTTONS,
         stick_pairs={"j_left": "LEFT", "j_right": "RIGHT"},
+        analog_triggers=_UNIVERSAL_TRIGGERS,
+        stick_range="float_pm1",
     ),
     ConsoleProfile(
         # Before the console profiles so that a file named only with universal names (and so also
@@ -133,6 +139,7 @@ PROFILES: dict[str, ConsoleProfile] = {p.name: p for p in (
         "universal convention (y > 0 is down).",
         buttons=_UNIVERSAL_BUTTONS,
         stick_axes={axis.lower(): (axis, 1) for axis in STICK_SLOTS},
+        analog_triggers=_UNIVERSAL_TRIGGERS,
     ),
     ConsoleProfile(
         "nes",
@@ -162,6 +169,7 @@ PROFILES: dict[str, ConsoleProfile] = {p.name: p for p in (
                     "analog_x": ("LEFT_X", 1), "analog_y": ("LEFT_Y", -1)},
         stick_buttons={"c_up": ("RIGHT_Y", -1.0), "c_down": ("RIGHT_Y", 1.0),
                        "c_left": ("RIGHT_X", -1.0), "c_right": ("RIGHT_X", 1.0)},
+        stick_range="int8",
     ),
     ConsoleProfile(
         "playstation",
@@ -174,6 +182,7 @@ PROFILES: dict[str, ConsoleProfile] = {p.name: p for p in (
         stick_axes={"lstick_x": ("LEFT_X", 1), "lstick_y": ("LEFT_Y", 1),
                     "rstick_x": ("RIGHT_X", 1), "rstick_y": ("RIGHT_Y", 1)},
         analog_triggers=frozenset({"l2", "r2"}),
+        stick_range="uint8",
     ),
     ConsoleProfile(
         "xbox",
@@ -190,6 +199,20 @@ PROFILES: dict[str, ConsoleProfile] = {p.name: p for p in (
         stick_axes={name: (axis, -1 if axis.endswith("Y") else 1)
                     for axis, names in _XBOX_STICKS.items() for name in names},
         analog_triggers=frozenset({"lt", "rt", "left_trigger", "right_trigger", "blefttrigger", "brighttrigger"}),
+        stick_range="int16",
+    ),
+    ConsoleProfile(
+        "switch",
+        "Nintendo Switch Pro Controller / Joy-Cons, positional like the SNES: A right -> EAST, "
+        "B bottom -> SOUTH, X top -> NORTH, Y left -> WEST; ZL/ZR -> triggers, Plus/Minus/Home -> "
+        "START/BACK/GUIDE; sticks int16 with +y up (flipped).",
+        buttons={"a": "EAST", "b": "SOUTH", "x": "NORTH", "y": "WEST", "l": "LEFT_SHOULDER",
+                 "r": "RIGHT_SHOULDER", "zl": "LEFT_TRIGGER", "zr": "RIGHT_TRIGGER", "plus": "START",
+                 "minus": "BACK", "home": "GUIDE", "lstick": "LEFT_THUMB", "rstick": "RIGHT_THUMB",
+                 **_dpad("dpad_", "d_pad_", "")},
+        stick_axes={name: (axis, -1 if axis.endswith("Y") else 1)
+                    for axis, names in _XBOX_STICKS.items() for name in names[:2]},
+        stick_range="int16",
     ),
 )}
 
