@@ -14,6 +14,8 @@ from PIL import Image
 
 from nitrogen_finetuner.actions.layout import ActionLayout
 from nitrogen_finetuner.data.config import DataConfig
+from nitrogen_finetuner.data.episodes import split_episodes
+from nitrogen_finetuner.data.errors import DataError
 from nitrogen_finetuner.data.images import FrameTransform, ImageDecodeError, decode_image, fit_square
 from nitrogen_finetuner.data.loader import make_loader
 from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
@@ -90,6 +92,38 @@ def test_episode_column_splits_a_file(tmp_path):
                 assert w["actions_mask"][:, SOUTH].tolist() == [True, False, False, False]
 
 
+def test_frame_index_puts_shuffled_rows_in_time_order_and_a_gap_cuts_the_recording(tmp_path):
+    n = 14
+    table = {"image": image_structs(n), "frame_index": list(range(n)), **nitrogen_rows(n)}
+    kept = [int(i) for i in np.random.default_rng(0).permutation(n) if i != 9]  # shuffled, frame 9 missing
+    pq.write_table(pa.table({k: [v[i] for i in kept] for k, v in table.items()}), tmp_path / "run.parquet")
+    data = prepared(tmp_path / "run.parquet")
+    assert [len(e) for e in data.index.episodes] == [9, 4] and data.index.frame_gaps == 1  # frames 0-8, 10-13
+    assert data.index.recordings == [data.index.recordings[0]] * 2
+    # Frame 7 would predict rows 9..: 9 is missing, so it makes no window (without the cut: frame 10's).
+    assert sorted(check_alignment(w) for w in all_windows(data)) == [0, 1, 2, 3, 4, 5, 6, 10, 11]
+
+
+def test_a_frame_that_appears_twice_in_an_episode_is_one_line(tmp_path):
+    path = write_nitrogen_parquet(tmp_path / "run.parquet", n=4, extra={"frame_index": [0, 1, 1, 2]})
+    with pytest.raises(DataError, match=r"run.parquet, row 2, column 'frame_index': frame 1 appears twice in the "
+                                        r"episode \(drop the repeated rows, or name the column that tells episodes"):
+        prepared(path)
+    path = write_nitrogen_parquet(tmp_path / "words.parquet", n=3, extra={"frame_index": ["0", "one", "2"]})
+    with pytest.raises(DataError, match=r"row 1, column 'frame_index': frame number 'one' is not a whole number"):
+        prepared(path)
+
+
+def test_the_validation_split_keeps_the_pieces_of_a_recording_together():
+    recordings = ["a", "a", "b", "c", "c", "d"]
+    for seed in range(10):
+        train, val = split_episodes(recordings, 0.5, seed)
+        assert sorted(train + val) == list(range(6)) and len({recordings[e] for e in val}) == 2
+        assert not {recordings[e] for e in train} & {recordings[e] for e in val}
+    # One episode per recording: the split every earlier run made.
+    assert split_episodes(["a", "b", "c", "d", "e"], 0.4, 3) == ([1, 2, 3], [0, 4])
+
+
 def test_save_to_disk_folder(tmp_path):
     datasets = pytest.importorskip("datasets")
     columns = {"image": image_structs(7), **nitrogen_rows(7)}
@@ -119,6 +153,16 @@ def test_datasets_cache_path_used_for_hub_ids(tmp_path):
 def test_frames_folder_with_actions_table(tmp_path, table_format):
     folder = write_frames_folder(tmp_path / "frames_run", n=9, table_format=table_format)
     data = prepared(folder)
+    assert [check_alignment(w) for w in all_windows(data)] == list(range(7))
+
+
+def test_a_frame_counter_next_to_the_image_paths_is_not_taken_for_the_images(tmp_path):
+    folder = write_frames_folder(tmp_path / "frames_run", n=9)
+    table = (folder / "actions.csv").read_text().splitlines()
+    table = [("frame," if i == 0 else f"{i - 1},") + line.replace("image,", "image_path,", 1) for i, line in enumerate(table)]
+    (folder / "actions.csv").write_text("\n".join(table) + "\n")
+    data = prepared(folder)
+    assert data.index.image_columns == ["image_path"]
     assert [check_alignment(w) for w in all_windows(data)] == list(range(7))
 
 

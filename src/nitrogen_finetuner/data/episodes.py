@@ -1,9 +1,13 @@
 """Episodes: the unit training windows never cross.
 
 Each source file is an episode, or, when it has an episode column (``episode_id``,
-``episode_index``, ``episode``, ``recording_id``, ...), each value of that column is one. Building
-the index reads only the small action columns and converts them through the
-UniversalVectorProcessor; frames stay on disk until a DataLoader worker needs them.
+``episode_index``, ``episode``, ``recording_id``, ...), each value of that column is one. Rows
+are in file order, or, with a ``frame_index`` column, in frame order (a shuffled table, such as
+a ``datasets`` split, reads in time order); frames missing from that order cut the recording
+into pieces, so no window pairs a frame with actions from after a gap. Pieces of one recording
+stay together on one side of the validation split. Building the index reads only the small
+action columns and converts them through the UniversalVectorProcessor; frames stay on disk until
+a DataLoader worker needs them.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from .sources import Source
 
 EPISODE_COLUMNS = ("episode_id", "episode_index", "episode", "recording_id", "recording", "session_id")
 IMAGE_COLUMNS = ("image", "frame", "observation.image", "image_path", "frame_path", "file_name", "filename", "path")
+FRAME_ORDER_COLUMN = "frame_index"
 # Columns that describe rows rather than gamepad state: never offered to the action profiles.
-NON_ACTION_COLUMNS = set(EPISODE_COLUMNS) | set(IMAGE_COLUMNS) | {"timestamp", "frame_index", "index", "game", "game_label"}
+NON_ACTION_COLUMNS = set(EPISODE_COLUMNS) | set(IMAGE_COLUMNS) | {"timestamp", FRAME_ORDER_COLUMN, "index", "game", "game_label"}
 
 
 @dataclass
 class Episode:
     name: str
+    recording: str  # the episode column's value (or the file) it was cut from: its pieces share it
     source: int  # index into DatasetIndex.sources
     rows: np.ndarray  # row numbers in the source, in time order
     actions: np.ndarray  # (n, action_dim) float32, model space
@@ -44,6 +50,7 @@ class DatasetIndex:
     bindings: list[ColumnBinding]  # per source
     unused_columns: list[list[str]]  # per source: columns no profile or mapping entry reads
     bad_action_rows: int = 0
+    frame_gaps: int = 0  # cuts where frame_index skips frames
     row_lookup: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def __post_init__(self):
@@ -59,6 +66,11 @@ class DatasetIndex:
     def num_frames(self) -> int:
         return sum(len(e) for e in self.episodes)
 
+    @property
+    def recordings(self) -> list[str]:
+        """Per episode, the recording it belongs to (what the validation split keeps together)."""
+        return [e.recording for e in self.episodes]
+
 
 def _find_column(columns: list[str], wanted: Optional[str], candidates: tuple[str, ...], what: str, source: str):
     if wanted is not None:
@@ -70,12 +82,56 @@ def _find_column(columns: list[str], wanted: Optional[str], candidates: tuple[st
     return next((lowered[c] for c in candidates if c in lowered), None)
 
 
+def _find_image_column(source: Source, columns: list[str], wanted: Optional[str]) -> Optional[str]:
+    """The image column: the one named, else the first by name whose first cell is no number
+    (a ``frame`` counter next to ``image_path`` holds frame numbers, not frames)."""
+    if wanted is not None or source.num_rows() == 0:
+        return _find_column(columns, wanted, IMAGE_COLUMNS, "image", source.name)
+    lowered = {c.lower(): c for c in columns}
+    named = [lowered[c] for c in IMAGE_COLUMNS if c in lowered]
+    is_number = (int, float, np.number)
+    return next((c for c in named if not isinstance(source.read_value(c, 0), is_number)), named[0] if named else None)
+
+
 def _split_episodes(values: np.ndarray) -> list[tuple[object, np.ndarray]]:
     """Rows grouped by episode value, groups in order of first appearance, rows in file order."""
     keys = values.astype(str) if values.dtype == object else values
     _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
     rows_by_key = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
     return [(values[first[k]], rows_by_key[k]) for k in np.argsort(first)]
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _frame_numbers(values: np.ndarray, source: str, column: str) -> np.ndarray:
+    try:
+        numbers = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):  # numbers as text, a null or a word: value by value
+        numbers = np.array([_number(v) for v in values], np.float64)
+    wrong = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+    if wrong.any():
+        row = int(np.argmax(wrong))
+        raise DataError(f"frame number {values[row]!r} is not a whole number", file=source, row=row, column=column,
+                        hint="fix the row, or rename the column if it is not the frame order")
+    return numbers
+
+
+def _in_frame_order(rows: np.ndarray, frames: np.ndarray, source: str, column: str) -> list[np.ndarray]:
+    """An episode's rows sorted by frame number, cut where frame numbers skip."""
+    order = np.argsort(frames[rows], kind="stable")
+    rows, numbers = rows[order], frames[rows][order]
+    steps = np.diff(numbers)
+    if np.any(steps == 0):
+        repeat = int(np.argmax(steps == 0)) + 1
+        raise DataError(f"frame {numbers[repeat]:g} appears twice in the episode", file=source,
+                        row=int(rows[repeat]), column=column,
+                        hint="drop the repeated rows, or name the column that tells episodes apart (episode_column)")
+    return np.split(rows, np.flatnonzero(steps > 1) + 1)
 
 def build_index(
     sources: list[Source],
@@ -85,10 +141,10 @@ def build_index(
     skip_bad_rows: bool = False,
 ) -> DatasetIndex:
     """Read every source's action columns and cut them into episodes."""
-    episodes, image_columns, bindings, unused, bad_total = [], [], [], [], 0
+    episodes, image_columns, bindings, unused, bad_total, gaps = [], [], [], [], 0, 0
     for s, source in enumerate(sources):
         columns = source.column_names()
-        image_col = _find_column(columns, image_column, IMAGE_COLUMNS, "image", source.name)
+        image_col = _find_image_column(source, columns, image_column)
         if image_col is None:
             raise DataError(f"no image column (columns: {', '.join(columns)})", file=source.name,
                             hint="name it with image_column")
@@ -97,19 +153,25 @@ def build_index(
             raise DataError("the file has no rows", file=source.name, hint="remove it or record some gameplay")
         action_columns = [c for c in columns if c.lower() not in NON_ACTION_COLUMNS and c not in (image_col, episode_col)]
         binding = processor.bind(action_columns, source.name)
-        data = source.read_columns(binding.columns + ([episode_col] if episode_col else []))
+        frame_col = _find_column(columns, None, (FRAME_ORDER_COLUMN,), "frame", source.name)
+        data = source.read_columns(binding.columns + [c for c in (episode_col, frame_col) if c])
         actions, bad = binding.convert(data, source.name, first_row=0, skip_bad_rows=skip_bad_rows)
         bad_total += int(bad.sum())
+        frames = _frame_numbers(data[frame_col], source.name, frame_col) if frame_col else None
         groups = _split_episodes(data[episode_col]) if episode_col else [(None, np.arange(source.num_rows()))]
         for key, rows in groups:
-            name = source.name if key is None else f"{source.name} [{episode_col}={key}]"
-            episodes.append(Episode(name, s, rows, actions[rows], bad[rows], binding.slot_mask))
+            recording = source.name if key is None else f"{source.name} [{episode_col}={key}]"
+            pieces = [rows] if frames is None else _in_frame_order(rows, frames, source.name, frame_col)
+            gaps += len(pieces) - 1
+            for piece in pieces:
+                name = recording if len(pieces) == 1 else f"{recording} frames {frames[piece[0]]:g}-{frames[piece[-1]]:g}"
+                episodes.append(Episode(name, recording, s, piece, actions[piece], bad[piece], binding.slot_mask))
         image_columns.append(image_col)
         bindings.append(binding)
         unused.append([c for c in action_columns if c not in binding.columns and not processor.ignores(c)])
     _check_mapping(processor, sources)
     _check_stick_ranges(bindings, sources)
-    return DatasetIndex(sources, episodes, image_columns, bindings, unused, bad_total)
+    return DatasetIndex(sources, episodes, image_columns, bindings, unused, bad_total, gaps)
 
 
 def _check_mapping(processor: UniversalVectorProcessor, sources: list[Source]) -> None:
@@ -135,10 +197,13 @@ def _check_stick_ranges(bindings: list[ColumnBinding], sources: list[Source]) ->
                                      f"{{{column}: {first[0]}}}")
 
 
-def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Hold out whole episodes (never windows) for validation."""
-    if num_episodes < 2 or val_fraction <= 0:
-        return list(range(num_episodes)), []
-    n_val = max(1, round(num_episodes * val_fraction))
-    order = np.random.default_rng([seed, 7]).permutation(num_episodes)
-    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+def split_episodes(recordings: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold out whole recordings (never windows, never part of a recording) for validation:
+    episode numbers for training and for validation, given each episode's recording."""
+    names = list(dict.fromkeys(recordings))
+    if len(names) < 2 or val_fraction <= 0:
+        return list(range(len(recordings))), []
+    n_val = max(1, round(len(names) * val_fraction))
+    held_out = {names[i] for i in np.random.default_rng([seed, 7]).permutation(len(names))[:n_val]}
+    return ([e for e, name in enumerate(recordings) if name not in held_out],
+            [e for e, name in enumerate(recordings) if name in held_out])

@@ -65,6 +65,7 @@ def summarize(data: PreparedData) -> dict:
         "episodes": len(index.episodes),
         "frames": index.num_frames,
         "shortest_episode": min((len(e) for e in index.episodes), default=0),
+        "frame_gaps": index.frame_gaps,
         "profiles": sorted({b.describe() for b in index.bindings}),
         "unused_columns": sorted({c for columns in index.unused_columns for c in columns}),
         "action_shift": spec.action_shift,
@@ -97,6 +98,9 @@ def format_report(report: dict) -> str:
         f"episodes     {report['episodes']} in {report['files']} file(s), {report['frames']} frames "
         f"(shortest episode {report['shortest_episode']})",
     ]
+    if report["frame_gaps"]:
+        lines.append(f"gaps         frame_index skips frames in {report['frame_gaps']} place(s): the recordings are "
+                     "cut there into episodes that windows never cross")
     lines += [f"profile      {p}" for p in report["profiles"]]
     if report["unused_columns"]:
         lines.append(f"unused       {', '.join(report['unused_columns'])} (no profile entry or mapping reads them)")

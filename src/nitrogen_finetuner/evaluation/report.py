@@ -78,7 +78,7 @@ def run_eval(
                              trust_pickle=trust_pickle, verbose=False)
         data = prepare_data(data_config, ModelInputs.of_policy(policy))
         every = list(range(len(data.index.episodes)))
-        chosen = every if episodes == "all" else split_episodes(len(every), val_fraction, seed)[1]
+        chosen = every if episodes == "all" else split_episodes(data.index.recordings, val_fraction, seed)[1]
         if not chosen:
             raise DataError("no held-out episodes: the dataset has fewer than two", file=data_config.dataset_name,
                             hint="evaluate with --episodes all")

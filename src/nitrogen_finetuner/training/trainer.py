@@ -168,7 +168,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     base = load_base(config.base, run_dir, config.seed, new_run=not resume)
     model_cfg = base.model.config
     data = prepare_data(config.data, base.model_inputs(config.data.prediction_horizon))
-    train_episodes, val_episodes = split_episodes(len(data.index.episodes), config.val_fraction, config.seed)
+    train_episodes, val_episodes = split_episodes(data.index.recordings, config.val_fraction, config.seed)
     train_set = data.dataset(micro, train_episodes, seed=config.seed, rank=rank, world_size=world)
     val_set = data.dataset(micro, val_episodes, shuffle=False, rank=rank, world_size=world, train=False,
                            drop_last=False) if val_episodes else None
