@@ -81,13 +81,13 @@ def test_export_takes_the_runs_own_checkpoints_by_name_or_folder_and_no_other_ru
     out = tmp_path / "out.pt"
     assert main(["export", str(run_dir), str(out), "--checkpoint", "step_000002"]) == 0
     assert torch.load(out, weights_only=True)["step"] == 2
-    assert main(["export", str(run_dir), str(out), "--checkpoint", str(checkpoint_dirs(run_dir)[0])]) == 0
+    assert main(["export", str(run_dir), str(out), "--checkpoint", str(checkpoint_dirs(run_dir)[0]), "--force"]) == 0
     capsys.readouterr()
     foreign = checkpoint_dirs(other)[-1]
-    assert main(["export", str(run_dir), str(out), "--checkpoint", str(foreign)]) == 2
+    assert main(["export", str(run_dir), str(out), "--checkpoint", str(foreign), "--force"]) == 2
     assert "not a checkpoint of this run" in (line := one_error_line(capsys))
     assert "its checkpoints: step_000002, step_000004" in line
-    assert main(["export", str(run_dir), str(out), "--checkpoint", "step_000003"]) == 2
+    assert main(["export", str(run_dir), str(out), "--checkpoint", "step_000003", "--force"]) == 2
     assert "step_000003: no such checkpoint" in one_error_line(capsys)
 
 
@@ -98,11 +98,11 @@ def test_export_takes_a_moved_base_with_the_same_weights(recordings, tmp_path, c
     moved = base.rename(tmp_path / "moved.pt")
     out = tmp_path / "out.pt"
     capsys.readouterr()
-    assert main(["export", str(run_dir), str(out)]) == 2
+    assert main(["export", str(run_dir), str(out), "--force"]) == 2
     assert "give its new path (--base" in one_error_line(capsys)
-    assert main(["export", str(run_dir), str(out), "--base", str(write_base(tmp_path / "x.pt", seed=4))]) == 2
+    assert main(["export", str(run_dir), str(out), "--base", str(write_base(tmp_path / "x.pt", seed=4)), "--force"]) == 2
     assert "x.pt: not the base this run was trained from" in one_error_line(capsys)
-    assert main(["export", str(run_dir), str(out), "--base", str(moved)]) == 0
+    assert main(["export", str(run_dir), str(out), "--base", str(moved), "--force"]) == 0
 
 
 def test_a_damaged_checkpoint_is_one_line_and_the_one_before_it_resumes(recordings, tmp_path, capsys):
@@ -173,7 +173,7 @@ def test_final_outputs_that_cannot_be_written_are_one_line_naming_the_complete_c
     assert "weights.safetensors: cannot be written (No space left on device)" in line
     assert f"the run's last checkpoint is complete (then `nitrogen-finetune export {run_dir}" in line
     assert not (run_dir / "weights.safetensors").exists()
-    assert main(["export", str(run_dir), str(tmp_path / "out.pt")]) == 0
+    assert main(["export", str(run_dir), str(tmp_path / "out.pt"), "--force"]) == 0
     assert (tmp_path / "out.pt").stat().st_mode & 0o777 == FILE_MODE
 
 
@@ -266,3 +266,33 @@ def test_a_run_folder_recovers_from_a_deleted_config_and_a_damaged_preset_base(r
 def test_a_folder_named_like_a_date_stays_a_name(recordings, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--data", str(recordings), "--set", "output=2024-01-05", "--print-config"]) == 0
+
+
+def test_export_never_replaces_the_runs_base_or_checkpoints_and_asks_before_replacing_a_file(recordings, tmp_path,
+                                                                                            capsys):
+    base = write_base(tmp_path / "base.pt", seed=1)
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, base=str(base), max_steps=2))
+    base_bytes, before = base.read_bytes(), snapshot(run_dir)
+    checkpoint_file = checkpoint_dirs(run_dir)[-1] / "weights.safetensors"
+    for target in (base, checkpoint_file):
+        assert main(["export", str(run_dir), str(target), "--force"]) == 2
+        assert "the run's base or part of its checkpoints" in one_error_line(capsys)
+    assert base.read_bytes() == base_bytes and snapshot(run_dir) == before
+    out = tmp_path / "game.pt"
+    out.write_bytes(b"an earlier export")
+    assert main(["export", str(run_dir), str(out)]) == 2
+    assert "the file exists (choose another name, or pass --force to replace it)" in one_error_line(capsys)
+    assert main(["export", str(run_dir), str(out), "--force"]) == 0 and out.read_bytes()[:2] == b"PK"
+    assert main(["export", str(run_dir), str(tmp_path / "game.safetensors")]) == 2
+    assert "is a torch.save file" in one_error_line(capsys) and not (tmp_path / "game.safetensors").exists()
+
+
+def test_a_prediction_horizon_beyond_the_position_tables_is_one_line_and_leaves_nothing(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    limit = build_preset("tiny")[0].max_horizon
+    assert main(["train", "--data", str(recordings), "--output", str(run_dir), "--max-steps", "2",
+                 "--set", f"data.prediction_horizon={limit + 1}", *FAST]) == 2
+    assert f"prediction_horizon {limit + 1} is more action steps than the base model's position tables hold " \
+           f"({limit}, max_seq_len)" in one_error_line(capsys)
+    assert not run_dir.exists()

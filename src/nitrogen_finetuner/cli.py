@@ -197,7 +197,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     best = args.checkpoint == "best"
     path = export_run(args.run_dir, args.out, checkpoint=None if best else args.checkpoint, best=best,
-                      use_ema={"ema": True, "final": False}.get(args.weights), base_file=args.base)
+                      use_ema={"ema": True, "final": False}.get(args.weights), base_file=args.base,
+                      force=args.force)
     policy = load_policy(path, verbose=False)
     print(f"wrote {path}\n{policy.summary()}")
     if args.push_to_hub:
@@ -336,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its weights must be the ones the run started from)")
     export.add_argument("--weights", choices=("auto", "ema", "final"), default="auto",
                         help="EMA weights when the run kept them (auto), or as named")
+    export.add_argument("--force", action="store_true",
+                        help="replace OUT if it exists (never the run's base or its checkpoints)")
     export.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the file to this hub model repo")
     export.set_defaults(func=cmd_export)
 

@@ -187,6 +187,9 @@ def save_checkpoint(
 ) -> Path:
     """Write an official-format checkpoint atomically (temporary file, fsync, rename)."""
     path = Path(path)
+    if path.suffix.lower() == ".safetensors":  # torch.load reads such a name as safetensors, and fails
+        raise CheckpointError(f"{path}: an official-format checkpoint is a torch.save file, which the official "
+                              "loader and torch.load read by its name: name it .pt")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": official_state_dict(model),

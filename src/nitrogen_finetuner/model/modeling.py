@@ -62,6 +62,13 @@ class NitroGenModel(nn.Module):
         self.num_games = num_games
         self.apply_tune_switches()
 
+    @property
+    def max_horizon(self) -> Optional[int]:
+        """The most action steps the position tables cover (None: no table bounds them)."""
+        tables = [self.position_embedding.num_embeddings] if self.config.add_pos_embed else []
+        tables += [block.pos_embed.pe.shape[1] for block in self.model.transformer_blocks if block.pos_embed is not None]
+        return min(tables, default=None)
+
     # ----------------------------------------------------------------------------- training setup
     def apply_tune_switches(self) -> None:
         """``requires_grad`` as the checkpoint's ``tune_*`` switches and the released model say."""

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from ..actions.layout import ActionLayout
+from ..data.errors import DataError
 from ..data.pipeline import ModelInputs
 from ..model.checkpoint import CheckpointError, load_checkpoint, parse_config, save_checkpoint
 from ..model.configuration import CheckpointConfig
@@ -39,6 +40,11 @@ class BaseCheckpoint:
     fingerprint: str = ""  # of the weights as loaded, before any adapter is added
 
     def model_inputs(self, horizon: Optional[int] = None) -> ModelInputs:
+        limit = self.model.max_horizon
+        if horizon and limit and horizon > limit:
+            raise DataError(f"prediction_horizon {horizon} is more action steps than the base model's position "
+                            f"tables hold ({limit}, max_seq_len)", file=self.source,
+                            hint=f"set data.prediction_horizon to at most {limit}")
         inputs = ModelInputs.of_config(self.config, self.extra, self.layout, self.preprocessor.size)
         return replace(inputs, horizon=horizon or inputs.horizon)
 

@@ -9,6 +9,8 @@ load it strictly, and so does ``load_policy``.
 from __future__ import annotations
 
 import copy
+import errno
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -25,15 +27,18 @@ from .config import resolve_config, run_config_file
 
 def export_run(
     run_dir: str | Path, out: str | Path, checkpoint: Optional[str | Path] = None, use_ema: Optional[bool] = None,
-    best: bool = False, base_file: Optional[str] = None,
+    best: bool = False, base_file: Optional[str] = None, force: bool = False,
 ) -> Path:
     """Merge a run's trained weights into its base and write ``out``; returns the path. The newest
     checkpoint by default, or ``checkpoint``, or with ``best`` the one keep_best kept.
-    ``base_file`` stands for the run's base when that file has moved (its weights must be the same)."""
+    ``base_file`` stands for the run's base when that file has moved (its weights must be the same).
+    An existing ``out`` is replaced only with ``force``, and never when it is the run's base or
+    one of its checkpoints' files: without them the run could not be exported or resumed again."""
     run_dir = Path(run_dir)
     config = resolve_config(run_config_file(run_dir))
     if base_file is not None:
         config = config.model_copy(update={"base": base_file})
+    _check_output(Path(out), run_dir, config.base, force)
     found = checkpoint_dirs(run_dir)
     if checkpoint is None and not found:
         raise DataError("the run has no checkpoint to export", file=str(run_dir))
@@ -71,6 +76,20 @@ def export_run(
         "data_action_shift": shift if shift is not None else base.model_inputs().action_shift,
     }
     return save_checkpoint(out, model.eval(), raw, extra, step=state.progress.step, epoch=state.progress.epoch)
+
+
+def _check_output(out: Path, run_dir: Path, base: str, force: bool) -> None:
+    if not out.exists():
+        return
+    if out.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(out))
+    target = out.resolve()
+    needed = {(run_dir / "base.pt").resolve(), Path(base).resolve()}
+    if target in needed or (run_dir / "checkpoints").resolve() in target.parents:
+        raise DataError("this file is the run's base or part of its checkpoints, which the run needs to be "
+                        "exported or resumed again", file=str(out), hint="write the export to another file")
+    if not force:
+        raise DataError("the file exists", file=str(out), hint="choose another name, or pass --force to replace it")
 
 
 def run_checkpoint(run_dir: Path, checkpoint: str | Path, found: list[Path]) -> Path:

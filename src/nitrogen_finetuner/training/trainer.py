@@ -405,7 +405,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         from .export import export_run  # noqa: PLC0415
 
         try:
-            exported = export_run(run_dir, run_dir / "model.pt")
+            exported = export_run(run_dir, run_dir / "model.pt", force=True)
         except CheckpointError as err:
             raise final_output_error(str(err), None, run_dir) from err
     logger.finish(progress, losses, val_loss, exported)
