@@ -15,7 +15,7 @@ from golden.cases import make_images, make_noise
 from nitrogen_finetuner import files, load_policy
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.model import checkpoint as checkpoint_module
-from nitrogen_finetuner.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from nitrogen_finetuner.model.checkpoint import EXTRA_KEY, CheckpointError, read_checkpoint, save_checkpoint
 from nitrogen_finetuner.model.presets import build_preset
 
 DiskUsage = type(shutil.disk_usage("/"))
@@ -167,3 +167,17 @@ def test_a_layout_of_its_own_is_named_on_the_command_line(tmp_path, capsys):
     assert len(err) == 1 and f"{path}: the checkpoint's action_dim is 9" in err[0] and "--buttons A,B," in err[0]
     assert main(["info", str(path), "--buttons", "A,B,SELECT,START,UP"]) == 0
     assert "9 = 5 buttons" in capsys.readouterr().out
+
+
+def test_info_counts_a_game_token_and_shows_the_shift_the_run_trained_with(tmp_path, capsys):
+    out = tmp_path / "games.pt"
+    assert main(["init", str(out), "--preset", "tiny"]) == 0
+    checkpoint = torch.load(out, weights_only=True)
+    checkpoint["model"]["game_embedding.weight"] = torch.zeros(3, checkpoint["ckpt_config"]["model_cfg"]["vision_hidden_size"])
+    checkpoint["ckpt_config"]["tokenizer_cfg"]["max_sequence_length"] = 6  # 1 game + 4 visual + 1 padding
+    checkpoint[EXTRA_KEY]["data_action_shift"] = 0  # trained with action_shift 0, which modality_cfg cannot hold
+    torch.save(checkpoint, out)
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "action_shift 0" in printed
+    assert "max_sequence_length 6 (1 game token, 4 visual tokens, 1 padding)" in printed

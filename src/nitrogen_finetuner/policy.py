@@ -132,13 +132,18 @@ class NitroGenPolicy:
         tower = self.model.vision_encoder.config
         n_params = sum(p.numel() for p in self.model.parameters())
         n_visual = tok.num_visual_tokens_per_frame * mod.frame_per_sample
+        n_game = 1 if self.model.num_games else 0
+        padding = tok.max_sequence_length - n_visual - n_game
+        # A shift of 0 cannot be written in the official config: the tool's own record holds it.
+        shift = self.extra.get("data_action_shift", mod.action_shift)
         return "\n".join([
             f"NitroGen '{self.config.experiment_name}': {n_params:,} parameters",
             f"  action layout   {self.layout.describe()}",
             f"  action chunk    horizon {cfg.action_horizon}, {cfg.num_inference_timesteps} Euler steps, "
-            f"action_shift {mod.action_shift}",
-            f"  VL sequence     max_sequence_length {tok.max_sequence_length} ({n_visual} visual tokens"
-            + (f", {tok.max_sequence_length - n_visual} padding)" if tok.max_sequence_length > n_visual else ")"),
+            f"action_shift {shift}",
+            f"  VL sequence     max_sequence_length {tok.max_sequence_length} ("
+            + ", ".join([*(["1 game token"] if n_game else []), f"{n_visual} visual tokens",
+                         *([f"{padding} padding"] if padding > 0 else [])]) + ")",
             f"  vision tower    {cfg.vision_encoder_name}: {tower.num_hidden_layers} layers x {tower.hidden_size}, "
             f"{tower.image_size}px, patch {tower.patch_size}",
             *([f"  fine-tuned      {self.extra['method']} from {self.extra.get('fine_tuned_from', '?')}, "
