@@ -133,6 +133,7 @@ def _in_frame_order(rows: np.ndarray, frames: np.ndarray, source: str, column: s
                         hint="drop the repeated rows, or name the column that tells episodes apart (episode_column)")
     return np.split(rows, np.flatnonzero(steps > 1) + 1)
 
+
 def build_index(
     sources: list[Source],
     processor: UniversalVectorProcessor,
