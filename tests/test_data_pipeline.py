@@ -124,6 +124,16 @@ def test_the_validation_split_keeps_the_pieces_of_a_recording_together():
     assert split_episodes(["a", "b", "c", "d", "e"], 0.4, 3) == ([1, 2, 3], [0, 4])
 
 
+def test_a_file_whose_stick_never_moves_reads_with_files_whose_stick_does(tmp_path):
+    moving = {"LB": [0] * 8, "Left X": [0, 0, 32767, -32768, 0, 0, 0, 0]}
+    still = {"LB": [0] * 8, "Left X": [0] * 8}
+    for name, columns in (("a.parquet", moving), ("b.parquet", still)):
+        pq.write_table(pa.table({"image": image_structs(8), **columns}), tmp_path / name)
+    data = prepared(tmp_path, profile="generic", mapping={"LB": "LEFT_SHOULDER", "Left X": "LEFT_X"})
+    assert [b.stick_ranges["Left X"] for b in data.index.bindings] == ["int16", "float_pm1"]
+    assert data.index.episodes[1].actions[:, LEFT_X].tolist() == [0.5] * 8
+
+
 def test_save_to_disk_folder(tmp_path):
     datasets = pytest.importorskip("datasets")
     columns = {"image": image_structs(7), **nitrogen_rows(7)}

@@ -304,6 +304,9 @@ def test_switch_face_buttons_sit_by_position_like_the_snes():
      {0: -1.0, 20: 0.0, 26: -60 / 127}),
     # An Xbox stick resting with a little drift: int16, inside the deadzone.
     ({"A": [0] * 20, "LB": [0] * 20, "Left X": [0] * 5 + [120] + [0] * 14}, "Left X", {5: 0.0}),
+    # Integer columns whose values all lie in -1..1 are still the console's integers: drift, not pushes.
+    ({"P1 A": [0] * 5, "P1 X Axis": [-1, 0, 0, 1, 0]}, "P1 X Axis", {0: 0.0, 3: 0.0}),
+    ({"P1 Cross": [0] * 4, "P1 LStick Y": [0] * 4}, "P1 LStick Y", {0: -1.0}),  # held full up, all file long
 ])
 def test_a_stick_held_in_one_direction_reads_in_its_consoles_encoding(columns, column, expected):
     binding, actions, _ = convert({k: np.array(v, np.int64) for k, v in columns.items()})
@@ -323,6 +326,20 @@ def test_a_stick_whose_values_cannot_tell_its_range_stops_and_asks_for_it():
     # NitroGen's own [x, y] columns are -1..1 by definition.
     binding, _, _ = convert({"south": np.zeros(30), "j_left": objects([[v, 1.0] for v in held_right])})
     assert binding.stick_ranges == {"j_left": "float_pm1"}
+
+
+def test_the_two_axes_of_one_stick_read_alike():
+    columns = {"south": np.zeros(30), "left_x": np.array([0.5] * 24 + [0.7] * 6), "left_y": np.zeros(30)}
+    with pytest.raises(DataError, match=r"rec.parquet: the left stick's columns read as two ranges: 'left_x' as "
+                                        r"float_01, 'left_y' as float_pm1 \(set stick_range for both"):
+        convert(columns)  # a 0..1 stick held full up, or a -1..1 stick at rest? left_x says 0..1
+    _, actions, _ = convert(columns, stick_range="float_01")
+    assert actions[0, SLOT["LEFT_Y"]] == 0.0
+    # An unused axis (all 0 in a signed range) is centred whatever the other axis reads.
+    columns = {"A": np.zeros(4), "LB": np.zeros(4), "Left X": np.array([0, 30000, -30000, 0]), "Left Y": np.zeros(4)}
+    binding, _, _ = convert({k: v.astype(np.int64) for k, v in columns.items()}, profile="generic",
+                            mapping={"A": "SOUTH", "LB": "LEFT_SHOULDER", "Left X": "LEFT_X", "Left Y": "LEFT_Y"})
+    assert binding.stick_ranges == {"Left X": "int16", "Left Y": "float_pm1"}
 
 
 def test_analog_triggers_under_the_universal_names():

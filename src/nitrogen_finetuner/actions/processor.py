@@ -11,13 +11,19 @@ neutral a resting stick leaves behind; a stick held in one direction leaves none
 the console's own encoding (the profile's ``stick_range``) or the user can tell:
 
 1. the column's own type: int8 -> int8, uint8 -> uint8, int16 -> int16;
-2. every value within [-1, 1], or any value that is not a whole number (floats): float_pm1 when
+2. an integer column (int64 from a CSV, say) whose values the profile's integer range holds: that
+   range (a drift of +-1 is drift, not a full push);
+3. every value within [-1, 1], or any value that is not a whole number (floats): float_pm1 when
    one is negative; float_01 when the most frequent value is 0.5 (or 128/255 or 127/255, a byte
    scaled to 0..1); float_pm1 when it is 0; else the profile's range if it is a float one;
-3. whole numbers beyond that: the profile's range if it is an integer one and holds them all;
+4. whole numbers beyond that: the profile's range if it is an integer one and holds them all;
    int8 or int16 when one is negative (the narrowest that holds them); int16 beyond 255; uint8
    when the most frequent value is 127 or 128;
-4. otherwise no range can be told, and binding stops and asks for ``stick_range``.
+5. otherwise no range can be told, and binding stops and asks for ``stick_range``.
+
+A column that holds only 0 under a signed range is centred whatever that range is: it never
+conflicts with the range of another file or of the stick's other axis. Otherwise the x and y
+columns of one stick must read alike, and so must one column in every file.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ STICK_RANGES: dict[str, StickRange] = {r.name: r for r in (
     StickRange("uint8", 0.0, 255.0, 128.0, 127.0, True),
     StickRange("int16", -32768.0, 32767.0, 0.0, 32767.0, True),
 )}
+_SIGNED_RANGES = ("float_pm1", "int8", "int16")  # 0 is the centre
 _DTYPE_RANGES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.int16): "int16"}
 
 
@@ -90,14 +97,19 @@ def detect_stick_range(values: np.ndarray, dtype: np.dtype, console: Optional[st
         return _DTYPE_RANGES[dtype]
     low, high = float(values.min()), float(values.max())
     console_range = STICK_RANGES.get(console)
-    if max(-low, high) <= 1.0 + FLOAT_TOLERANCE or np.any(values != np.round(values)):
+    whole = not np.any(values != np.round(values))
+    fits_console = bool(console_range and console_range.integral and whole
+                        and console_range.low <= low and high <= console_range.high)
+    if fits_console and dtype.kind in "iu":
+        return console
+    if max(-low, high) <= 1.0 + FLOAT_TOLERANCE or not whole:
         rest = _most_frequent(values)
         if low < -FLOAT_TOLERANCE or rest == 0:
             return "float_pm1"
         if abs(rest - 0.5) <= CENTRE_TOLERANCE:
             return "float_01"
         return console if console_range and not console_range.integral else None
-    if console_range and console_range.integral and console_range.low <= low and high <= console_range.high:
+    if fits_console:
         return console
     if low < 0:
         return "int8" if low >= -128 and high <= 127 else "int16"
@@ -286,6 +298,8 @@ class ColumnBinding:
         self.columns = list(targets)
         self.slot_mask = slot_mask  # (action_dim,) bool: where the loss applies
         self.stick_ranges = stick_ranges  # column -> range name; "auto" columns appear after convert
+        self.given_ranges = set(stick_ranges)  # the user's, as opposed to detected
+        self.centred_columns: set[str] = set()  # detected signed, holding only 0: centred in any range
         self.analog_deadzone = analog_deadzone
         self.trigger_threshold = trigger_threshold
         self._targets = targets
@@ -336,10 +350,32 @@ class ColumnBinding:
         if first is not None:
             row, column, what, hint = first
             raise DataError(what, file=source, row=first_row + row, column=column, hint=hint)
+        self._check_axes_agree(source)
         sticks = self.layout.stick_slice
         actions[:, sticks] = (np.clip(actions[:, sticks], -1.0, 1.0) + 1.0) / 2.0
         actions[bad] = self._neutral
         return actions, bad
+
+    def agree(self, column: str, other_range: str) -> bool:
+        """Whether ``column`` reads as ``other_range`` or, holding only 0s, centred as it would there."""
+        name = self.stick_ranges.get(column)
+        return name == other_range or (column in self.centred_columns and other_range in _SIGNED_RANGES)
+
+    def _check_axes_agree(self, source: str) -> None:
+        """The x and y columns of one stick read alike: a 0..1 stick held at 0 on one axis would
+        otherwise read as -1..1 there, and centred."""
+        by_axis = {target.slots[0]: column for column, (target, _) in self._targets.items() if target.kind == "axis"}
+        for side in STICK_SIDES:
+            pair = [by_axis.get(f"{side}_X"), by_axis.get(f"{side}_Y")]
+            if None in pair or any(c in self.given_ranges for c in pair):
+                continue
+            (x, y), (x_range, y_range) = pair, [self.stick_ranges.get(c) for c in pair]
+            if not (x_range and y_range) or self.agree(x, y_range) or self.agree(y, x_range):
+                continue
+            if x_range != y_range:
+                raise DataError(f"the {side.lower()} stick's columns read as two ranges: {x!r} as {x_range}, "
+                                f"{y!r} as {y_range}", file=source,
+                                hint=f"set stick_range for both, e.g. {{{x}: {x_range}, {y}: {x_range}}}")
 
     def _decode(self, column: str, target: _Target, raw, source: str, first_row: int) -> _Decoded:
         if target.kind == "pair":
@@ -387,6 +423,8 @@ class ColumnBinding:
                                 hint=f"set stick_range for this column, e.g. {{{column}: float_pm1}}; "
                                      f"ranges: {', '.join(STICK_RANGES)}")
             self.stick_ranges[column] = name
+            if name in _SIGNED_RANGES and not np.any(values[valid]):
+                self.centred_columns.add(column)
         stick_range = STICK_RANGES[name or "float_pm1"]  # no valid row to detect from: every row is bad
         unit, outside = stick_range.to_unit(np.where(valid[:, None], values, stick_range.center))
         outside = outside.any(axis=1)

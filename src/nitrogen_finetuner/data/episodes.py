@@ -188,10 +188,14 @@ def _check_stick_ranges(bindings: list[ColumnBinding], sources: list[Source]) ->
     """One column, one stick range: "auto" picks a range per file from its values, and a file in
     which a 0..1 stick seldom rests would otherwise be read as a -1..1 stick."""
     seen: dict[str, tuple[str, str]] = {}
+    for binding, source in zip(bindings, sources):  # first the ranges read from moving sticks
+        for column, name in binding.stick_ranges.items():
+            if column not in binding.centred_columns:
+                seen.setdefault(column, (name, source.name))
     for binding, source in zip(bindings, sources):
         for column, name in binding.stick_ranges.items():
             first = seen.setdefault(column, (name, source.name))
-            if first[0] != name:
+            if not binding.agree(column, first[0]):
                 raise DataError(f"stick column {column!r} reads as {name} here but as {first[0]} in {first[1]}",
                                 file=source.name,
                                 hint=f"set stick_range to the range the recorder wrote, for this column alone "
