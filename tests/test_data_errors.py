@@ -98,6 +98,8 @@ def test_a_stick_column_read_two_ways_in_two_files(tmp_path, capsys):
                           "stick column 'left_x' reads as float_pm1 here but as float_01 in", "{left_x: float_01}")
     fixed = inspect(tmp_path, tmp_path, "--stick-range", "float_01", capsys=capsys)
     assert fixed.returncode == 0, fixed.stderr
+    fixed = inspect(tmp_path, tmp_path, "--stick-range", "{left_x: float_01}", capsys=capsys)  # as the hint says
+    assert fixed.returncode == 0, fixed.stderr
 
 
 def test_a_mapping_key_that_names_no_column(tmp_path, capsys):

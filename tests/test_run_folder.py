@@ -275,15 +275,17 @@ def test_export_never_replaces_the_runs_base_or_checkpoints_and_asks_before_repl
     train(config(recordings, run_dir, base=str(base), max_steps=2))
     base_bytes, before = base.read_bytes(), snapshot(run_dir)
     checkpoint_file = checkpoint_dirs(run_dir)[-1] / "weights.safetensors"
-    for target in (base, checkpoint_file):
+    for target in (base, checkpoint_file, run_dir / "base.json", run_dir / "config.yaml"):
         assert main(["export", str(run_dir), str(target), "--force"]) == 2
-        assert "the run's base or part of its checkpoints" in one_error_line(capsys)
+        assert "the run's base or one the run needs to be exported or resumed again" in one_error_line(capsys)
     assert base.read_bytes() == base_bytes and snapshot(run_dir) == before
     out = tmp_path / "game.pt"
     out.write_bytes(b"an earlier export")
     assert main(["export", str(run_dir), str(out)]) == 2
     assert "the file exists (choose another name, or pass --force to replace it)" in one_error_line(capsys)
     assert main(["export", str(run_dir), str(out), "--force"]) == 0 and out.read_bytes()[:2] == b"PK"
+    assert main(["export", str(run_dir), str(tmp_path / "new_folder") + "/"]) == 2
+    assert "Is a directory" in one_error_line(capsys) and not (tmp_path / "new_folder").exists()
     assert main(["export", str(run_dir), str(tmp_path / "game.safetensors")]) == 2
     assert "is a torch.save file" in one_error_line(capsys) and not (tmp_path / "game.safetensors").exists()
 

@@ -265,11 +265,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stick_range(text: str):
+    """A range for every stick column, or per column as a YAML mapping: {LStick X: uint8}."""
+    if not text.strip().startswith("{"):
+        return text
+    import yaml  # noqa: PLC0415
+
+    try:
+        ranges = yaml.safe_load(text)
+    except yaml.YAMLError:
+        ranges = None
+    if not isinstance(ranges, dict) or not all(isinstance(v, str) for v in ranges.values()):
+        raise argparse.ArgumentTypeError(f"expected a range or a mapping {{COLUMN: RANGE, ...}}, got {text!r}")
+    return {str(k): v for k, v in ranges.items()}
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="auto", help="console profile (default: detect from the columns)")
     parser.add_argument("--map", action="append", default=[], metavar="COLUMN=SLOT",
                         help="map a column to an action slot (repeatable; COLUMN= ignores it)")
-    parser.add_argument("--stick-range", default="auto", help="auto, float_pm1, float_01, int8, uint8, int16")
+    parser.add_argument("--stick-range", type=_stick_range, default="auto",
+                        help="auto, float_pm1, float_01, int8, uint8, int16; or per column: '{LStick X: uint8}'")
     parser.add_argument("--analog-deadzone", type=float, default=0.05)
     parser.add_argument("--trigger-threshold", type=float, default=0.5)
     parser.add_argument("--episode-column")

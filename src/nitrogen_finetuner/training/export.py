@@ -38,7 +38,7 @@ def export_run(
     config = resolve_config(run_config_file(run_dir))
     if base_file is not None:
         config = config.model_copy(update={"base": base_file})
-    _check_output(Path(out), run_dir, config.base, force)
+    _check_output(out, run_dir, config.base, force)
     found = checkpoint_dirs(run_dir)
     if checkpoint is None and not found:
         raise DataError("the run has no checkpoint to export", file=str(run_dir))
@@ -78,16 +78,19 @@ def export_run(
     return save_checkpoint(out, model.eval(), raw, extra, step=state.progress.step, epoch=state.progress.epoch)
 
 
-def _check_output(out: Path, run_dir: Path, base: str, force: bool) -> None:
+def _check_output(name: str | Path, run_dir: Path, base: str, force: bool) -> None:
+    out = Path(name)
+    if str(name).endswith(("/", os.sep)) or out.is_dir():  # "new_folder/" names a folder, not a file
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(name))
     if not out.exists():
         return
-    if out.is_dir():
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(out))
-    target = out.resolve()
-    needed = {(run_dir / "base.pt").resolve(), Path(base).resolve()}
-    if target in needed or (run_dir / "checkpoints").resolve() in target.parents:
-        raise DataError("this file is the run's base or part of its checkpoints, which the run needs to be "
-                        "exported or resumed again", file=str(out), hint="write the export to another file")
+    target, run_dir = out.resolve(), run_dir.resolve()
+    # In the run folder only exports (model.pt, other .pt files) may be replaced: the rest is what
+    # the run needs to be exported or resumed again (its base, config, record, checkpoints).
+    an_export = target.suffix == ".pt" and target.parent == run_dir and target.name != "base.pt"
+    if target == Path(base).resolve() or (run_dir in target.parents and not an_export):
+        raise DataError("this file is the run's base or one the run needs to be exported or resumed again",
+                        file=str(out), hint="write the export to another file")
     if not force:
         raise DataError("the file exists", file=str(out), hint="choose another name, or pass --force to replace it")
 
