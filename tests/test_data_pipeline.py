@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 
 import numpy as np
@@ -110,8 +111,23 @@ def test_a_frame_that_appears_twice_in_an_episode_is_one_line(tmp_path):
                                         r"episode \(drop the repeated rows, or name the column that tells episodes"):
         prepared(path)
     path = write_nitrogen_parquet(tmp_path / "words.parquet", n=3, extra={"frame_index": ["0", "one", "2"]})
-    with pytest.raises(DataError, match=r"row 1, column 'frame_index': frame number 'one' is not a whole number"):
+    with pytest.raises(DataError, match=r"row 1, column 'frame_index': the frame number 'one' is not a number"):
         prepared(path)
+    path = write_nitrogen_parquet(tmp_path / "null.parquet", n=3, extra={"frame_index": [0.0, None, 2.0]})
+    with pytest.raises(DataError, match=r"row 1, column 'frame_index': the frame number is missing \(fix the row, "
+                                        r"or set frame_column: none"):
+        prepared(path)
+
+
+def test_frames_kept_every_other_or_counted_in_milliseconds_are_no_gaps(tmp_path):
+    for name, numbers in (("stride.parquet", list(range(0, 24, 2))), ("ms.parquet", [16.667 * i for i in range(12)])):
+        data = prepared(write_nitrogen_parquet(tmp_path / name, n=12, extra={"frame_index": numbers}))
+        assert [len(e) for e in data.index.episodes] == [12] and data.index.frame_gaps == 0
+    # A dropped frame in a millisecond count is a gap; frame_column: none reads the file as it is.
+    numbers = [16.667 * i for i in range(6)] + [16.667 * i for i in range(7, 13)]
+    path = write_nitrogen_parquet(tmp_path / "drop.parquet", n=12, extra={"frame_index": numbers})
+    assert [len(e) for e in prepared(path).index.episodes] == [6, 6]
+    assert [len(e) for e in prepared(path, frame_column="none").index.episodes] == [12]
 
 
 def test_the_validation_split_keeps_the_pieces_of_a_recording_together():
@@ -166,11 +182,18 @@ def test_frames_folder_with_actions_table(tmp_path, table_format):
     assert [check_alignment(w) for w in all_windows(data)] == list(range(7))
 
 
-def test_a_frame_counter_next_to_the_image_paths_is_not_taken_for_the_images(tmp_path):
-    folder = write_frames_folder(tmp_path / "frames_run", n=9)
-    table = (folder / "actions.csv").read_text().splitlines()
-    table = [("frame," if i == 0 else f"{i - 1},") + line.replace("image,", "image_path,", 1) for i, line in enumerate(table)]
-    (folder / "actions.csv").write_text("\n".join(table) + "\n")
+@pytest.mark.parametrize("table_format", ["csv", "jsonl"])
+def test_a_frame_counter_next_to_the_image_paths_is_not_taken_for_the_images(tmp_path, table_format):
+    folder = write_frames_folder(tmp_path / "frames_run", n=9, table_format=table_format)
+    table = next(folder.glob("actions.*"))
+    if table_format == "csv":  # a number column
+        lines = table.read_text().splitlines()
+        lines = [("frame," if i == 0 else f"{i - 1},") + line.replace("image,", "image_path,", 1)
+                 for i, line in enumerate(lines)]
+    else:  # numbers written as text
+        records = [json.loads(line) for line in table.read_text().splitlines()]
+        lines = [json.dumps({"frame": f"{t:06d}", "image_path": r.pop("image"), **r}) for t, r in enumerate(records)]
+    table.write_text("\n".join(lines) + "\n")
     data = prepared(folder)
     assert data.index.image_columns == ["image_path"]
     assert [check_alignment(w) for w in all_windows(data)] == list(range(7))

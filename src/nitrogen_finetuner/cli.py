@@ -225,7 +225,8 @@ def _data_config(args: argparse.Namespace, dataset: str):
             dataset_name=dataset, split=args.split, profile=args.profile, mapping=_mapping(args.map),
             stick_range=args.stick_range, analog_deadzone=args.analog_deadzone,
             trigger_threshold=args.trigger_threshold, episode_column=args.episode_column,
-            image_column=args.image_column, image_fit=args.image_fit, skip_bad_rows=args.skip_bad_rows,
+            image_column=args.image_column, frame_column=args.frame_column, image_fit=args.image_fit,
+            skip_bad_rows=args.skip_bad_rows,
         )
     except ValidationError as err:
         raise invalid_setting(err) from None
@@ -290,6 +291,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trigger-threshold", type=float, default=0.5)
     parser.add_argument("--episode-column")
     parser.add_argument("--image-column")
+    parser.add_argument("--frame-column", help="column that orders each episode's rows (default: frame_index "
+                        "when there is one; none: file order)")
     parser.add_argument("--image-fit", default="pad", choices=("pad", "crop", "stretch"))
     parser.add_argument("--split", default="train")
     parser.add_argument("--skip-bad-rows", action="store_true", help="count bad rows instead of stopping at the first")

@@ -36,6 +36,8 @@ class DataConfig(BaseModel):
     action_shift: Optional[int] = Field(None, ge=0, description="rows between a frame and its first action")
     episode_column: Optional[str] = Field(None, description="column whose values split files into episodes")
     image_column: Optional[str] = Field(None, description="column holding the frames (auto: image, frame, ...)")
+    frame_column: Optional[str] = Field(None, description="column whose numbers order each episode's rows "
+                                        "(auto: frame_index when there is one; none: file order)")
     image_fit: Literal["pad", "crop", "stretch"] = "pad"
     augment: bool = False
     augment_crop_scale: float = Field(0.9, gt=0.0, le=1.0)

@@ -2,9 +2,10 @@
 
 Each source file is an episode, or, when it has an episode column (``episode_id``,
 ``episode_index``, ``episode``, ``recording_id``, ...), each value of that column is one. Rows
-are in file order, or, with a ``frame_index`` column, in frame order (a shuffled table, such as
-a ``datasets`` split, reads in time order); frames missing from that order cut the recording
-into pieces, so no window pairs a frame with actions from after a gap. Pieces of one recording
+are in file order, or, with a ``frame_index`` column (or ``frame_column``), in frame order (a
+shuffled table, such as a ``datasets`` split, reads in time order); a step larger than the
+recording's usual one (1, or 2 when every other frame was kept) cuts it into pieces, so no window
+pairs a frame with actions from after a gap. Pieces of one recording
 stay together on one side of the validation split. Building the index reads only the small
 action columns and converts them through the UniversalVectorProcessor; frames stay on disk until
 a DataLoader worker needs them.
@@ -82,15 +83,21 @@ def _find_column(columns: list[str], wanted: Optional[str], candidates: tuple[st
     return next((lowered[c] for c in candidates if c in lowered), None)
 
 
+def _may_be_a_frame(value) -> bool:
+    """Bytes, an Image struct or a path; not a number, a number written as text ("000012") or nothing."""
+    if value is None or isinstance(value, (int, float, np.number)):
+        return False
+    return not (isinstance(value, str) and np.isfinite(_number(value)))
+
+
 def _find_image_column(source: Source, columns: list[str], wanted: Optional[str]) -> Optional[str]:
-    """The image column: the one named, else the first by name whose first cell is no number
+    """The image column: the one named, else the first by name whose first cell may be a frame
     (a ``frame`` counter next to ``image_path`` holds frame numbers, not frames)."""
     if wanted is not None or source.num_rows() == 0:
         return _find_column(columns, wanted, IMAGE_COLUMNS, "image", source.name)
     lowered = {c.lower(): c for c in columns}
     named = [lowered[c] for c in IMAGE_COLUMNS if c in lowered]
-    is_number = (int, float, np.number)
-    return next((c for c in named if not isinstance(source.read_value(c, 0), is_number)), named[0] if named else None)
+    return next((c for c in named if _may_be_a_frame(source.read_value(c, 0))), named[0] if named else None)
 
 
 def _split_episodes(values: np.ndarray) -> list[tuple[object, np.ndarray]]:
@@ -113,25 +120,34 @@ def _frame_numbers(values: np.ndarray, source: str, column: str) -> np.ndarray:
         numbers = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):  # numbers as text, a null or a word: value by value
         numbers = np.array([_number(v) for v in values], np.float64)
-    wrong = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+    wrong = ~np.isfinite(numbers)
     if wrong.any():
         row = int(np.argmax(wrong))
-        raise DataError(f"frame number {values[row]!r} is not a whole number", file=source, row=row, column=column,
-                        hint="fix the row, or rename the column if it is not the frame order")
+        value = values[row].item() if isinstance(values[row], np.generic) else values[row]
+        what = "is missing" if value is None or value != value else f"{value!r} is not a number"
+        raise DataError(f"the frame number {what}", file=source, row=row, column=column,
+                        hint="fix the row, or set frame_column: none to read the rows in file order")
     return numbers
 
 
+def _frame_label(number: float) -> str:
+    return str(int(number)) if number == int(number) else f"{number:.12g}"
+
+
 def _in_frame_order(rows: np.ndarray, frames: np.ndarray, source: str, column: str) -> list[np.ndarray]:
-    """An episode's rows sorted by frame number, cut where frame numbers skip."""
+    """An episode's rows sorted by frame number, cut where the step exceeds its smallest one by
+    half (a recording keeps every frame, or every n-th, or counts milliseconds with jitter)."""
     order = np.argsort(frames[rows], kind="stable")
     rows, numbers = rows[order], frames[rows][order]
     steps = np.diff(numbers)
     if np.any(steps == 0):
         repeat = int(np.argmax(steps == 0)) + 1
-        raise DataError(f"frame {numbers[repeat]:g} appears twice in the episode", file=source,
+        raise DataError(f"frame {_frame_label(numbers[repeat])} appears twice in the episode", file=source,
                         row=int(rows[repeat]), column=column,
                         hint="drop the repeated rows, or name the column that tells episodes apart (episode_column)")
-    return np.split(rows, np.flatnonzero(steps > 1) + 1)
+    if not len(steps):
+        return [rows]
+    return np.split(rows, np.flatnonzero(steps > 1.5 * steps.min()) + 1)
 
 
 def build_index(
@@ -139,6 +155,7 @@ def build_index(
     processor: UniversalVectorProcessor,
     image_column: Optional[str] = None,
     episode_column: Optional[str] = None,
+    frame_column: Optional[str] = None,
     skip_bad_rows: bool = False,
 ) -> DatasetIndex:
     """Read every source's action columns and cut them into episodes."""
@@ -152,9 +169,11 @@ def build_index(
         episode_col = _find_column(columns, episode_column, EPISODE_COLUMNS, "episode", source.name)
         if source.num_rows() == 0:
             raise DataError("the file has no rows", file=source.name, hint="remove it or record some gameplay")
-        action_columns = [c for c in columns if c.lower() not in NON_ACTION_COLUMNS and c not in (image_col, episode_col)]
+        frame_col = None if frame_column is not None and frame_column.lower() == "none" else \
+            _find_column(columns, frame_column, (FRAME_ORDER_COLUMN,), "frame", source.name)
+        action_columns = [c for c in columns
+                          if c.lower() not in NON_ACTION_COLUMNS and c not in (image_col, episode_col, frame_col)]
         binding = processor.bind(action_columns, source.name)
-        frame_col = _find_column(columns, None, (FRAME_ORDER_COLUMN,), "frame", source.name)
         data = source.read_columns(binding.columns + [c for c in (episode_col, frame_col) if c])
         actions, bad = binding.convert(data, source.name, first_row=0, skip_bad_rows=skip_bad_rows)
         bad_total += int(bad.sum())
@@ -165,7 +184,8 @@ def build_index(
             pieces = [rows] if frames is None else _in_frame_order(rows, frames, source.name, frame_col)
             gaps += len(pieces) - 1
             for piece in pieces:
-                name = recording if len(pieces) == 1 else f"{recording} frames {frames[piece[0]]:g}-{frames[piece[-1]]:g}"
+                name = recording if len(pieces) == 1 else \
+                    f"{recording} frames {_frame_label(frames[piece[0]])}-{_frame_label(frames[piece[-1]])}"
                 episodes.append(Episode(name, recording, s, piece, actions[piece], bad[piece], binding.slot_mask))
         image_columns.append(image_col)
         bindings.append(binding)

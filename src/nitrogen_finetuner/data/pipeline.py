@@ -104,6 +104,7 @@ def prepare_data(config: DataConfig, model: ModelInputs) -> PreparedData:
         processor,
         image_column=config.image_column,
         episode_column=config.episode_column,
+        frame_column=config.frame_column,
         skip_bad_rows=config.skip_bad_rows,
     )
     spec = WindowSpec(

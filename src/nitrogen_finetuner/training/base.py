@@ -43,7 +43,7 @@ class BaseCheckpoint:
         limit = self.model.max_horizon
         if horizon and limit and horizon > limit:
             raise DataError(f"prediction_horizon {horizon} is more action steps than the base model's position "
-                            f"tables hold ({limit}, max_seq_len)", file=self.source,
+                            f"tables hold ({limit})", file=self.source,
                             hint=f"set data.prediction_horizon to at most {limit}")
         inputs = ModelInputs.of_config(self.config, self.extra, self.layout, self.preprocessor.size)
         return replace(inputs, horizon=horizon or inputs.horizon)
