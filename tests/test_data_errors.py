@@ -108,6 +108,13 @@ def test_a_mapping_key_that_names_no_column(tmp_path, capsys):
                           "mapping names the column 'gide', which no file of the dataset has", "guide")
 
 
+def test_a_stick_range_key_that_names_no_column(tmp_path, capsys):
+    path = write(tmp_path / "run.parquet")
+    assert_one_line_error(inspect(path, tmp_path, "--stick-range", "{j_lef: INT8}", capsys=capsys), str(path),
+                          "stick_range names the column 'j_lef', which no file of the dataset has", "j_left")
+    assert inspect(path, tmp_path, "--stick-range", "{j_left: FLOAT_PM1}", capsys=capsys).returncode == 0
+
+
 def test_undecodable_image(tmp_path):  # as a real process: the exit status of the command itself
     images = image_structs(8)
     images[5] = {"bytes": b"definitely not a png", "path": None}

@@ -120,9 +120,17 @@ def test_a_frame_that_appears_twice_in_an_episode_is_one_line(tmp_path):
 
 
 def test_frames_kept_every_other_or_counted_in_milliseconds_are_no_gaps(tmp_path):
-    for name, numbers in (("stride.parquet", list(range(0, 24, 2))), ("ms.parquet", [16.667 * i for i in range(12)])):
+    no_gaps = {
+        "stride.parquet": list(range(0, 24, 2)),
+        "stride_after_one.parquet": [0] + list(range(1, 23, 2)),
+        "ms.parquet": [16.667 * i for i in range(12)],
+        "ms_whole.parquet": [int(i * 1000 / 60) for i in range(12)],  # steps of 16 and 17
+        "ms_late_then_early.parquet": [0, 17, 33, 50, 75, 83, 100, 117, 133, 150, 167, 183],  # +25, +8
+        "seconds_rounded.parquet": [round(i / 60, 2) for i in range(12)],  # steps of 0.01 and 0.02
+    }
+    for name, numbers in no_gaps.items():
         data = prepared(write_nitrogen_parquet(tmp_path / name, n=12, extra={"frame_index": numbers}))
-        assert [len(e) for e in data.index.episodes] == [12] and data.index.frame_gaps == 0
+        assert [len(e) for e in data.index.episodes] == [12] and data.index.frame_gaps == 0, name
     # A dropped frame in a millisecond count is a gap; frame_column: none reads the file as it is.
     numbers = [16.667 * i for i in range(6)] + [16.667 * i for i in range(7, 13)]
     path = write_nitrogen_parquet(tmp_path / "drop.parquet", n=12, extra={"frame_index": numbers})

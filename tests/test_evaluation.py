@@ -199,3 +199,13 @@ def test_an_eval_that_cannot_load_its_checkpoint_leaves_no_output_folder(tmp_pat
     first = path.read_bytes()
     assert main(["init", str(path), "--force"]) == 0 and path.read_bytes() == first  # seeded: the same weights
 
+
+
+def test_eval_with_no_chunk_names_the_frame_gaps(tiny_checkpoint, tmp_path, capsys):
+    pairs = [frame for start in range(0, 60, 5) for frame in (start, start + 1)]  # 0, 1, 5, 6, ...: pieces of 2
+    write_nitrogen_parquet(tmp_path / "data" / "e.parquet", n=len(pairs), extra={"frame_index": pairs})
+    argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "data"), "--episodes", "all",
+            "--output", str(tmp_path / "eval")]
+    assert main(argv) == 2
+    assert "frame numbers skip in 11 place(s), cutting the recordings into pieces" in capsys.readouterr().err
+    assert main([*argv, "--frame-column", "none"]) == 0

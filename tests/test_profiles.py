@@ -335,6 +335,8 @@ def test_the_two_axes_of_one_stick_read_alike():
         convert(columns)  # a 0..1 stick held full up, or a -1..1 stick at rest? left_x says 0..1
     _, actions, _ = convert(columns, stick_range="float_01")
     assert actions[0, SLOT["LEFT_Y"]] == 0.0
+    with pytest.raises(DataError, match="the left stick's columns read as two ranges"):  # one given, one detected
+        convert(columns, stick_range={"left_y": "float_pm1"})
     # An unused axis (all 0 in a signed range) is centred whatever the other axis reads.
     columns = {"A": np.zeros(4), "LB": np.zeros(4), "Left X": np.array([0, 30000, -30000, 0]), "Left Y": np.zeros(4)}
     binding, _, _ = convert({k: v.astype(np.int64) for k, v in columns.items()}, profile="generic",

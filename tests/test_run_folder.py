@@ -275,9 +275,12 @@ def test_export_never_replaces_the_runs_base_or_checkpoints_and_asks_before_repl
     train(config(recordings, run_dir, base=str(base), max_steps=2))
     base_bytes, before = base.read_bytes(), snapshot(run_dir)
     checkpoint_file = checkpoint_dirs(run_dir)[-1] / "weights.safetensors"
-    for target in (base, checkpoint_file, run_dir / "base.json", run_dir / "config.yaml"):
+    for target in (base, run_dir / "base.json", run_dir / "config.yaml"):
         assert main(["export", str(run_dir), str(target), "--force"]) == 2
         assert "the run's base or one the run needs to be exported or resumed again" in one_error_line(capsys)
+    for target in (checkpoint_file, checkpoint_file.parent / "mine.pt"):  # rotation would delete a new one too
+        assert main(["export", str(run_dir), str(target), "--force"]) == 2
+        assert "checkpoint folders are the run's, and rotation deletes them" in one_error_line(capsys)
     assert base.read_bytes() == base_bytes and snapshot(run_dir) == before
     out = tmp_path / "game.pt"
     out.write_bytes(b"an earlier export")

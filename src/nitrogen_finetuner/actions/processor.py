@@ -367,7 +367,7 @@ class ColumnBinding:
         by_axis = {target.slots[0]: column for column, (target, _) in self._targets.items() if target.kind == "axis"}
         for side in STICK_SIDES:
             pair = [by_axis.get(f"{side}_X"), by_axis.get(f"{side}_Y")]
-            if None in pair or any(c in self.given_ranges for c in pair):
+            if None in pair or all(c in self.given_ranges for c in pair):
                 continue
             (x, y), (x_range, y_range) = pair, [self.stick_ranges.get(c) for c in pair]
             if not (x_range and y_range) or self.agree(x, y_range) or self.agree(y, x_range):
@@ -375,7 +375,8 @@ class ColumnBinding:
             if x_range != y_range:
                 raise DataError(f"the {side.lower()} stick's columns read as two ranges: {x!r} as {x_range}, "
                                 f"{y!r} as {y_range}", file=source,
-                                hint=f"set stick_range for both, e.g. {{{x}: {x_range}, {y}: {x_range}}}")
+                                hint=f"set stick_range for both to the range the recorder wrote, "
+                                     f"e.g. {{{x}: {x_range}, {y}: {x_range}}}; ranges: {', '.join(STICK_RANGES)}")
 
     def _decode(self, column: str, target: _Target, raw, source: str, first_row: int) -> _Decoded:
         if target.kind == "pair":
@@ -465,6 +466,8 @@ class UniversalVectorProcessor:
         if isinstance(profile, str) and profile != "auto" and profile not in PROFILES:
             raise DataError(f"unknown console profile {profile!r}", hint=f"use auto or one of {', '.join(PROFILES)}")
         self.profile = profile
+        stick_range = ({k: v.lower() for k, v in stick_range.items()} if isinstance(stick_range, Mapping)
+                       else stick_range.lower())
         ranges = stick_range.values() if isinstance(stick_range, Mapping) else [stick_range]
         for name in ranges:
             if name != "auto" and name not in STICK_RANGES:
@@ -554,6 +557,12 @@ class UniversalVectorProcessor:
         """The ``mapping`` keys that name none of these columns (a typo maps nothing, silently)."""
         names = {normalize_column(c) for c in columns}
         return [key for key in self._mapping if normalize_column(key) not in names]
+
+    def unmatched_stick_ranges(self, columns: Sequence[str]) -> list[str]:
+        """The per-column ``stick_range`` keys that name none of these columns."""
+        names = {normalize_column(c) for c in columns}
+        keys = self.stick_range if isinstance(self.stick_range, Mapping) else {}
+        return [key for key in keys if normalize_column(key) not in names]
 
     def _slot_mask(self, targets: _Targets) -> np.ndarray:
         """The slots the file's bound columns drive: the loss applies there only. A slot without a

@@ -4,8 +4,8 @@ Each source file is an episode, or, when it has an episode column (``episode_id`
 ``episode_index``, ``episode``, ``recording_id``, ...), each value of that column is one. Rows
 are in file order, or, with a ``frame_index`` column (or ``frame_column``), in frame order (a
 shuffled table, such as a ``datasets`` split, reads in time order); a step larger than the
-recording's usual one (1, or 2 when every other frame was kept) cuts it into pieces, so no window
-pairs a frame with actions from after a gap. Pieces of one recording
+recording's usual one by 3/4 (1, or 2 when every other frame was kept, or about 16.7 ms) cuts it
+into pieces, so no window pairs a frame with actions from after a gap. Pieces of one recording
 stay together on one side of the validation split. Building the index reads only the small
 action columns and converts them through the UniversalVectorProcessor; frames stay on disk until
 a DataLoader worker needs them.
@@ -134,9 +134,18 @@ def _frame_label(number: float) -> str:
     return str(int(number)) if number == int(number) else f"{number:.12g}"
 
 
+def _usual_step(steps: np.ndarray) -> float:
+    """The step between two frames: the most common one for frame numbers (a split that dropped
+    frames at random still steps by 1 most often), the median for timestamps (which jitter)."""
+    if np.all(steps == np.round(steps)):
+        values, counts = np.unique(steps, return_counts=True)
+        return float(values[np.argmax(counts)])
+    return float(np.median(steps))
+
+
 def _in_frame_order(rows: np.ndarray, frames: np.ndarray, source: str, column: str) -> list[np.ndarray]:
-    """An episode's rows sorted by frame number, cut where the step exceeds its smallest one by
-    half (a recording keeps every frame, or every n-th, or counts milliseconds with jitter)."""
+    """An episode's rows sorted by frame number, cut where a step exceeds the usual one by 3/4
+    (a recording keeps every frame, or every n-th, or counts milliseconds with jitter)."""
     order = np.argsort(frames[rows], kind="stable")
     rows, numbers = rows[order], frames[rows][order]
     steps = np.diff(numbers)
@@ -147,7 +156,7 @@ def _in_frame_order(rows: np.ndarray, frames: np.ndarray, source: str, column: s
                         hint="drop the repeated rows, or name the column that tells episodes apart (episode_column)")
     if not len(steps):
         return [rows]
-    return np.split(rows, np.flatnonzero(steps > 1.5 * steps.min()) + 1)
+    return np.split(rows, np.flatnonzero(steps > 1.75 * _usual_step(steps)) + 1)
 
 
 def build_index(
@@ -197,11 +206,12 @@ def build_index(
 
 def _check_mapping(processor: UniversalVectorProcessor, sources: list[Source]) -> None:
     columns = sorted({c for source in sources for c in source.column_names()})
-    unmatched = processor.unmatched_mapping(columns)
-    if unmatched:
-        raise DataError(f"mapping names the column {unmatched[0]!r}, which no file of the dataset has",
-                        file=sources[0].name if len(sources) == 1 else None,
-                        hint=f"columns: {', '.join(columns)}")
+    for setting, unmatched in (("mapping", processor.unmatched_mapping(columns)),
+                               ("stick_range", processor.unmatched_stick_ranges(columns))):
+        if unmatched:
+            raise DataError(f"{setting} names the column {unmatched[0]!r}, which no file of the dataset has",
+                            file=sources[0].name if len(sources) == 1 else None,
+                            hint=f"columns: {', '.join(columns)}")
 
 
 def _check_stick_ranges(bindings: list[ColumnBinding], sources: list[Source]) -> None:

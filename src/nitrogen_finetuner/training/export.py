@@ -82,9 +82,12 @@ def _check_output(name: str | Path, run_dir: Path, base: str, force: bool) -> No
     out = Path(name)
     if str(name).endswith(("/", os.sep)) or out.is_dir():  # "new_folder/" names a folder, not a file
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(name))
+    target, run_dir = out.resolve(), run_dir.resolve()
+    if (run_dir / "checkpoints") in target.parents:
+        raise DataError("checkpoint folders are the run's, and rotation deletes them", file=str(out),
+                        hint="write the export to another file")
     if not out.exists():
         return
-    target, run_dir = out.resolve(), run_dir.resolve()
     # In the run folder only exports (model.pt, other .pt files) may be replaced: the rest is what
     # the run needs to be exported or resumed again (its base, config, record, checkpoints).
     an_export = target.suffix == ".pt" and target.parent == run_dir and target.name != "base.pt"
