@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", choices=("auto", "ema", "final"), default="auto",
                         help="EMA weights when the run kept them (auto), or as named")
     export.add_argument("--force", action="store_true",
-                        help="replace OUT if it exists (never the run's base or its checkpoints)")
+                        help="replace OUT if it exists (never the run's base or a file the run needs)")
     export.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the file to this hub model repo")
     export.set_defaults(func=cmd_export)
 

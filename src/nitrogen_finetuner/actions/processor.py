@@ -185,7 +185,8 @@ def _first_unreadable(values: np.ndarray, convert) -> int:
     return 0
 
 
-def _number(value) -> float:
+def as_number(value) -> float:
+    """A cell as a float, NaN where it is no number (a word, a null)."""
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -206,7 +207,7 @@ def _numbers(raw, column: str, source: str) -> tuple[np.ndarray, np.ndarray, np.
         try:
             values[~missing] = arr[~missing].astype(np.float64)
         except (TypeError, ValueError):  # some rows hold no number: each becomes a bad row
-            values[~missing] = np.fromiter(map(_number, arr[~missing]), np.float64, int((~missing).sum()))
+            values[~missing] = np.fromiter(map(as_number, arr[~missing]), np.float64, int((~missing).sum()))
             unreadable = ~missing & np.isnan(values) & ~np.fromiter(map(_is_nan, arr), bool, len(arr))
             values[unreadable] = 0.0
             return values, missing, unreadable, arr.dtype

@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..actions.processor import ColumnBinding, UniversalVectorProcessor
+from ..actions.processor import ColumnBinding, UniversalVectorProcessor, as_number
 from .errors import DataError
 from .sources import Source
 
@@ -67,6 +67,12 @@ class DatasetIndex:
     def num_frames(self) -> int:
         return sum(len(e) for e in self.episodes)
 
+    def gaps_note(self) -> str:
+        """"; frame numbers skip in N place(s), ..." when frame gaps cut recordings, else ""."""
+        if not self.frame_gaps:
+            return ""
+        return f"; frame numbers skip in {self.frame_gaps} place(s), cutting the recordings into pieces"
+
     @property
     def recordings(self) -> list[str]:
         """Per episode, the recording it belongs to (what the validation split keeps together)."""
@@ -87,7 +93,7 @@ def _may_be_a_frame(value) -> bool:
     """Bytes, an Image struct or a path; not a number, a number written as text ("000012") or nothing."""
     if value is None or isinstance(value, (int, float, np.number)):
         return False
-    return not (isinstance(value, str) and np.isfinite(_number(value)))
+    return not (isinstance(value, str) and np.isfinite(as_number(value)))
 
 
 def _find_image_column(source: Source, columns: list[str], wanted: Optional[str]) -> Optional[str]:
@@ -108,18 +114,11 @@ def _split_episodes(values: np.ndarray) -> list[tuple[object, np.ndarray]]:
     return [(values[first[k]], rows_by_key[k]) for k in np.argsort(first)]
 
 
-def _number(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return np.nan
-
-
 def _frame_numbers(values: np.ndarray, source: str, column: str) -> np.ndarray:
     try:
         numbers = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):  # numbers as text, a null or a word: value by value
-        numbers = np.array([_number(v) for v in values], np.float64)
+        numbers = np.array([as_number(v) for v in values], np.float64)
     wrong = ~np.isfinite(numbers)
     if wrong.any():
         row = int(np.argmax(wrong))

@@ -84,10 +84,9 @@ def run_eval(
                             hint="evaluate with --episodes all")
         chunks = predict_chunks(policy, data, chosen, seed=seed, limit=limit)
         if not len(chunks.episodes):
-            gaps = data.index.frame_gaps
-            raise DataError("no frame of the chosen episodes has an action chunk to compare with"
-                            + (f"; frame numbers skip in {gaps} place(s), cutting the recordings into pieces"
-                               if gaps else ""), file=data_config.dataset_name,
+            gaps = data.index.gaps_note()
+            raise DataError("no frame of the chosen episodes has an action chunk to compare with" + gaps,
+                            file=data_config.dataset_name,
                             hint=f"an episode needs more than action_shift ({data.spec.action_shift}) frames"
                             + (" (--frame-column none reads the rows in file order)" if gaps else ""))
         label = _label(path, set(reports))

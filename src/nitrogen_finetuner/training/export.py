@@ -32,8 +32,8 @@ def export_run(
     """Merge a run's trained weights into its base and write ``out``; returns the path. The newest
     checkpoint by default, or ``checkpoint``, or with ``best`` the one keep_best kept.
     ``base_file`` stands for the run's base when that file has moved (its weights must be the same).
-    An existing ``out`` is replaced only with ``force``, and never when it is the run's base or
-    one of its checkpoints' files: without them the run could not be exported or resumed again."""
+    An existing ``out`` is replaced only with ``force``, and never when it is the run's base or a
+    file the run needs to be exported or resumed again; nothing is written in its checkpoint folders."""
     run_dir = Path(run_dir)
     config = resolve_config(run_config_file(run_dir))
     if base_file is not None:

@@ -175,10 +175,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if train_set.num_windows == 0:
         held_out = f"; {len(val_episodes)} of {len(data.index.episodes)} episodes are held out for validation" \
             if val_episodes else ""
-        gaps = data.index.frame_gaps
-        cut = f"; frame numbers skip in {gaps} place(s), cutting the recordings into pieces" if gaps else ""
+        gaps = data.index.gaps_note()
         raise DataError(f"the training episodes make no window: a frame needs an action row "
-                        f"{data.spec.action_shift} rows after it (action_shift){held_out}{cut}",
+                        f"{data.spec.action_shift} rows after it (action_shift){held_out}{gaps}",
                         file=config.data.dataset_name,
                         hint="record longer episodes" + (", or set val_fraction lower" if val_episodes else "")
                         + (" (data.frame_column: none reads the rows in file order)" if gaps else ""))
@@ -500,7 +499,7 @@ class RunLogger:
         index = data.index
         print(f"data        {data.config.dataset_name}: {len(index.episodes)} episode(s), "
               f"{train_set.num_windows} training windows" + (f", {val_set.num_windows} validation" if val_set else "")
-              + (f"; frame numbers skip in {index.frame_gaps} place(s), episodes cut there" if index.frame_gaps else ""))
+              + index.gaps_note())
         profiles = sorted({f"{b.profile.name} (loss on {int(b.slot_mask.sum())}/{b.layout.action_dim} slots)"
                            for b in index.bindings})
         print(f"profile     {'; '.join(profiles)}")
