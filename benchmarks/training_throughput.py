@@ -2,8 +2,8 @@
 
     python benchmarks/training_throughput.py                       # GPU: full, FSDP and LoRA, batch 32 and 64
     python benchmarks/training_throughput.py --compile --output train.json
-    python benchmarks/training_throughput.py --runs bf16_weights:64 --compile --profile   # where the time goes
-    python benchmarks/training_throughput.py --runs bf16_weights:64 --compile --compile-mode reduce-overhead
+    python benchmarks/training_throughput.py --runs full+bf16_weights:64 --compile --profile   # where the time goes
+    python benchmarks/training_throughput.py --runs lora_attention+bf16_weights:64 --compile
     python benchmarks/training_throughput.py --official-src /path/to/NitroGen   # the official full and LoRA too
 
 One step is what ``nitrogen-finetune train`` does per optimizer step: per-window flow noise,
@@ -16,8 +16,8 @@ attention and feed-forward layers and the VL mixer, with the action head trained
 With ``--official-src`` the official model runs the full fine-tune and, through PEFT, the
 ``lora_attention`` set-up (same rank, alpha, dropout and layers) in the same process.
 
-``bf16_weights`` is full fine-tuning with ``bf16_weights: true``: a bf16 copy of the model computes
-with no autocast and AdamW updates the float32 masters (see ``training/bf16_weights.py``).
+A run ``METHOD+bf16_weights`` is that set-up with ``bf16_weights: true``: a bf16 copy of the model
+computes with no autocast and AdamW updates the float32 masters (see ``training/bf16_weights.py``).
 ``fsdp`` is full fine-tuning with ``fsdp: true`` in one process: instead of autocast, FSDP
 gathers bf16 copies of the float32 master weights and the transformers compute in bf16 end to
 end (see ``training/sharding.py``). In one process that is slower than autocast: FSDP is there
@@ -51,6 +51,8 @@ from nitrogen_finetuner.training.throughput import flops_per_sample, peak_flops
 
 
 EVERY_ATTENTION_PROJECTION = ["dit_attention", "vl_mixer_attention", "vision_tower_attention"]
+# The benchmark's set-ups and the training method each one is.
+METHODS = {"full": "full", "fsdp": "full", "lora": "lora", "lora_attention": "lora"}
 
 
 def synthetic_batch(batch: int, size: int, horizon: int, dim: int, device) -> dict:
@@ -119,12 +121,15 @@ class TrainingStep:
         torch.manual_seed(0)
         model, _ = build_preset(preset, device=device)
         self.config, self.device = model.config, device
+        method, _, option = method.partition("+")
+        if method not in METHODS or option not in ("", "bf16_weights"):
+            raise ValueError(f"unknown run {method}{'+' if option else ''}{option}: methods are {', '.join(METHODS)}, "
+                             "each optionally with +bf16_weights")
         self.sharded = method == "fsdp"
         lora = LoraConfig(targets=EVERY_ATTENTION_PROJECTION) if method == "lora_attention" else LoraConfig()
-        trained = "lora" if method.startswith("lora") else "full"  # fsdp and bf16_weights are full fine-tunes
-        self.master = prepare_trainable(model, trained, lora)
+        self.master = prepare_trainable(model, METHODS[method], lora)
         self.master.train()
-        self.bf16_weights = Bf16Weights(self.master) if method == "bf16_weights" else None
+        self.bf16_weights = Bf16Weights(self.master) if option == "bf16_weights" else None
         self.module = self.bf16_weights.module if self.bf16_weights else self.master
         if recompute:
             enable_activation_checkpointing(base_model(self.module))
@@ -282,7 +287,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda; cpu only as a dry run of the script")
     parser.add_argument("--runs", default="full:32,full:64,fsdp:32,fsdp:64,lora:16,lora:32,lora:64,"
                         "lora_attention:32,lora_attention:64",
-                        help="method:batch pairs; methods: full, bf16_weights, fsdp, lora, lora_attention")
+                        help="method:batch pairs; methods: full, fsdp, lora, lora_attention; "
+                             "METHOD+bf16_weights computes on bf16 weights (not with fsdp)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time each run with torch.compile")
@@ -321,7 +327,7 @@ def main() -> None:
         reset_memory(device)
         print(json.dumps({"method": row["method"], "batch": row["batch"], "profile": row["profile"]}), flush=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"\n{args.preset} NitroGen, random weights, bf16 (autocast; bf16_weights and fsdp rows: "
+    print(f"\n{args.preset} NitroGen, random weights, bf16 (autocast; +bf16_weights and fsdp rows: "
           f"bf16 weights, float32 masters), {name}")
     print("| method | batch | samples/s | ms/step | peak GiB | MFU |")
     print("|---|---|---|---|---|---|")

@@ -24,13 +24,15 @@ def run(script: str, *args: str) -> str:
 def test_training_throughput_times_every_method(tmp_path):
     out = tmp_path / "train.json"
     run("training_throughput.py", "--preset", "tiny", "--device", "cpu",
-        "--runs", "full:2,bf16_weights:2,fsdp:2,lora:2,lora_attention:2",
-        "--steps", "1", "--warmup", "1", "--output", str(out))
+        "--runs", "full:2,full+bf16_weights:2,fsdp:2,lora:2,lora_attention:2,lora_attention+bf16_weights:2,"
+        "lora+bf16:2", "--steps", "1", "--warmup", "1", "--output", str(out))
     rows = {row["method"]: row for row in json.loads(out.read_text())}
-    assert set(rows) == {"full", "bf16_weights", "fsdp", "lora", "lora_attention"}
+    assert rows.pop("lora+bf16")["error"].startswith("ValueError: unknown run lora+bf16")
+    assert set(rows) == {"full", "full+bf16_weights", "fsdp", "lora", "lora_attention", "lora_attention+bf16_weights"}
     assert all(row["samples_per_s"] > 0 for row in rows.values())
     trainable = {method: row["trainable"] for method, row in rows.items()}
-    assert trainable["fsdp"] == trainable["bf16_weights"] == trainable["full"] > trainable["lora_attention"]
+    assert trainable["fsdp"] == trainable["full+bf16_weights"] == trainable["full"] > trainable["lora_attention"]
+    assert trainable["lora_attention+bf16_weights"] == trainable["lora_attention"]
     assert trainable["full"] > trainable["lora"]
 
 

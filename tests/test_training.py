@@ -61,8 +61,8 @@ def killed_after_saving(monkeypatch, step: int) -> None:
 
 
 @pytest.mark.parametrize("setup", [{"method": "lora"}, {"method": "full"}, {"method": "full", "fsdp": True},
-                                   {"method": "full", "bf16_weights": True}],
-                         ids=["lora", "full", "fsdp", "bf16_weights"])
+                                   {"method": "full", "bf16_weights": True}, {"method": "lora", "bf16_weights": True}],
+                         ids=["lora", "full", "fsdp", "bf16_weights", "lora_bf16_weights"])
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tmp_path, setup, monkeypatch):
     settings = dict(max_steps=4, ema_decay=0.9, num_workers=2, **setup)
     straight = train(config(recordings, tmp_path / "straight", **settings))
@@ -179,8 +179,9 @@ def test_gradient_accumulation_trains_the_weights_of_one_big_batch(recordings, t
     assert resumed.losses == pytest.approx(whole.losses[1:], rel=1e-5)
 
 
-def test_bf16_weights_follow_a_float32_run_and_keep_float32_master_weights(recordings, tmp_path):
-    settings = dict(method="full", max_steps=3, dropout=0.0, checkpoint_every=0, val_every=3, val_chunks=2,
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_bf16_weights_follow_a_float32_run_and_keep_float32_master_weights(recordings, tmp_path, method):
+    settings = dict(method=method, max_steps=3, dropout=0.0, checkpoint_every=0, val_every=3, val_chunks=2,
                     export_at_end=True)
     float32 = train(config(recordings, tmp_path / "float32", mixed_precision="no", **settings))
     bf16 = train(config(recordings, tmp_path / "bf16", bf16_weights=True, **settings))
@@ -193,15 +194,22 @@ def test_bf16_weights_follow_a_float32_run_and_keep_float32_master_weights(recor
     # Updates land on float32 masters: trained weights are not bf16 values, as bf16 weights would be.
     assert all(not torch.equal(t, t.bfloat16().float()) for t in b.values())
     exported = torch.load(bf16.exported, weights_only=True)["model"]
-    assert all(torch.equal(exported[k], b[k]) for k in b)
+    base = torch.load(tmp_path / "bf16" / "base.pt", weights_only=True)["model"]
+    trained = {k for k in exported if not torch.equal(exported[k], base[k])}
+    if method == "full":
+        assert all(torch.equal(exported[k], b[k]) for k in b)
+    else:  # adapted weights and action head changed; the frozen rest is the base's, not its bf16 copy
+        names = {k.removeprefix("base_model.model.") for k in b}
+        adapted = {n.split(".lora_")[0] + ".weight" for n in names if ".lora_" in n}
+        assert trained == adapted | {n for n in names if ".lora_" not in n}
+    assert all(not torch.equal(exported[k], exported[k].bfloat16().float()) for k in trained)
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"bf16_weights": True}, "bf16_weights is for full fine-tuning"),
-    ({"bf16_weights": True, "method": "full", "fsdp": True}, "bf16_weights is for full fine-tuning without fsdp"),
-    ({"bf16_weights": True, "method": "full", "mixed_precision": "fp16"}, "set mixed_precision to bf16 or auto"),
+    ({"bf16_weights": True, "method": "full", "fsdp": True}, "bf16_weights is for runs without fsdp"),
+    ({"bf16_weights": True, "mixed_precision": "fp16"}, "set mixed_precision to bf16 or auto"),
 ])
-def test_bf16_weights_outside_plain_full_fine_tuning_is_a_clear_error(recordings, tmp_path, setting, message):
+def test_bf16_weights_with_fsdp_or_fp16_is_a_clear_error(recordings, tmp_path, setting, message):
     with pytest.raises(DataError, match=message):
         config(recordings, tmp_path / "run", **setting)
 
