@@ -113,6 +113,8 @@ def test_a_stick_range_key_that_names_no_column(tmp_path, capsys):
     assert_one_line_error(inspect(path, tmp_path, "--stick-range", "{j_lef: INT8}", capsys=capsys), str(path),
                           "stick_range names the column 'j_lef', which no file of the dataset has", "j_left")
     assert inspect(path, tmp_path, "--stick-range", "{j_left: FLOAT_PM1}", capsys=capsys).returncode == 0
+    twice = inspect(path, tmp_path, "--stick-range", "{j_left: int8, j_left: uint8}")  # argparse exits: a process
+    assert twice.returncode == 2 and "the key 'j_left' is given twice" in twice.stderr
 
 
 def test_undecodable_image(tmp_path):  # as a real process: the exit status of the command itself

@@ -536,6 +536,8 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     ("data: [1, 2]\n", [], "data is [1, 2], not a section of keys, so data.dataset_name cannot be set"),
     ("lora: [dit_attention\n", [], "not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
     (b"\xff\xfe\x00binary", [], "not a UTF-8 text file"),
+    ("lora:\n  rank: 8\nmax_steps: 3\nlora:\n  rank: 4\n", [],
+     "not valid YAML (the key 'lora' is given twice at line 4, column 1)"),
 ])
 def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text, settings, expected):
     args = ["train", "--data", str(recordings), "--print-config"]
@@ -548,6 +550,13 @@ def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text,
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0]
+
+
+def test_a_key_may_override_what_a_yaml_merge_brings(recordings, tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("lora:\n  <<: {rank: 8, alpha: 16}\n  rank: 4\n")
+    cfg = resolve_config(file, {"data.dataset_name": str(recordings)})
+    assert (cfg.lora.rank, cfg.lora.alpha) == (4, 16)
 
 
 def test_an_empty_section_takes_dotted_settings(recordings, tmp_path):

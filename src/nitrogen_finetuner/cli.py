@@ -272,10 +272,12 @@ def _stick_range(text: str):
         return text
     import yaml  # noqa: PLC0415
 
+    from .training.config import ConfigYamlLoader, yaml_problem  # noqa: PLC0415
+
     try:
-        ranges = yaml.safe_load(text)
-    except yaml.YAMLError:
-        ranges = None
+        ranges = yaml.load(text, Loader=ConfigYamlLoader)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid YAML mapping ({yaml_problem(err)})") from None
     if not isinstance(ranges, dict) or not all(isinstance(v, str) for v in ranges.values()):
         raise argparse.ArgumentTypeError(f"expected a range or a mapping {{COLUMN: RANGE, ...}}, got {text!r}")
     return {str(k): v for k, v in ranges.items()}

@@ -135,11 +135,24 @@ class TrainConfig(_Section):
         return self
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML without its date type: `output: 2024-01-05` is a folder name, not a date."""
+class ConfigYamlLoader(yaml.SafeLoader):
+    """YAML without its date type (`output: 2024-01-05` is a folder name, not a date) and without
+    repeated keys, which plain YAML resolves silently by keeping the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, whose keys the mapping may override
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
-_Loader.yaml_implicit_resolvers = {
+ConfigYamlLoader.yaml_implicit_resolvers = {
     first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
@@ -168,7 +181,7 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
         if not path.is_file():
             raise DataError("no such config file", file=str(path))
         try:
-            tree = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+            tree = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigYamlLoader) or {}
         except UnicodeDecodeError:
             raise DataError("not a UTF-8 text file", file=str(path), hint="give a YAML config file") from None
         except yaml.YAMLError as err:
@@ -231,7 +244,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise DataError(f"overrides look like key=value (e.g. lora.rank=8), got '{text}'")
     try:
-        return key.strip(), yaml.load(value, Loader=_Loader)
+        return key.strip(), yaml.load(value, Loader=ConfigYamlLoader)
     except yaml.YAMLError as err:
         raise DataError(f"--set {key.strip()}: {value!r} is not a valid YAML value ({yaml_problem(err)})",
                         hint="quote text that holds YAML's special characters, e.g. --set 'output=\"@x\"'") from None
