@@ -45,6 +45,7 @@ from nitrogen_finetuner.training.activation_checkpointing import enable_activati
 from nitrogen_finetuner.training.adapters import base_model, prepare_trainable
 from nitrogen_finetuner.training.batches import window_noise
 from nitrogen_finetuner.training.bf16_weights import Bf16Weights
+from nitrogen_finetuner.training.compiling import compile_layers
 from nitrogen_finetuner.training.config import LORA_COMPONENTS, LoraConfig
 from nitrogen_finetuner.training.sharding import shard_model
 from nitrogen_finetuner.training.throughput import flops_per_sample, peak_flops
@@ -133,10 +134,10 @@ class TrainingStep:
         self.module = self.bf16_weights.module if self.bf16_weights else self.master
         if recompute:
             enable_activation_checkpointing(base_model(self.module))
+        if compile_mode is not None:
+            compile_layers(base_model(self.module), compile_mode)
         if self.sharded:
-            shard_model(self.module, device, "bf16", compile_units=compile_mode is not None)
-        elif compile_mode is not None:
-            self.module.compile(mode=compile_mode)
+            shard_model(self.module, device, "bf16")
         self.params = [p for p in self.master.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-5, fused=device.type == "cuda")
         cfg = self.config

@@ -50,7 +50,7 @@ def test_bf16_fsdp_runs_the_transformers_in_bf16_on_float32_master_weights(proce
     }
     for name, module in watched.items():
         module.register_forward_hook(record(name))
-    shard_model(model, torch.device("cpu"), "bf16", compile_units=False)
+    shard_model(model, torch.device("cpu"), "bf16")
     squared, _ = model(*tiny_batch(model))
     squared.backward()
 
@@ -65,7 +65,7 @@ def test_full_tensors_and_shard_like_round_trip(process_group):
     torch.manual_seed(0)
     model, _ = build_preset("tiny")
     plain = {k: v.clone() for k, v in model.state_dict().items()}
-    shard_model(model, torch.device("cpu"), "no", compile_units=False)
+    shard_model(model, torch.device("cpu"), "no")
     params = dict(model.named_parameters())
     gathered = full_tensors(params)
     assert all(torch.equal(gathered[k], plain[k]) and not isinstance(gathered[k], DTensor) for k in params)

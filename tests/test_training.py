@@ -645,10 +645,23 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(recordings,
 
 
 @pytest.mark.slow
-def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_path):
-    settings = dict(method="full", max_steps=1, dropout=0.0)
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_path, method):
+    """``compile`` compiles each transformer layer, the adapters of LoRA's inside them; validation
+    and its sampled chunks run eager."""
+    settings = {"method": method, "max_steps": 1, "dropout": 0.0, "lora.dropout": 0.0, "val_every": 1,
+                "val_chunks": 2}
     train(config(recordings, tmp_path / "eager", **settings))
+    torch._dynamo.reset()  # as in a new process: count this run's graphs
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     compiled = train(config(recordings, tmp_path / "compiled", compile=True, export_at_end=True, **settings))
+    layers = len(build_preset("tiny")[0].transformer_layers())
+    # Like layers share their graphs: 12 SigLIP layers, 2 VL-mixer and 4 DiT blocks need 5 (full: two
+    # kinds of SigLIP layer, as layer 11 is frozen, and mixer, cross- and self-attention blocks;
+    # LoRA: one kind of frozen SigLIP layer, two of mixer block, as the first one's input needs no
+    # gradient), and validation adds none.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 5 < layers
+    assert logged(tmp_path / "compiled", "val/button_f1")
     a, b = final_weights(tmp_path / "eager"), final_weights(tmp_path / "compiled")
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4  # fused kernels round differently

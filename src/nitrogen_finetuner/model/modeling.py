@@ -69,6 +69,12 @@ class NitroGenModel(nn.Module):
         tables += [block.pos_embed.pe.shape[1] for block in self.model.transformer_blocks if block.pos_embed is not None]
         return min(tables, default=None)
 
+    def transformer_layers(self) -> list[nn.Module]:
+        """Every layer of the vision tower, the VL mixer and the DiT: where nearly all the compute
+        is, and the units that activation checkpointing recomputes and ``compile`` compiles."""
+        return [*self.vision_encoder.encoder.layers, *self.vl_self_attention_model.transformer_blocks,
+                *self.model.transformer_blocks]
+
     # ----------------------------------------------------------------------------- training setup
     def apply_tune_switches(self) -> None:
         """``requires_grad`` as the checkpoint's ``tune_*`` switches and the released model say."""

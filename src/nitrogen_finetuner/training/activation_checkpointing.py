@@ -11,18 +11,11 @@ from __future__ import annotations
 
 import functools
 
-import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..model.modeling import NitroGenModel
 
 
-def checkpointed_layers(model: NitroGenModel) -> list[torch.nn.Module]:
-    """Every layer of the vision tower, the VL mixer and the DiT."""
-    return [*model.vision_encoder.encoder.layers, *model.vl_self_attention_model.transformer_blocks,
-            *model.model.transformer_blocks]
-
-
 def enable_activation_checkpointing(model: NitroGenModel) -> None:
-    for layer in checkpointed_layers(model):
+    for layer in model.transformer_layers():
         layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)

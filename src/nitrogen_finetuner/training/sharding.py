@@ -44,7 +44,7 @@ def fsdp_stacks(model: NitroGenModel) -> list[torch.nn.Module]:
     return [model.vision_encoder.encoder, model.vl_self_attention_model, model.model]
 
 
-def shard_model(model: NitroGenModel, device: torch.device, precision: str, compile_units: bool) -> NitroGenModel:
+def shard_model(model: NitroGenModel, device: torch.device, precision: str) -> NitroGenModel:
     """Shard ``model`` in place across the processes of the process group."""
     if not dist.is_initialized():
         # FSDP needs a process group even in one process: a private one spans just this process
@@ -62,12 +62,8 @@ def shard_model(model: NitroGenModel, device: torch.device, precision: str, comp
     # The DiT's output is a view; nothing modifies it in place (the action decoder only reads it).
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPDiT\) returned a view tensor")
     for layer in fsdp_layers(model):
-        if compile_units:
-            layer.compile()
         fully_shard(layer, mesh=mesh, mp_policy=layers, reshard_after_forward=reshard)
     for stack in fsdp_stacks(model):
-        if compile_units and stack is model.model:
-            stack.compile()
         fully_shard(stack, mesh=mesh, mp_policy=stacks, reshard_after_forward=reshard)
     fully_shard(model, mesh=mesh, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32))
     return model

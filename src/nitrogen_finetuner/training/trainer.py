@@ -44,6 +44,7 @@ from .adapters import base_model, load_trainable_state, prepare_trainable, train
 from .base import load_base, record_base, set_dropout
 from .batches import continue_data_position, micro_batches, one_pass, padding_window, window_noise
 from .bf16_weights import Bf16Weights
+from .compiling import compile_layers, eager
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
                           set_rng_state)
 from .config import TrainConfig, changed_trainable_setup, dump_config, resolve_config, with_absolute_paths
@@ -196,10 +197,10 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         enable_activation_checkpointing(base_model(module))
     if not resume and accelerator.is_main_process:  # only now: a run that cannot start leaves no base behind
         record_base(base, config.base, config.seed, run_dir)
+    if config.compile:
+        compile_layers(base_model(module))
     if config.fsdp:
-        shard_model(module, device, precision, config.compile)
-    elif config.compile:
-        module.compile()  # in place: parameter names stay the model's own, for checkpoints and export
+        shard_model(module, device, precision)
     params = [p for p in master.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
@@ -268,7 +269,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             return None
         module.eval()
         totals = torch.zeros(2, device=device)
-        with torch.no_grad():
+        with torch.no_grad(), eager():
             for i, batch in enumerate(one_pass(val_set, config.num_workers)):
                 if config.val_batches and i >= config.val_batches:
                     break
@@ -293,7 +294,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         model.eval()
         # Autocast under FSDP too: the sampler calls DiT methods other than forward, whose inputs
         # FSDP does not cast.
-        with accelerator.autocast(), gathered(model):
+        with accelerator.autocast(), gathered(model), eager():
             chunks = predict_chunks(policy, data, val_episodes, seed=config.seed, limit=config.val_chunks)
         model.train()
         if not len(chunks.episodes):
