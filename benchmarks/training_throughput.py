@@ -166,7 +166,11 @@ class TrainingStep:
 def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_mode: str | None,
           recompute: bool, device) -> dict:
     step = TrainingStep(preset, method, batch_size, compile_mode, recompute, device)
-    for i in range(warmup):
+    start = time.perf_counter()
+    step(0)  # compiles, when compiled
+    sync(device)
+    first_step = time.perf_counter() - start
+    for i in range(1, warmup):
         step(i)
     sync(device)
     reset_memory(device)
@@ -186,6 +190,7 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
         "ms_per_step": round(seconds * 1000, 1),
         "peak_gib": peak_memory_gib(device),
         "trainable": sum(p.numel() for p in step.params),
+        "first_step_s": round(first_step, 1),
         "mfu": round(samples_per_s * flops_per_sample(base_model(step.master), step.config.action_horizon) / peak, 3)
         if peak else None,
     }
@@ -291,7 +296,8 @@ def main() -> None:
                         help="method:batch pairs; methods: full, fsdp, lora, lora_attention; "
                              "METHOD+bf16_weights computes on bf16 weights (not with fsdp)")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps, at least 1 (the first one compiles; "
+                        "its time is reported as first_step_s)")
     parser.add_argument("--compile", action="store_true", help="also time each run with torch.compile")
     parser.add_argument("--compile-mode", default="default",
                         help="torch.compile's mode for --compile: default, reduce-overhead (CUDA graphs), "
@@ -302,6 +308,8 @@ def main() -> None:
                         "fine-tune and its lora_attention LoRA set-up, batch 64")
     parser.add_argument("--output")
     args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this benchmark measures GPU training (the CPU path is exercised by the tests)")
@@ -330,13 +338,14 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"\n{args.preset} NitroGen, random weights, bf16 (autocast; +bf16_weights and fsdp rows: "
           f"bf16 weights, float32 masters), {name}")
-    print("| method | batch | samples/s | ms/step | peak GiB | MFU |")
-    print("|---|---|---|---|---|---|")
+    print("| method | batch | samples/s | ms/step | peak GiB | MFU | first step s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['method']} | {r['batch']} | {r['error']} | | | |")
+            print(f"| {r['method']} | {r['batch']} | {r['error']} | | | | |")
         else:
-            print(f"| {r['method']} | {r['batch']} | {r['samples_per_s']} | {r['ms_per_step']} | {r['peak_gib']} | {r['mfu']} |")
+            print(f"| {r['method']} | {r['batch']} | {r['samples_per_s']} | {r['ms_per_step']} | {r['peak_gib']} | "
+                  f"{r['mfu']} | {r.get('first_step_s', '')} |")
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=2))
 

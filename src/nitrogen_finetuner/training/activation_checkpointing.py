@@ -9,8 +9,6 @@ names do not change, so checkpoints, LoRA targets and FSDP see the same model.
 
 from __future__ import annotations
 
-import functools
-
 from torch.utils.checkpoint import checkpoint
 
 from ..model.modeling import NitroGenModel
@@ -18,4 +16,13 @@ from ..model.modeling import NitroGenModel
 
 def enable_activation_checkpointing(model: NitroGenModel) -> None:
     for layer in model.transformer_layers():
-        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+        layer.forward = _recomputed(layer.forward)
+
+
+def _recomputed(forward):
+    """``forward``, recomputed in backward. A function that calls ``checkpoint``, not a
+    ``functools.partial`` of it: torch.compile traces the first (into its own checkpointing of the
+    compiled layer) but runs a compiled layer that holds the second entirely eager."""
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return run
