@@ -189,11 +189,12 @@ def test_an_eval_that_cannot_load_its_checkpoint_leaves_no_output_folder(tmp_pat
     assert main(argv) == 2 and not (tmp_path / "eval").exists()
 
 
-
+def test_init_never_replaces_a_file_unless_forced(tmp_path, capsys):
     path = tmp_path / "ng.pt"
     path.write_bytes(b"real weights")
     assert main(["init", str(path)]) == 2
-    assert "the file exists (choose another name, or pass --force)" in capsys.readouterr().err
+    assert "the file exists (choose another name, or pass --force to replace it)" in capsys.readouterr().err
+    assert main(["init", ""]) == 2 and "the output file name is empty" in capsys.readouterr().err
     assert path.read_bytes() == b"real weights"
     assert main(["init", str(path), "--force"]) == 0
     first = path.read_bytes()

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from .actions.layout import LayoutError
 from .data.errors import DataError, invalid_setting, user_message
+from .files import output_file, refuse_existing
 from .model.checkpoint import CheckpointError, parse_config, save_checkpoint
 from .model.presets import PRESETS, build_preset
 from .policy import __version__, checkpoint_layout, load_policy
@@ -83,8 +84,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    if Path(args.output).exists() and not args.force:  # never replace real weights with random ones by accident
-        raise DataError("the file exists", file=args.output, hint="choose another name, or pass --force")
+    refuse_existing(output_file(args.output), args.force)
     torch.manual_seed(args.seed)
     model, raw = build_preset(args.preset)
     layout = checkpoint_layout(parse_config(raw), {})

@@ -1,4 +1,5 @@
-"""What every file we write shares: ordinary permissions, and a clear message when the disk is full.
+"""What every file we write shares: a name checked before any work, ordinary permissions, and a
+clear message when the disk is full.
 
 ``tempfile.mkstemp`` (behind our atomic checkpoint writes) and safetensors create files that only
 their owner can read. A model exported by a training container running as root would then be
@@ -11,6 +12,7 @@ write we compare the free space with what the write needed.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -18,9 +20,26 @@ from typing import Optional
 
 import torch
 
+from .data.errors import DataError
+
 _UMASK = os.umask(0)  # read once, at import, before any thread could create a file meanwhile
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+
+
+def output_file(name: str | os.PathLike) -> Path:
+    """The file a command is asked to write: a name, and not a folder's ("new_folder/" is one)."""
+    if not str(name).strip():
+        raise DataError("the output file name is empty", hint="give the file to write, e.g. model.pt")
+    if str(name).endswith(("/", os.sep)) or Path(name).is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(name))
+    return Path(name)
+
+
+def refuse_existing(path: Path, force: bool) -> None:
+    """An existing file is replaced only with ``--force``: never real weights by accident."""
+    if path.exists() and not force:
+        raise DataError("the file exists", file=str(path), hint="choose another name, or pass --force to replace it")
 
 
 def apply_umask(path: str | os.PathLike) -> None:

@@ -9,14 +9,13 @@ load it strictly, and so does ``load_policy``.
 from __future__ import annotations
 
 import copy
-import errno
-import os
 from pathlib import Path
 from typing import Optional
 
 from peft import PeftModel
 
 from ..data.errors import DataError
+from ..files import output_file, refuse_existing
 from ..model.checkpoint import save_checkpoint
 from ..policy import __version__
 from .adapters import load_trainable_state, prepare_trainable
@@ -79,9 +78,7 @@ def export_run(
 
 
 def _check_output(name: str | Path, run_dir: Path, base: str, force: bool) -> None:
-    out = Path(name)
-    if str(name).endswith(("/", os.sep)) or out.is_dir():  # "new_folder/" names a folder, not a file
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(name))
+    out = output_file(name)
     target, run_dir = out.resolve(), run_dir.resolve()
     if (run_dir / "checkpoints") in target.parents:
         raise DataError("checkpoint folders are the run's, and rotation deletes them", file=str(out),
@@ -94,8 +91,7 @@ def _check_output(name: str | Path, run_dir: Path, base: str, force: bool) -> No
     if target == Path(base).resolve() or (run_dir in target.parents and not an_export):
         raise DataError("this file is the run's base or one the run needs to be exported or resumed again",
                         file=str(out), hint="write the export to another file")
-    if not force:
-        raise DataError("the file exists", file=str(out), hint="choose another name, or pass --force to replace it")
+    refuse_existing(out, force)
 
 
 def run_checkpoint(run_dir: Path, checkpoint: str | Path, found: list[Path]) -> Path:
