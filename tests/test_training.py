@@ -646,7 +646,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(recordings,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_path, method):
+def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_path, method, capsys):
     """``compile`` compiles each transformer layer, the adapters of LoRA's inside them; validation
     and its sampled chunks run eager."""
     settings = {"method": method, "max_steps": 1, "dropout": 0.0, "lora.dropout": 0.0, "val_every": 1,
@@ -662,6 +662,7 @@ def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_
     # gradient), and validation adds none.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 5 < layers
     assert logged(tmp_path / "compiled", "val/button_f1")
+    assert "note        compile: the first step compiles" in capsys.readouterr().out
     a, b = final_weights(tmp_path / "eager"), final_weights(tmp_path / "compiled")
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4  # fused kernels round differently

@@ -249,6 +249,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     peak = peak_flops(device)
     logger.start(base, config.method, data, train_set, val_set, accumulation, micro, world,
                  precision_label(precision, config.fsdp, config.bf16_weights))
+    if config.compile:
+        logger.note("compile: the first step compiles each kind of transformer layer (a minute or so)")
     if config.fsdp and world == 1:
         logger.note("fsdp in one process shards nothing and trains slower than without it (one H100: "
                     "0.84x eager, 0.54x compiled); it is for several GPUs")
