@@ -115,8 +115,18 @@ def test_a_frame_that_appears_twice_in_an_episode_is_one_line(tmp_path):
         prepared(path)
     path = write_nitrogen_parquet(tmp_path / "null.parquet", n=3, extra={"frame_index": [0.0, None, 2.0]})
     with pytest.raises(DataError, match=r"row 1, column 'frame_index': the frame number is missing \(fix the row, "
-                                        r"or set frame_column: none"):
+                                        r"set skip_bad_rows to leave it out, or set frame_column: none"):
         prepared(path)
+
+
+def test_skip_bad_rows_leaves_out_a_row_without_its_frame_number(tmp_path):
+    frames = [float(i) for i in range(12)]
+    frames[5] = None
+    path = write_nitrogen_parquet(tmp_path / "run.parquet", n=12, extra={"frame_index": frames})
+    data = prepared(path, skip_bad_rows=True)
+    assert data.index.bad_action_rows == 1
+    # Frame 5's row is left out, and its absence cuts the recording like any missing frame.
+    assert [list(e.rows) for e in data.index.episodes] == [[0, 1, 2, 3, 4], [6, 7, 8, 9, 10, 11]]
 
 
 def test_frames_kept_every_other_or_counted_in_milliseconds_are_no_gaps(tmp_path):

@@ -114,18 +114,22 @@ def _split_episodes(values: np.ndarray) -> list[tuple[object, np.ndarray]]:
     return [(values[first[k]], rows_by_key[k]) for k in np.argsort(first)]
 
 
-def _frame_numbers(values: np.ndarray, source: str, column: str) -> np.ndarray:
+def _frame_numbers(values: np.ndarray, source: str, column: str, skip_bad_rows: bool) -> np.ndarray:
+    """The frame numbers as floats; with ``skip_bad_rows`` a missing one is NaN (its row is left out)."""
     try:
         numbers = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):  # numbers as text, a null or a word: value by value
         numbers = np.array([as_number(v) for v in values], np.float64)
     wrong = ~np.isfinite(numbers)
-    if wrong.any():
+    if wrong.any() and skip_bad_rows:
+        numbers[wrong] = np.nan
+    elif wrong.any():
         row = int(np.argmax(wrong))
         value = values[row].item() if isinstance(values[row], np.generic) else values[row]
         what = "is missing" if value is None or value != value else f"{value!r} is not a number"
         raise DataError(f"the frame number {what}", file=source, row=row, column=column,
-                        hint="fix the row, or set frame_column: none to read the rows in file order")
+                        hint="fix the row, set skip_bad_rows to leave it out, or set frame_column: none to read "
+                             "the rows in file order")
     return numbers
 
 
@@ -185,10 +189,16 @@ def build_index(
         data = source.read_columns(binding.columns + [c for c in (episode_col, frame_col) if c])
         actions, bad = binding.convert(data, source.name, first_row=0, skip_bad_rows=skip_bad_rows)
         bad_total += int(bad.sum())
-        frames = _frame_numbers(data[frame_col], source.name, frame_col) if frame_col else None
+        frames = _frame_numbers(data[frame_col], source.name, frame_col, skip_bad_rows) if frame_col else None
+        if frames is not None:  # a row without its place in time is left out, and counted as bad
+            bad_total += int((np.isnan(frames) & ~bad).sum())
         groups = _split_episodes(data[episode_col]) if episode_col else [(None, np.arange(source.num_rows()))]
         for key, rows in groups:
             recording = source.name if key is None else f"{source.name} [{episode_col}={key}]"
+            if frames is not None:
+                rows = rows[~np.isnan(frames[rows])]
+                if not len(rows):
+                    continue
             pieces = [rows] if frames is None else _in_frame_order(rows, frames, source.name, frame_col)
             gaps += len(pieces) - 1
             for piece in pieces:
