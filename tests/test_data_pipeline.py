@@ -129,6 +129,23 @@ def test_skip_bad_rows_leaves_out_a_row_without_its_frame_number(tmp_path):
     assert [list(e.rows) for e in data.index.episodes] == [[0, 1, 2, 3, 4], [6, 7, 8, 9, 10, 11]]
 
 
+def test_an_analog_trigger_reads_on_the_scale_of_the_whole_dataset(tmp_path):
+    """A 0..255 trigger that only rested at 0 and 1 in one recording is not pressed there."""
+    slot = LAYOUT.slot_names.index("LEFT_TRIGGER")
+    triggers = {"wide.parquet": [0, 200, 255, 3, 0, 0, 90, 0], "resting.parquet": [0, 1, 1, 0, 1, 0, 0, 1]}
+    for name, values in triggers.items():
+        write_nitrogen_parquet(tmp_path / name, n=8, extra={"left_trigger": np.array(values, np.uint8)})
+    data = prepared(tmp_path)
+    pressed = {data.index.sources[e.source].name.split("/")[-1]: e.actions[:, slot].tolist() for e in data.index.episodes}
+    assert pressed == {"wide.parquet": [0, 1, 1, 0, 0, 0, 0, 0], "resting.parquet": [0] * 8}
+    # Alone, the 0s and 1s are a digital trigger's presses; so are a boolean column's next to 0..255.
+    alone = prepared(tmp_path / "resting.parquet")
+    assert alone.index.episodes[0].actions[:, slot].tolist() == triggers["resting.parquet"]
+    write_nitrogen_parquet(tmp_path / "resting.parquet", n=8,
+                           extra={"left_trigger": np.array(triggers["resting.parquet"], bool)})
+    assert sum(e.actions[:, slot].sum() for e in prepared(tmp_path).index.episodes) == 2 + 4
+
+
 def test_frames_kept_every_other_or_counted_in_milliseconds_are_no_gaps(tmp_path):
     no_gaps = {
         "stride.parquet": list(range(0, 24, 2)),

@@ -301,6 +301,7 @@ class ColumnBinding:
         self.stick_ranges = stick_ranges  # column -> range name; "auto" columns appear after convert
         self.given_ranges = set(stick_ranges)  # the user's, as opposed to detected
         self.centred_columns: set[str] = set()  # detected signed, holding only 0: centred in any range
+        self.trigger_scales: dict[str, float] = {}  # analog trigger column -> 1 or 255, as the dataset decided
         self.analog_deadzone = analog_deadzone
         self.trigger_threshold = trigger_threshold
         self._targets = targets
@@ -357,6 +358,19 @@ class ColumnBinding:
         actions[bad] = self._neutral
         return actions, bad
 
+    def trigger_scale_shown(self, data: Mapping[str, Union[np.ndarray, list]], source: str) -> dict[str, Optional[float]]:
+        """Each analog trigger column's scale as this file's values show it: 255 when one exceeds 1,
+        1 when one lies between 0 and 1 or the column is boolean, None when they are only 0 and 1."""
+        shown = {}
+        for column, (target, _) in self._targets.items():
+            if target.kind == "button" and target.analog:
+                values, missing, unreadable, dtype = _numbers(data[column], column, source)
+                valid = ~missing & ~unreadable & np.isfinite(values)
+                values = values[valid]
+                shown[column] = 255.0 if values.size and values.max() > 1 else \
+                    1.0 if dtype == bool or np.any((values > 0) & (values < 1)) else None
+        return shown
+
     def agree(self, column: str, other_range: str) -> bool:
         """Whether ``column`` reads as ``other_range`` or, holding only 0s, centred as it would there."""
         name = self.stick_ranges.get(column)
@@ -388,17 +402,19 @@ class ColumnBinding:
                                          np.zeros(len(values), bool), dtype, source)
             hint = "a stick axis holds numbers; map an [x, y] column to LEFT or RIGHT, or set skip_bad_rows"
         else:
-            decoded = self._decode_button(target, values, missing | unreadable)
+            decoded = self._decode_button(target, values, missing | unreadable, self.trigger_scales.get(column))
             hint = _HINT_TRIGGER if target.analog else _HINT_BUTTON
         decoded.problems.insert(0, (unreadable, "{value} is not a number", hint))
         return decoded
 
-    def _decode_button(self, target: _Target, values: np.ndarray, missing: np.ndarray) -> _Decoded:
+    def _decode_button(self, target: _Target, values: np.ndarray, missing: np.ndarray,
+                       trigger_scale: Optional[float] = None) -> _Decoded:
         infinite = ~np.isfinite(values)
         valid = ~missing & ~infinite
         if target.analog:
-            # Normalised to 0..1: whole numbers 0..255 when any value exceeds 1, else as they are.
-            scale = 255.0 if valid.any() and values[valid].max() > 1 else 1.0
+            # Normalised to 0..1: whole numbers 0..255 when any value exceeds 1 (here, or in the
+            # dataset's other files: ``trigger_scales``), else as they are.
+            scale = trigger_scale or (255.0 if valid.any() and values[valid].max() > 1 else 1.0)
             wrong = valid & ((values < 0) | (values > scale) | ((scale > 1) & (values != np.round(values))))
             pressed = values / scale > self.trigger_threshold
             check = ("trigger value {value} is neither in 0..1 nor a whole number in 0..255", _HINT_TRIGGER)

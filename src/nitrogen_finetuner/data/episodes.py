@@ -14,7 +14,7 @@ a DataLoader worker needs them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -162,6 +162,17 @@ def _in_frame_order(rows: np.ndarray, frames: np.ndarray, source: str, column: s
     return np.split(rows, np.flatnonzero(steps > 1.75 * _usual_step(steps)) + 1)
 
 
+class _BoundSource(NamedTuple):
+    """A source's columns by role, its binding and its action data, read before any is converted."""
+
+    image_column: str
+    episode_column: Optional[str]
+    frame_column: Optional[str]
+    action_columns: list[str]
+    binding: ColumnBinding
+    data: dict
+
+
 def build_index(
     sources: list[Source],
     processor: UniversalVectorProcessor,
@@ -171,8 +182,8 @@ def build_index(
     skip_bad_rows: bool = False,
 ) -> DatasetIndex:
     """Read every source's action columns and cut them into episodes."""
-    episodes, image_columns, bindings, unused, bad_total, gaps = [], [], [], [], 0, 0
-    for s, source in enumerate(sources):
+    files: list[_BoundSource] = []
+    for source in sources:
         columns = source.column_names()
         image_col = _find_image_column(source, columns, image_column)
         if image_col is None:
@@ -187,6 +198,11 @@ def build_index(
                           if c.lower() not in NON_ACTION_COLUMNS and c not in (image_col, episode_col, frame_col)]
         binding = processor.bind(action_columns, source.name)
         data = source.read_columns(binding.columns + [c for c in (episode_col, frame_col) if c])
+        files.append(_BoundSource(image_col, episode_col, frame_col, action_columns, binding, data))
+    _agree_trigger_scales(sources, files)
+
+    episodes, bad_total, gaps = [], 0, 0
+    for s, (source, (_, episode_col, frame_col, _, binding, data)) in enumerate(zip(sources, files)):
         actions, bad = binding.convert(data, source.name, first_row=0, skip_bad_rows=skip_bad_rows)
         bad_total += int(bad.sum())
         frames = _frame_numbers(data[frame_col], source.name, frame_col, skip_bad_rows) if frame_col else None
@@ -205,12 +221,25 @@ def build_index(
                 name = recording if len(pieces) == 1 else \
                     f"{recording} frames {_frame_label(frames[piece[0]])}-{_frame_label(frames[piece[-1]])}"
                 episodes.append(Episode(name, recording, s, piece, actions[piece], bad[piece], binding.slot_mask))
-        image_columns.append(image_col)
-        bindings.append(binding)
-        unused.append([c for c in action_columns if c not in binding.columns and not processor.ignores(c)])
+    bindings = [f.binding for f in files]
+    unused = [[c for c in f.action_columns if c not in f.binding.columns and not processor.ignores(c)] for f in files]
     _check_mapping(processor, sources)
     _check_stick_ranges(bindings, sources)
-    return DatasetIndex(sources, episodes, image_columns, bindings, unused, bad_total, gaps)
+    return DatasetIndex(sources, episodes, [f.image_column for f in files], bindings, unused, bad_total, gaps)
+
+
+def _agree_trigger_scales(sources: list[Source], files: list[_BoundSource]) -> None:
+    """A file whose analog trigger column holds only 0 and 1 reads it on the scale the dataset's
+    other files show, when they agree: in 0..255 recordings a 1 is a trigger at rest, not a press."""
+    shown = [f.binding.trigger_scale_shown(f.data, source.name) for source, f in zip(sources, files)]
+    scales: dict[str, set[float]] = {}
+    for file_scales in shown:
+        for column, scale in file_scales.items():
+            if scale is not None:
+                scales.setdefault(column, set()).add(scale)
+    for f, file_scales in zip(files, shown):
+        f.binding.trigger_scales = {column: next(iter(scales[column])) for column, scale in file_scales.items()
+                                  if scale is None and len(scales.get(column, ())) == 1}
 
 
 def _check_mapping(processor: UniversalVectorProcessor, sources: list[Source]) -> None:
