@@ -358,17 +358,19 @@ class ColumnBinding:
         actions[bad] = self._neutral
         return actions, bad
 
+    @property
+    def analog_trigger_columns(self) -> list[str]:
+        return [column for column, (target, _) in self._targets.items() if target.kind == "button" and target.analog]
+
     def trigger_scale_shown(self, data: Mapping[str, Union[np.ndarray, list]], source: str) -> dict[str, Optional[float]]:
         """Each analog trigger column's scale as this file's values show it: 255 when one exceeds 1,
         1 when one lies between 0 and 1 or the column is boolean, None when they are only 0 and 1."""
         shown = {}
-        for column, (target, _) in self._targets.items():
-            if target.kind == "button" and target.analog:
-                values, missing, unreadable, dtype = _numbers(data[column], column, source)
-                valid = ~missing & ~unreadable & np.isfinite(values)
-                values = values[valid]
-                shown[column] = 255.0 if values.size and values.max() > 1 else \
-                    1.0 if dtype == bool or np.any((values > 0) & (values < 1)) else None
+        for column in self.analog_trigger_columns:
+            values, missing, unreadable, dtype = _numbers(data[column], column, source)
+            values = values[~missing & ~unreadable & np.isfinite(values)]
+            shown[column] = 255.0 if values.size and values.max() > 1 else \
+                1.0 if dtype == bool or np.any((values > 0) & (values < 1)) else None
         return shown
 
     def agree(self, column: str, other_range: str) -> bool:

@@ -163,14 +163,15 @@ def _in_frame_order(rows: np.ndarray, frames: np.ndarray, source: str, column: s
 
 
 class _BoundSource(NamedTuple):
-    """A source's columns by role, its binding and its action data, read before any is converted."""
+    """A source's columns by role, its binding, and the trigger scales its values show, which
+    decide how the dataset's files are converted."""
 
     image_column: str
     episode_column: Optional[str]
     frame_column: Optional[str]
     action_columns: list[str]
     binding: ColumnBinding
-    data: dict
+    trigger_scales: dict[str, Optional[float]]
 
 
 def build_index(
@@ -197,12 +198,14 @@ def build_index(
         action_columns = [c for c in columns
                           if c.lower() not in NON_ACTION_COLUMNS and c not in (image_col, episode_col, frame_col)]
         binding = processor.bind(action_columns, source.name)
-        data = source.read_columns(binding.columns + [c for c in (episode_col, frame_col) if c])
-        files.append(_BoundSource(image_col, episode_col, frame_col, action_columns, binding, data))
-    _agree_trigger_scales(sources, files)
+        triggers = source.read_columns(binding.analog_trigger_columns) if binding.analog_trigger_columns else {}
+        files.append(_BoundSource(image_col, episode_col, frame_col, action_columns, binding,
+                                  binding.trigger_scale_shown(triggers, source.name)))
+    _agree_trigger_scales(files)
 
     episodes, bad_total, gaps = [], 0, 0
-    for s, (source, (_, episode_col, frame_col, _, binding, data)) in enumerate(zip(sources, files)):
+    for s, (source, (_, episode_col, frame_col, _, binding, _)) in enumerate(zip(sources, files)):
+        data = source.read_columns(binding.columns + [c for c in (episode_col, frame_col) if c])
         actions, bad = binding.convert(data, source.name, first_row=0, skip_bad_rows=skip_bad_rows)
         bad_total += int(bad.sum())
         frames = _frame_numbers(data[frame_col], source.name, frame_col, skip_bad_rows) if frame_col else None
@@ -228,18 +231,17 @@ def build_index(
     return DatasetIndex(sources, episodes, [f.image_column for f in files], bindings, unused, bad_total, gaps)
 
 
-def _agree_trigger_scales(sources: list[Source], files: list[_BoundSource]) -> None:
+def _agree_trigger_scales(files: list[_BoundSource]) -> None:
     """A file whose analog trigger column holds only 0 and 1 reads it on the scale the dataset's
     other files show, when they agree: in 0..255 recordings a 1 is a trigger at rest, not a press."""
-    shown = [f.binding.trigger_scale_shown(f.data, source.name) for source, f in zip(sources, files)]
     scales: dict[str, set[float]] = {}
-    for file_scales in shown:
-        for column, scale in file_scales.items():
+    for f in files:
+        for column, scale in f.trigger_scales.items():
             if scale is not None:
                 scales.setdefault(column, set()).add(scale)
-    for f, file_scales in zip(files, shown):
-        f.binding.trigger_scales = {column: next(iter(scales[column])) for column, scale in file_scales.items()
-                                  if scale is None and len(scales.get(column, ())) == 1}
+    for f in files:
+        f.binding.trigger_scales = {column: next(iter(scales[column])) for column, scale in f.trigger_scales.items()
+                                    if scale is None and len(scales.get(column, ())) == 1}
 
 
 def _check_mapping(processor: UniversalVectorProcessor, sources: list[Source]) -> None:
