@@ -645,12 +645,14 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(recordings,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_path, method, capsys):
+@pytest.mark.parametrize("method, recompute", [("full", False), ("lora", False), ("lora", True)],
+                         ids=["full", "lora", "lora_activation_checkpointing"])
+def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_path, method, recompute, capsys):
     """``compile`` compiles each transformer layer, the adapters of LoRA's inside them; validation
-    and its sampled chunks run eager."""
+    and its sampled chunks run eager. With activation checkpointing, LoRA's frozen tower, through
+    which no backward pass runs, is not recomputed (compiled, it could not be: it has dropout)."""
     settings = {"method": method, "max_steps": 1, "dropout": 0.0, "lora.dropout": 0.0, "val_every": 1,
-                "val_chunks": 2}
+                "val_chunks": 2, "activation_checkpointing": recompute}
     train(config(recordings, tmp_path / "eager", **settings))
     torch._dynamo.reset()  # as in a new process: count this run's graphs
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
