@@ -538,6 +538,10 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     (b"\xff\xfe\x00binary", [], "not a UTF-8 text file"),
     ("lora:\n  rank: 8\nmax_steps: 3\nlora:\n  rank: 4\n", [],
      "not valid YAML (the key 'lora' is given twice at line 4, column 1)"),
+    ("lora: {[1]: 2}\n", [], "not valid YAML (found unhashable key at line 1, column 8)"),
+    ("max_steps: 5\n---\nmax_steps: 7\n", [],
+     "not valid YAML (expected a single document in the stream, but found another document at line 2"),
+    (None, ["lora={rank: 4, rank: 8}"], "not a valid YAML value (the key 'rank' is given twice at line 1, column 11)"),
 ])
 def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text, settings, expected):
     args = ["train", "--data", str(recordings), "--print-config"]
@@ -550,6 +554,8 @@ def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text,
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0]
+    if "given twice" in expected:  # no hint about quoting: the text parsed
+        assert err[0].endswith(expected)
 
 
 def test_a_key_may_override_what_a_yaml_merge_brings(recordings, tmp_path):

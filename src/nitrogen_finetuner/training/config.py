@@ -7,6 +7,7 @@ CPU or on eight GPUs.
 
 from __future__ import annotations
 
+import collections.abc
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -146,6 +147,8 @@ class ConfigYamlLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, whose keys the mapping may override
                 continue
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, collections.abc.Hashable):
+                break  # the mapping's own construction says "found unhashable key", with its place
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
                                                         key_node.start_mark)
@@ -246,6 +249,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise DataError(f"overrides look like key=value (e.g. lora.rank=8), got '{text}'")
     try:
         return key.strip(), yaml.load(value, Loader=ConfigYamlLoader)
+    except yaml.constructor.ConstructorError as err:  # a repeated or unhashable key: the text parsed
+        raise DataError(f"--set {key.strip()}: {value!r} is not a valid YAML value ({yaml_problem(err)})") from None
     except yaml.YAMLError as err:
         raise DataError(f"--set {key.strip()}: {value!r} is not a valid YAML value ({yaml_problem(err)})",
                         hint="quote text that holds YAML's special characters, e.g. --set 'output=\"@x\"'") from None
@@ -254,6 +259,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 def yaml_problem(err: yaml.YAMLError) -> str:
     """PyYAML's complaint in one line, with the line and column it points at."""
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    if context and problem.startswith("but "):  # "expected a single document in the stream, but found another"
+        problem = f"{context}, {problem}"
     mark = getattr(err, "problem_mark", None)
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
