@@ -647,7 +647,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(recordings,
     step = load_training_state(checkpoint).progress.step
     assert {p.name for p in checkpoint.glob("rng_rank*")} == {"rng_rank0.safetensors", "rng_rank1.safetensors"}
     assert len(checkpoint_dirs(run_dir)) == 1 and step >= 3
-    assert f"stopped by SIGTERM after step {step}; its checkpoint is saved" in err
+    assert (f"stopped by SIGTERM after step {step}; its checkpoint is saved: continue with  your launcher "
+            f"(torchrun, accelerate launch) running  -m nitrogen_finetuner.cli train --resume {run_dir}") in err
 
 
 @pytest.mark.slow

@@ -26,10 +26,14 @@ class TrainingStopped(Exception):
     run_dir: Path
     step: int
     signal_number: int
+    processes: int = 1
 
     def __str__(self) -> str:
+        resume = f"train --resume {shlex.quote(str(self.run_dir))}"
+        how = f"nitrogen-finetune {resume}" if self.processes == 1 else \
+            f"your launcher (torchrun, accelerate launch) running  -m nitrogen_finetuner.cli {resume}"
         return (f"stopped by {signal.Signals(self.signal_number).name} after step {self.step}; "
-                f"its checkpoint is saved: continue with  nitrogen-finetune train --resume {shlex.quote(str(self.run_dir))}")
+                f"its checkpoint is saved: continue with  {how}")
 
 
 class StopRequest:

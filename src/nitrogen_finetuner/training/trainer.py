@@ -91,9 +91,9 @@ def _mixed_precision(choice: str, on_gpu: bool) -> str:
 def precision_label(precision: str, fsdp: bool, bf16_weights: bool) -> str:
     if bf16_weights:
         return "bf16 weights, float32 master weights"
-    if not fsdp:
-        return precision
-    return "fp32, FSDP" if precision == "no" else f"{precision} FSDP units, float32 master weights"
+    if precision == "no":
+        return "fp32, FSDP" if fsdp else "fp32"
+    return f"{precision} FSDP units, float32 master weights" if fsdp else f"{precision} autocast"
 
 
 class EMA:
@@ -395,7 +395,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         logger.close()
         accelerator.end_training()
         # A process stopped by another's vote reports SIGTERM, what launchers send to stop workers.
-        raise TrainingStopped(run_dir, progress.step, stop.signal_number or signal.SIGTERM)
+        raise TrainingStopped(run_dir, progress.step, stop.signal_number or signal.SIGTERM, world)
 
     # ----------------------------------------------------------------------------- finish
     if stop is not None:
