@@ -166,6 +166,16 @@ def test_activation_checkpointing_trains_the_same_weights(recordings, tmp_path, 
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
+def test_a_diverged_run_stops_with_one_line_and_saves_nothing_after_it(recordings, tmp_path):
+    settings = dict(method="full", max_steps=6, learning_rate=1e6, warmup_steps=0, checkpoint_every=1,
+                    export_at_end=True)
+    with pytest.raises(DataError, match=r"the training loss is nan at step (\d): training diverged") as error:
+        train(config(recordings, tmp_path / "run", **settings))
+    step = int(re.search(r"at step (\d)", str(error.value)).group(1))
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")][-1] == f"step_{step - 1:06d}"
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
 def test_gradient_accumulation_trains_the_weights_of_one_big_batch(recordings, tmp_path):
     settings = dict(method="full", max_steps=3, dropout=0.0, checkpoint_every=0)
     whole = train(config(recordings, tmp_path / "whole", **settings))

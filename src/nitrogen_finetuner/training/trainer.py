@@ -88,6 +88,13 @@ def _mixed_precision(choice: str, on_gpu: bool) -> str:
     return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
 
 
+def diverged(loss: float, step: int, run_dir: Path) -> DataError:
+    """The one line for a loss that became NaN or infinite: the run stops rather than save and
+    export weights that are no longer numbers."""
+    return DataError(f"the training loss is {loss} at step {step}: training diverged, and stops without saving "
+                     "this step", file=str(run_dir), hint="train again with a lower learning_rate or more warmup_steps")
+
+
 def precision_label(precision: str, fsdp: bool, bf16_weights: bool) -> str:
     if bf16_weights:
         return "bf16 weights, float32 master weights"
@@ -367,6 +374,10 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             summed = accelerator.reduce(torch.stack([step_squared, vote]), "sum")
             loss, stop_votes = float(summed[0] / total), float(summed[1])
             losses.append(loss)
+            if not math.isfinite(loss) and accelerator.scaler is None:  # fp16's scaler skips such steps itself
+                logger.close()
+                accelerator.end_training()
+                raise diverged(loss, progress.step, run_dir)
             seconds = time.perf_counter() - started
             samples_per_s = config.batch_size / seconds
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{samples_per_s:.1f}",
