@@ -288,9 +288,11 @@ def test_export_never_replaces_the_runs_base_or_checkpoints_and_asks_before_repl
     assert "the file exists (choose another name, or pass --force to replace it)" in one_error_line(capsys)
     assert main(["export", str(run_dir), str(out), "--force"]) == 0 and out.read_bytes()[:2] == b"PK"
     assert main(["export", str(run_dir), str(tmp_path / "new_folder") + "/"]) == 2
-    assert "Is a directory" in one_error_line(capsys) and not (tmp_path / "new_folder").exists()
+    assert "it names a folder, not a file" in one_error_line(capsys) and not (tmp_path / "new_folder").exists()
     assert main(["export", str(run_dir), ""]) == 2
     assert "the output file name is empty" in one_error_line(capsys)
+    assert main(["export", "", str(tmp_path / "x.pt")]) == 2
+    assert "the run folder name is empty" in one_error_line(capsys)
     assert main(["export", str(run_dir), str(tmp_path / "game.safetensors")]) == 2
     assert "is a torch.save file" in one_error_line(capsys) and not (tmp_path / "game.safetensors").exists()
 

@@ -552,6 +552,7 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     ("max_steps: 5\n---\nmax_steps: 7\n", [],
      "not valid YAML (expected a single document in the stream, but found another document at line 2"),
     (None, ["lora={rank: 4, rank: 8}"], "not a valid YAML value (the key 'rank' is given twice at line 1, column 11)"),
+    (None, ['output=" "'], "invalid setting output: the run folder name is empty"),
 ])
 def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text, settings, expected):
     args = ["train", "--data", str(recordings), "--print-config"]

@@ -31,7 +31,10 @@ def output_file(name: str | os.PathLike) -> Path:
     """The file a command is asked to write: a name, and not a folder's ("new_folder/" is one)."""
     if not str(name).strip():
         raise DataError("the output file name is empty", hint="give the file to write, e.g. model.pt")
-    if str(name).endswith(("/", os.sep)) or Path(name).is_dir():
+    if str(name).endswith(("/", os.sep)):
+        raise DataError("the name ends in a slash, so it names a folder, not a file", file=str(name),
+                        hint="give the file to write, e.g. model.pt")
+    if Path(name).is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(name))
     return Path(name)
 

@@ -114,6 +114,13 @@ class TrainConfig(_Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
+    @field_validator("output")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the run folder name is empty: give the folder to train into")
+        return value
+
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _yaml_no(cls, value):
@@ -215,6 +222,8 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
 def run_config_file(run_dir: str | Path) -> Path:
     """A run folder's ``config.yaml``: the fully resolved config its training wrote (or, when it
     was deleted, the copy in the newest checkpoint)."""
+    if not str(run_dir).strip():
+        raise DataError("the run folder name is empty", hint="give the --output folder of a training run")
     path = Path(run_dir) / "config.yaml"
     if path.is_file():
         return path

@@ -33,8 +33,8 @@ def export_run(
     ``base_file`` stands for the run's base when that file has moved (its weights must be the same).
     An existing ``out`` is replaced only with ``force``, and never when it is the run's base or a
     file the run needs to be exported or resumed again; nothing is written in its checkpoint folders."""
-    run_dir = Path(run_dir)
     config = resolve_config(run_config_file(run_dir))
+    run_dir = Path(run_dir)
     if base_file is not None:
         config = config.model_copy(update={"base": base_file})
     _check_output(out, run_dir, config.base, force)
