@@ -190,7 +190,7 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
         "ms_per_step": round(seconds * 1000, 1),
         "peak_gib": peak_memory_gib(device),
         "trainable": sum(p.numel() for p in step.params),
-        "first_step_s": round(first_step, 1),
+        "first_step_s": round(first_step, 3),
         "mfu": round(samples_per_s * flops_per_sample(base_model(step.master), step.config.action_horizon) / peak, 3)
         if peak else None,
     }
