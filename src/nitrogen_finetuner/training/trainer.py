@@ -44,9 +44,9 @@ from .adapters import base_model, load_trainable_state, prepare_trainable, train
 from .base import load_base, record_base, set_dropout
 from .batches import continue_data_position, micro_batches, one_pass, padding_window, window_noise
 from .bf16_weights import Bf16Weights
-from .compiling import compile_layers, eager
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
                           set_rng_state)
+from .compiling import compile_layers, eager
 from .config import TrainConfig, changed_trainable_setup, dump_config, resolve_config, with_absolute_paths
 from .run_lock import RunFolderLock
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
