@@ -144,6 +144,29 @@ def test_an_analog_trigger_reads_on_the_scale_of_the_whole_dataset(tmp_path):
     write_nitrogen_parquet(tmp_path / "resting.parquet", n=8,
                            extra={"left_trigger": np.array(triggers["resting.parquet"], bool)})
     assert sum(e.actions[:, slot].sum() for e in prepared(tmp_path).index.episodes) == 2 + 4
+    # True/false stays presses with a null (pyarrow then hands over objects), and says nothing of
+    # the scale of another file, whose 0s and 1s go with the 0..255 file.
+    write_nitrogen_parquet(tmp_path / "resting.parquet", n=8,
+                           extra={"left_trigger": [False, True, True, False, True, False, None, True]})
+    write_nitrogen_parquet(tmp_path / "digital.parquet", n=8, extra={"left_trigger": [False] * 8})
+    renamed = {k: v for k, v in nitrogen_rows(8).items() if k != "left_trigger"}
+    pq.write_table(pa.table({"image": image_structs(8), **renamed, "Left Trigger": np.array([0, 1] * 4, np.uint8)}),
+                   tmp_path / "zero_one.parquet")
+    data = prepared(tmp_path, skip_bad_rows=True)
+    pressed = {data.index.sources[e.source].name.split("/")[-1]: int(e.actions[:, slot].sum())
+               for e in data.index.episodes}
+    # The same trigger under another spelling of its name takes the 0..255 scale too.
+    assert pressed == {"wide.parquet": 2, "resting.parquet": 4, "digital.parquet": 0, "zero_one.parquet": 0}
+
+
+def test_one_stray_trigger_value_is_an_error_in_its_row_not_the_scale(tmp_path):
+    values = [0.0, 0.8] * 4 + [2.0]
+    path = write_nitrogen_parquet(tmp_path / "run.parquet", n=9, extra={"left_trigger": np.array(values, np.float32)})
+    with pytest.raises(DataError, match=r"row 8, column 'left_trigger': trigger value 2.0 is neither in 0..1"):
+        prepared(path)
+    episode = prepared(path, skip_bad_rows=True).index.episodes[0]
+    assert episode.actions[:, LAYOUT.slot_names.index("LEFT_TRIGGER")].tolist() == [0, 1] * 4 + [0]
+    assert episode.bad.tolist() == [False] * 8 + [True]
 
 
 def test_frames_kept_every_other_or_counted_in_milliseconds_are_no_gaps(tmp_path):

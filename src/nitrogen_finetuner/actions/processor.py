@@ -193,6 +193,25 @@ def as_number(value) -> float:
         return np.nan
 
 
+def _is_boolean(raw, dtype: np.dtype) -> bool:
+    """A column of true/false (with nulls, pyarrow hands it over as objects)."""
+    if dtype == bool:
+        return True
+    return dtype == object and all(isinstance(v, (bool, np.bool_)) for v in raw if v is not None) and \
+        any(v is not None for v in raw)
+
+
+def _trigger_scale(values: np.ndarray) -> Optional[float]:
+    """The scale an analog trigger's valid values show: 0..1 when more of them lie between 0 and 1
+    than are whole numbers above 1, else 0..255; None when they are only 0 and 1 (either scale).
+    So one stray value is an error in its row, not the scale of the file."""
+    fractions = np.count_nonzero((values > 0) & (values < 1))
+    whole_above_one = np.count_nonzero((values > 1) & (values == np.round(values)))
+    if not fractions and not whole_above_one:
+        return None
+    return 1.0 if fractions > whole_above_one else 255.0
+
+
 def _numbers(raw, column: str, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.dtype]:
     """One number per row: float64 values (0 where null or not a number), where null, where not a
     number (a list, a word), and the column's dtype."""
@@ -362,15 +381,18 @@ class ColumnBinding:
     def analog_trigger_columns(self) -> list[str]:
         return [column for column, (target, _) in self._targets.items() if target.kind == "button" and target.analog]
 
-    def trigger_scale_shown(self, data: Mapping[str, Union[np.ndarray, list]], source: str) -> dict[str, Optional[float]]:
-        """Each analog trigger column's scale as this file's values show it: 255 when one exceeds 1,
-        1 when one lies between 0 and 1 or the column is boolean, None when they are only 0 and 1."""
+    def trigger_scale_shown(self, data: Mapping[str, Union[np.ndarray, list]], source: str) -> dict[str, tuple[str, object]]:
+        """Each analog trigger column's slot and the scale this file's values show: 1 or 255
+        (``_trigger_scale``), None when they are only 0 and 1, or "boolean" for a true/false
+        column, which is a digital trigger and says nothing of the others' scale."""
         shown = {}
         for column in self.analog_trigger_columns:
+            target, _ = self._targets[column]
             values, missing, unreadable, dtype = _numbers(data[column], column, source)
-            values = values[~missing & ~unreadable & np.isfinite(values)]
-            shown[column] = 255.0 if values.size and values.max() > 1 else \
-                1.0 if dtype == bool or np.any((values > 0) & (values < 1)) else None
+            if _is_boolean(np.asarray(data[column]), dtype):
+                shown[column] = (target.label(), "boolean")
+            else:
+                shown[column] = (target.label(), _trigger_scale(values[~missing & ~unreadable & np.isfinite(values)]))
         return shown
 
     def agree(self, column: str, other_range: str) -> bool:
@@ -414,9 +436,9 @@ class ColumnBinding:
         infinite = ~np.isfinite(values)
         valid = ~missing & ~infinite
         if target.analog:
-            # Normalised to 0..1: whole numbers 0..255 when any value exceeds 1 (here, or in the
+            # Normalised to 0..1: whole numbers 0..255 when they exceed 1 (here, or in the
             # dataset's other files: ``trigger_scales``), else as they are.
-            scale = trigger_scale or (255.0 if valid.any() and values[valid].max() > 1 else 1.0)
+            scale = trigger_scale or _trigger_scale(values[valid]) or 1.0
             wrong = valid & ((values < 0) | (values > scale) | ((scale > 1) & (values != np.round(values))))
             pressed = values / scale > self.trigger_threshold
             check = ("trigger value {value} is neither in 0..1 nor a whole number in 0..255", _HINT_TRIGGER)

@@ -171,7 +171,7 @@ class _BoundSource(NamedTuple):
     frame_column: Optional[str]
     action_columns: list[str]
     binding: ColumnBinding
-    trigger_scales: dict[str, Optional[float]]
+    trigger_scales: dict[str, tuple[str, object]]  # ColumnBinding.trigger_scale_shown
 
 
 def build_index(
@@ -232,16 +232,20 @@ def build_index(
 
 
 def _agree_trigger_scales(files: list[_BoundSource]) -> None:
-    """A file whose analog trigger column holds only 0 and 1 reads it on the scale the dataset's
-    other files show, when they agree: in 0..255 recordings a 1 is a trigger at rest, not a press."""
-    scales: dict[str, set[float]] = {}
+    """A file whose analog trigger holds only 0 and 1 reads it on the scale that the dataset's
+    other files show for the same trigger, when they agree: in 0..255 recordings a 1 is a trigger
+    at rest, not a press. A true/false column is a digital trigger, whatever the others hold."""
+    scales: dict[str, set[float]] = {}  # trigger slot -> the scales files show for it
     for f in files:
-        for column, scale in f.trigger_scales.items():
-            if scale is not None:
-                scales.setdefault(column, set()).add(scale)
+        for slot, scale in f.trigger_scales.values():
+            if isinstance(scale, float):
+                scales.setdefault(slot, set()).add(scale)
     for f in files:
-        f.binding.trigger_scales = {column: next(iter(scales[column])) for column, scale in f.trigger_scales.items()
-                                    if scale is None and len(scales.get(column, ())) == 1}
+        f.binding.trigger_scales = {
+            column: 1.0 if scale == "boolean" else next(iter(scales[slot]))
+            for column, (slot, scale) in f.trigger_scales.items()
+            if scale == "boolean" or (scale is None and len(scales.get(slot, ())) == 1)
+        }
 
 
 def _check_mapping(processor: UniversalVectorProcessor, sources: list[Source]) -> None:
