@@ -127,6 +127,19 @@ def test_skip_bad_rows_leaves_out_a_row_without_its_frame_number(tmp_path):
     assert data.index.bad_action_rows == 1
     # Frame 5's row is left out, and its absence cuts the recording like any missing frame.
     assert [list(e.rows) for e in data.index.episodes] == [[0, 1, 2, 3, 4], [6, 7, 8, 9, 10, 11]]
+    # The same with NaN in a float column (which Arrow hands over read-only) and a null timestamp.
+    start = np.datetime64("2024-01-01T00:00:00", "ms")
+    for name, column in [("nan.parquet", pa.array([f if f is not None else np.nan for f in frames], pa.float64())),
+                         ("time.parquet", pa.array([None if f is None else start + np.timedelta64(int(f * 17), "ms")
+                                                    for f in frames], pa.timestamp("ms")))]:
+        path = write_nitrogen_parquet(tmp_path / name, n=12, extra={"frame_index": column})
+        with pytest.raises(DataError, match=r"row 5, column 'frame_index': the frame number is missing"):
+            prepared(path)
+        data = prepared(path, skip_bad_rows=True)
+        assert [list(e.rows) for e in data.index.episodes] == [[0, 1, 2, 3, 4], [6, 7, 8, 9, 10, 11]], name
+    path = write_nitrogen_parquet(tmp_path / "none.parquet", n=12, extra={"frame_index": pa.array([None] * 12, pa.int64())})
+    with pytest.raises(DataError, match=r"every row was left out as bad: none has a frame number \(12 bad rows\)"):
+        prepared(path, skip_bad_rows=True)
 
 
 def test_an_analog_trigger_reads_on_the_scale_of_the_whole_dataset(tmp_path):

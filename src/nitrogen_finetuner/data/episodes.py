@@ -115,11 +115,18 @@ def _split_episodes(values: np.ndarray) -> list[tuple[object, np.ndarray]]:
 
 
 def _frame_numbers(values: np.ndarray, source: str, column: str, skip_bad_rows: bool) -> np.ndarray:
-    """The frame numbers as floats; with ``skip_bad_rows`` a missing one is NaN (its row is left out)."""
-    try:
-        numbers = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):  # numbers as text, a null or a word: value by value
-        numbers = np.array([as_number(v) for v in values], np.float64)
+    """The frame numbers as floats (timestamps in nanoseconds); with ``skip_bad_rows`` a missing
+    one is NaN (its row is left out)."""
+    values = np.asarray(values)
+    if values.dtype.kind in "mM":  # timestamps and durations, whose null (NaT) reads as a huge negative number
+        unit = "datetime64[ns]" if values.dtype.kind == "M" else "timedelta64[ns]"
+        numbers = values.astype(unit).astype(np.int64).astype(np.float64)
+        numbers[np.isnat(values)] = np.nan
+    else:
+        try:
+            numbers = np.array(values, dtype=np.float64)  # a copy: Arrow's zero-copy arrays are read-only
+        except (TypeError, ValueError):  # numbers as text, a null or a word: value by value
+            numbers = np.array([as_number(v) for v in values], np.float64)
     wrong = ~np.isfinite(numbers)
     if wrong.any() and skip_bad_rows:
         numbers[wrong] = np.nan
@@ -224,6 +231,10 @@ def build_index(
                 name = recording if len(pieces) == 1 else \
                     f"{recording} frames {_frame_label(frames[piece[0]])}-{_frame_label(frames[piece[-1]])}"
                 episodes.append(Episode(name, recording, s, piece, actions[piece], bad[piece], binding.slot_mask))
+    if not episodes:  # only skip_bad_rows leaves rows out: those without a frame number
+        raise DataError(f"every row was left out as bad: none has a frame number ({bad_total} bad rows)",
+                        file=sources[0].name if len(sources) == 1 else None,
+                        hint="fill in the frame numbers, or set frame_column: none to read the rows in file order")
     bindings = [f.binding for f in files]
     unused = [[c for c in f.action_columns if c not in f.binding.columns and not processor.ignores(c)] for f in files]
     _check_mapping(processor, sources)

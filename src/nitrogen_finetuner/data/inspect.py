@@ -48,17 +48,20 @@ def check_images(data: PreparedData) -> dict:
 def summarize(data: PreparedData) -> dict:
     """Every number of the report, as plain values."""
     index, spec, layout = data.index, data.spec, data.spec.layout
-    actions = np.concatenate([e.actions[~e.bad] for e in index.episodes]) if index.episodes else np.zeros((0, layout.action_dim))
-    expressed = np.any([e.slot_mask for e in index.episodes], axis=0)
-    buttons = actions[:, layout.button_slice]
-    sticks = actions[:, layout.stick_slice] * 2 - 1
+
+    def slot_values(slot: int) -> np.ndarray:
+        """A slot's good rows, from the episodes whose source can express it (the others hold 0)."""
+        rows = [e.actions[~e.bad, slot] for e in index.episodes if e.slot_mask[slot]]
+        return np.concatenate(rows) if rows else np.zeros(0, np.float32)
+
+    slots = np.arange(layout.action_dim)
+    buttons = [slot_values(slot) for slot in slots[layout.button_slice]]
+    sticks = [slot_values(slot) * 2 - 1 for slot in slots[layout.stick_slice]]
     windows = {k: 0 for k in ("windows", "padded", "dropped_at_end", "dropped_bad_actions")}
     for episode in index.episodes:
         for k, v in spec.summary(episode).items():
             if k in windows:
                 windows[k] += v
-    button_mask = expressed[layout.button_slice]
-    stick_mask = expressed[layout.stick_slice]
     return {
         "dataset": data.config.dataset_name,
         "files": len(index.sources),
@@ -72,21 +75,17 @@ def summarize(data: PreparedData) -> dict:
         "horizon": spec.horizon,
         "bad_action_rows": index.bad_action_rows,
         "button_press_rate": {
-            name: (round(float(buttons[:, i].mean()), 4) if button_mask[i] and len(buttons) else None)
-            for i, name in enumerate(layout.buttons)
+            name: round(float(values.mean()), 4) if len(values) else None for name, values in zip(layout.buttons, buttons)
         },
         "sticks": {
-            name: (
-                {
-                    "mean": round(float(sticks[:, i].mean()), 4),
-                    "std": round(float(sticks[:, i].std()), 4),
-                    "min": round(float(sticks[:, i].min()), 4),
-                    "max": round(float(sticks[:, i].max()), 4),
-                    "moved": round(float((sticks[:, i] != 0).mean()), 4),
-                }
-                if stick_mask[i] and len(sticks) else None
-            )
-            for i, name in enumerate(STICK_NAMES[:N_STICK_VALUES])
+            name: {
+                "mean": round(float(values.mean()), 4),
+                "std": round(float(values.std()), 4),
+                "min": round(float(values.min()), 4),
+                "max": round(float(values.max()), 4),
+                "moved": round(float((values != 0).mean()), 4),
+            } if len(values) else None
+            for name, values in zip(STICK_NAMES[:N_STICK_VALUES], sticks)
         },
         **windows,
     }
@@ -99,7 +98,7 @@ def format_report(report: dict) -> str:
         f"(shortest episode {report['shortest_episode']})",
     ]
     if report["frame_gaps"]:
-        lines.append(f"gaps         frame_index skips frames in {report['frame_gaps']} place(s): the recordings are "
+        lines.append(f"gaps         frame numbers skip in {report['frame_gaps']} place(s): the recordings are "
                      "cut there into episodes that windows never cross")
     lines += [f"profile      {p}" for p in report["profiles"]]
     if report["unused_columns"]:

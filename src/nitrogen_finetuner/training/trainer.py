@@ -513,6 +513,7 @@ class RunLogger:
         index = data.index
         print(f"data        {data.config.dataset_name}: {len(index.episodes)} episode(s), "
               f"{train_set.num_windows} training windows" + (f", {val_set.num_windows} validation" if val_set else "")
+              + (f"; {index.bad_action_rows} bad rows left out (skip_bad_rows)" if index.bad_action_rows else "")
               + index.gaps_note())
         profiles = sorted({f"{b.profile.name} (loss on {int(b.slot_mask.sum())}/{b.layout.action_dim} slots)"
                            for b in index.bindings})
