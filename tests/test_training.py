@@ -553,6 +553,8 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
      "not valid YAML (expected a single document in the stream, but found another document at line 2"),
     (None, ["lora={rank: 4, rank: 8}"], "not a valid YAML value (the key 'rank' is given twice at line 1, column 11)"),
     (None, ['output=" "'], "invalid setting output: the run folder name is empty"),
+    (None, ["lora.rnak=8"], "unknown setting lora.rnak (did you mean lora.rank?)"),
+    ("max_stepz: 3\n", [], "run.yaml: unknown setting max_stepz (did you mean max_steps?)"),
 ])
 def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text, settings, expected):
     args = ["train", "--data", str(recordings), "--print-config"]
@@ -567,6 +569,13 @@ def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text,
     assert len(err) == 1 and expected in err[0]
     if "given twice" in expected:  # no hint about quoting: the text parsed
         assert err[0].endswith(expected)
+
+
+def test_a_config_without_data_says_how_to_give_it(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("lora:\n  rank: 4\n")
+    with pytest.raises(DataError, match=r"setting data is required \(give --data PATH, or data.dataset_name"):
+        resolve_config(file)
 
 
 def test_a_key_may_override_what_a_yaml_merge_brings(recordings, tmp_path):

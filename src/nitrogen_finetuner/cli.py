@@ -229,7 +229,7 @@ def _data_config(args: argparse.Namespace, dataset: str):
             skip_bad_rows=args.skip_bad_rows,
         )
     except ValidationError as err:
-        raise invalid_setting(err) from None
+        raise invalid_setting(err, model=DataConfig) from None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

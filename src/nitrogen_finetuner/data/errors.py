@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Optional
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
 class DataError(ValueError):
@@ -37,9 +38,31 @@ def user_message(err: BaseException) -> str:
     return re.sub(rf"^[\w.]*\b{type(err).__name__}: ", "", last)
 
 
-def invalid_setting(err: ValidationError, file: Optional[str] = None) -> DataError:
-    """pydantic's first complaint about a config, as one line naming the setting."""
-    first = err.errors()[0]
+def invalid_setting(err: ValidationError, file: Optional[str] = None, model: Optional[type[BaseModel]] = None) -> DataError:
+    """pydantic's first complaint about a config, as one line naming the setting: an unknown key
+    first (a misspelling explains the rest), with the closest known key of ``model`` as the hint."""
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
     where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        known = _keys_at(model, first["loc"][:-1]) if model else []
+        close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
+        return DataError(f"unknown setting {where}", file=file,
+                         hint=f"did you mean {'.'.join([*map(str, first['loc'][:-1]), close[0]])}?" if close
+                         else (f"settings here: {', '.join(known)}" if known else None))
+    if first["type"] == "missing":
+        return DataError(f"setting {where} is required", file=file,
+                         hint="give --data PATH, or data.dataset_name in the config" if where.startswith("data") else None)
     message = first["msg"].removeprefix("Value error, ")
     return DataError(f"invalid setting {where}: {message}" if where else f"invalid config: {message}", file=file)
+
+
+def _keys_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """The keys a config section takes: ``model``'s fields, or those of the section ``path`` names."""
+    for part in path:
+        field = model.model_fields.get(str(part))
+        section = getattr(field, "annotation", None) if field else None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return []
+        model = section
+    return list(model.model_fields)

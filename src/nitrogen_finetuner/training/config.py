@@ -203,7 +203,7 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as err:
-        raise invalid_setting(err, file=str(file) if file else None) from None
+        raise invalid_setting(err, file=str(file) if file else None, model=TrainConfig) from None
 
 
 def with_absolute_paths(config: TrainConfig) -> TrainConfig:
