@@ -83,7 +83,8 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tm
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
-def test_a_stop_signal_checkpoints_the_step_it_ends_and_the_resumed_run_is_exact(recordings, tmp_path, monkeypatch):
+def test_a_stop_signal_checkpoints_the_step_it_ends_and_the_resumed_run_is_exact(recordings, tmp_path, monkeypatch,
+                                                                                  capsys):
     settings = dict(max_steps=4, checkpoint_every=0, ema_decay=0.9)
     straight = train(config(recordings, tmp_path / "straight", **settings))
     real_noise = trainer_module.window_noise
@@ -100,7 +101,9 @@ def test_a_stop_signal_checkpoints_the_step_it_ends_and_the_resumed_run_is_exact
     assert (stopped.value.step, stopped.value.signal_number) == (2, signal.SIGTERM)
     assert [p.name for p in checkpoint_dirs(tmp_path / "resumed")] == ["step_000002"]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers are put back
+    capsys.readouterr()
     resumed = train(config(recordings, tmp_path / "resumed", **settings), resume=True)
+    assert "note        resumed from checkpoints/step_000002 (step 2)" in capsys.readouterr().out
     assert resumed.losses == straight.losses[2:]
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -147,7 +147,8 @@ class NitroGenPolicy:
             f"  vision tower    {cfg.vision_encoder_name}: {tower.num_hidden_layers} layers x {tower.hidden_size}, "
             f"{tower.image_size}px, patch {tower.patch_size}",
             *([f"  fine-tuned      {self.extra['method']} from {self.extra.get('fine_tuned_from', '?')}, "
-               f"step {self.step} ({self.extra.get('weights', 'final')} weights)"] if "method" in self.extra else []),
+               f"step {self.step} ({'EMA' if self.extra.get('weights') == 'ema' else 'trained, not EMA'} weights)"]
+              if "method" in self.extra else []),
         ])
 
 

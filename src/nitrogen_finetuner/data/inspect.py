@@ -100,7 +100,7 @@ def format_report(report: dict) -> str:
     if report["frame_gaps"]:
         lines.append(f"gaps         frame numbers skip in {report['frame_gaps']} place(s): the recordings are "
                      "cut there into episodes that windows never cross")
-    lines += [f"profile      {p}" for p in report["profiles"]]
+    lines += [f"profile      {p.removeprefix('profile ')}" for p in report["profiles"]]
     if report["unused_columns"]:
         lines.append(f"unused       {', '.join(report['unused_columns'])} (no profile entry or mapping reads them)")
     lines.append(

@@ -63,7 +63,8 @@ class StopRequest:
         if self.announce:
             # A raw write to stderr's descriptor: print() here could land inside the progress bar's
             # own write to sys.stderr, and Python refuses such a reentrant call with an error.
-            notice = f"\n{signal.Signals(signal_number).name}: {self.what_happens} (Ctrl-C again stops at once)\n"
+            again = "Ctrl-C again" if signal_number == signal.SIGINT else "Ctrl-C"
+            notice = f"\n{signal.Signals(signal_number).name}: {self.what_happens} ({again} stops at once)\n"
             with contextlib.suppress(OSError):
                 os.write(STDERR, notice.encode())
 

@@ -256,6 +256,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     peak = peak_flops(device)
     logger.start(base, config.method, data, train_set, val_set, accumulation, micro, world,
                  precision_label(precision, config.fsdp, config.bf16_weights))
+    if resume:
+        logger.note(f"resumed from {checkpoint_dirs(run_dir)[-1].relative_to(run_dir)} (step {progress.step})")
     if config.compile:
         logger.note("compile: the first step compiles each kind of transformer layer (a minute or so)")
     if config.fsdp and world == 1:
