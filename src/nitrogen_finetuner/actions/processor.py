@@ -381,17 +381,16 @@ class ColumnBinding:
     def analog_trigger_columns(self) -> list[str]:
         return [column for column, (target, _) in self._targets.items() if target.kind == "button" and target.analog]
 
-    def trigger_scale_shown(self, data: Mapping[str, Union[np.ndarray, list]], source: str) -> dict[str, tuple[str, object]]:
-        """Each analog trigger column's slot and the scale this file's values show: 1 or 255
-        (``_trigger_scale``), None when they are only 0 and 1, or "boolean" for a true/false
-        column, which is a digital trigger and says nothing of the others' scale."""
+    def trigger_scale_shown(self, data: Mapping[str, Union[np.ndarray, list]], source: str
+                            ) -> dict[str, tuple[str, Optional[float]]]:
+        """Each numeric analog trigger column's slot and the scale this file's values show: 1 or
+        255 (``_trigger_scale``), or None when they are only 0 and 1. A true/false column is a
+        digital trigger: it is left out, says nothing of the others' scale and reads as 0/1."""
         shown = {}
         for column in self.analog_trigger_columns:
-            target, _ = self._targets[column]
             values, missing, unreadable, dtype = _numbers(data[column], column, source)
-            if _is_boolean(np.asarray(data[column]), dtype):
-                shown[column] = (target.label(), "boolean")
-            else:
+            if not _is_boolean(np.asarray(data[column]), dtype):
+                target, _ = self._targets[column]
                 shown[column] = (target.label(), _trigger_scale(values[~missing & ~unreadable & np.isfinite(values)]))
         return shown
 

@@ -178,7 +178,7 @@ class _BoundSource(NamedTuple):
     frame_column: Optional[str]
     action_columns: list[str]
     binding: ColumnBinding
-    trigger_scales: dict[str, tuple[str, object]]  # ColumnBinding.trigger_scale_shown
+    trigger_scales: dict[str, tuple[str, Optional[float]]]  # ColumnBinding.trigger_scale_shown
 
 
 def build_index(
@@ -245,18 +245,15 @@ def build_index(
 def _agree_trigger_scales(files: list[_BoundSource]) -> None:
     """A file whose analog trigger holds only 0 and 1 reads it on the scale that the dataset's
     other files show for the same trigger, when they agree: in 0..255 recordings a 1 is a trigger
-    at rest, not a press. A true/false column is a digital trigger, whatever the others hold."""
+    at rest, not a press."""
     scales: dict[str, set[float]] = {}  # trigger slot -> the scales files show for it
     for f in files:
         for slot, scale in f.trigger_scales.values():
-            if isinstance(scale, float):
+            if scale is not None:
                 scales.setdefault(slot, set()).add(scale)
     for f in files:
-        f.binding.trigger_scales = {
-            column: 1.0 if scale == "boolean" else next(iter(scales[slot]))
-            for column, (slot, scale) in f.trigger_scales.items()
-            if scale == "boolean" or (scale is None and len(scales.get(slot, ())) == 1)
-        }
+        f.binding.trigger_scales = {column: next(iter(scales[slot])) for column, (slot, scale) in f.trigger_scales.items()
+                                    if scale is None and len(scales.get(slot, ())) == 1}
 
 
 def _check_mapping(processor: UniversalVectorProcessor, sources: list[Source]) -> None:
