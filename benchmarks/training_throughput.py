@@ -163,11 +163,11 @@ class TrainingStep:
             self.bf16_weights.weights_from_master()
 
 
-def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_mode: str | None,
-          recompute: bool, device) -> dict:
-    step = TrainingStep(preset, method, batch_size, compile_mode, recompute, device)
+def timed(step, steps: int, warmup: int, device) -> tuple[float, float]:
+    """Seconds of the first step (which compiles, when compiled) and the median of ``steps`` timed
+    steps after ``warmup`` untimed ones; peak memory counts from the first timed step."""
     start = time.perf_counter()
-    step(0)  # compiles, when compiled
+    step(0)
     sync(device)
     first_step = time.perf_counter() - start
     for i in range(1, warmup):
@@ -180,7 +180,13 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
         step(warmup + i)
         sync(device)
         times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    return first_step, statistics.median(times)
+
+
+def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_mode: str | None,
+          recompute: bool, device) -> dict:
+    step = TrainingStep(preset, method, batch_size, compile_mode, recompute, device)
+    first_step, seconds = timed(step, steps, warmup, device)
     samples_per_s = batch_size / seconds
     peak = peak_flops(device)
     return {
@@ -261,7 +267,7 @@ def bench_official(src: Path, preset: str, method: str, batch_size: int, steps: 
         "dropped_images": torch.zeros(batch_size, 1, dtype=torch.bool, device=device),
     }
 
-    def step() -> None:
+    def step(_: int) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = official(data)["loss"]
         loss.backward()
@@ -269,17 +275,7 @@ def bench_official(src: Path, preset: str, method: str, batch_size: int, steps: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    sync(device)
-    reset_memory(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    _, seconds = timed(step, steps, warmup, device)
     row = {"method": f"official {method}", "batch": batch_size, "samples_per_s": round(batch_size / seconds, 1),
            "ms_per_step": round(seconds * 1000, 1),
            "peak_gib": peak_memory_gib(device),
