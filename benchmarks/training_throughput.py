@@ -163,9 +163,12 @@ class TrainingStep:
             self.bf16_weights.weights_from_master()
 
 
-def timed(step, steps: int, warmup: int, device) -> tuple[float, float]:
-    """Seconds of the first step (which compiles, when compiled) and the median of ``steps`` timed
-    steps after ``warmup`` untimed ones; peak memory counts from the first timed step."""
+def timed(step, steps: int, warmup: int, device) -> tuple[float, float, float]:
+    """Seconds of the first step (which compiles, when compiled), the median of ``steps`` timed
+    steps after ``warmup`` untimed ones, each waited for, and the mean of ``steps`` more run back to
+    back with one wait at the end (the CPU may then queue a step while the GPU runs the last one;
+    the gap between the two says how long a step leaves the GPU idle). Peak memory counts from the
+    first timed step."""
     start = time.perf_counter()
     step(0)
     sync(device)
@@ -180,13 +183,17 @@ def timed(step, steps: int, warmup: int, device) -> tuple[float, float]:
         step(warmup + i)
         sync(device)
         times.append(time.perf_counter() - start)
-    return first_step, statistics.median(times)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(warmup + steps + i)
+    sync(device)
+    return first_step, statistics.median(times), (time.perf_counter() - start) / steps
 
 
 def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_mode: str | None,
           recompute: bool, device) -> dict:
     step = TrainingStep(preset, method, batch_size, compile_mode, recompute, device)
-    first_step, seconds = timed(step, steps, warmup, device)
+    first_step, seconds, back_to_back = timed(step, steps, warmup, device)
     samples_per_s = batch_size / seconds
     peak = peak_flops(device)
     return {
@@ -194,6 +201,7 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
         "batch": batch_size,
         "samples_per_s": round(samples_per_s, 1),
         "ms_per_step": round(seconds * 1000, 1),
+        "ms_per_step_back_to_back": round(back_to_back * 1000, 1),
         "peak_gib": peak_memory_gib(device),
         "trainable": sum(p.numel() for p in step.params),
         "first_step_s": round(first_step, 3),
@@ -275,9 +283,9 @@ def bench_official(src: Path, preset: str, method: str, batch_size: int, steps: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    _, seconds = timed(step, steps, warmup, device)
+    _, seconds, back_to_back = timed(step, steps, warmup, device)
     row = {"method": f"official {method}", "batch": batch_size, "samples_per_s": round(batch_size / seconds, 1),
-           "ms_per_step": round(seconds * 1000, 1),
+           "ms_per_step": round(seconds * 1000, 1), "ms_per_step_back_to_back": round(back_to_back * 1000, 1),
            "peak_gib": peak_memory_gib(device),
            "trainable": sum(p.numel() for p in params), "mfu": None}
     return row
@@ -334,14 +342,14 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"\n{args.preset} NitroGen, random weights, bf16 (autocast; +bf16_weights and fsdp rows: "
           f"bf16 weights, float32 masters), {name}")
-    print("| method | batch | samples/s | ms/step | peak GiB | MFU | first step s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | batch | samples/s | ms/step | ms/step back to back | peak GiB | MFU | first step s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['method']} | {r['batch']} | {r['error']} | | | | |")
+            print(f"| {r['method']} | {r['batch']} | {r['error']} | | | | | |")
         else:
-            print(f"| {r['method']} | {r['batch']} | {r['samples_per_s']} | {r['ms_per_step']} | {r['peak_gib']} | "
-                  f"{r['mfu']} | {r.get('first_step_s', '')} |")
+            print(f"| {r['method']} | {r['batch']} | {r['samples_per_s']} | {r['ms_per_step']} | "
+                  f"{r['ms_per_step_back_to_back']} | {r['peak_gib']} | {r['mfu']} | {r.get('first_step_s', '')} |")
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=2))
 

@@ -29,7 +29,8 @@ def test_training_throughput_times_every_method(tmp_path):
     rows = {row["method"]: row for row in json.loads(out.read_text())}
     assert rows.pop("lora+bf16")["error"].startswith("ValueError: unknown run lora+bf16")
     assert set(rows) == {"full", "full+bf16_weights", "fsdp", "lora", "lora_attention", "lora_attention+bf16_weights"}
-    assert all(row["samples_per_s"] > 0 and row["first_step_s"] > 0 for row in rows.values())
+    assert all(row["samples_per_s"] > 0 and row["first_step_s"] > 0 and row["ms_per_step_back_to_back"] > 0
+               for row in rows.values())
     trainable = {method: row["trainable"] for method, row in rows.items()}
     assert trainable["fsdp"] == trainable["full+bf16_weights"] == trainable["full"] > trainable["lora_attention"]
     assert trainable["lora_attention+bf16_weights"] == trainable["lora_attention"]
