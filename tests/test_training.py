@@ -608,7 +608,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def trained(name: str, processes: int, *settings: str) -> Path:
-        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29531"]
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
         subprocess.run([sys.executable, *(launcher if processes > 1 else []), "-m", "nitrogen_finetuner.cli", "train",
                         "--output", str(tmp_path / name), *common, *settings],
                        check=True, env=env, capture_output=True, timeout=300)
@@ -650,7 +650,7 @@ def _worker_of_rank(launcher_pid: int, rank: int) -> int:
 @pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(recordings, tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "nitrogen_finetuner.cli", "train", "--data", str(recordings), "--output", str(run_dir),
                "--max-steps", "100000", "--set", "num_workers=0", "--set", "log_every=1",
                "--set", "checkpoint_every=0", "--set", "val_every=0"]
