@@ -118,7 +118,8 @@ def compiled_label(mode: str | None) -> str:
 class TrainingStep:
     """One optimizer step of a method, as the trainer runs it, on synthetic data on the device."""
 
-    def __init__(self, preset: str, method: str, batch_size: int, compile_mode: str | None, recompute: bool, device):
+    def __init__(self, preset: str, method: str, batch_size: int, lora_dropout: float, compile_mode: str | None,
+                 recompute: bool, device):
         torch.manual_seed(0)
         model, _ = build_preset(preset, device=device)
         self.config, self.device = model.config, device
@@ -127,7 +128,9 @@ class TrainingStep:
             raise ValueError(f"unknown run {method}{'+' if option else ''}{option}: methods are {', '.join(METHODS)}, "
                              "each optionally with +bf16_weights")
         self.sharded = method == "fsdp"
-        lora = LoraConfig(targets=EVERY_ATTENTION_PROJECTION) if method == "lora_attention" else LoraConfig()
+        lora = LoraConfig(dropout=lora_dropout)
+        if method == "lora_attention":
+            lora = LoraConfig(targets=EVERY_ATTENTION_PROJECTION, dropout=lora_dropout)
         self.master = prepare_trainable(model, METHODS[method], lora)
         self.master.train()
         self.bf16_weights = Bf16Weights(self.master) if option == "bf16_weights" else None
@@ -190,14 +193,19 @@ def timed(step, steps: int, warmup: int, device) -> tuple[float, float, float]:
     return first_step, statistics.median(times), (time.perf_counter() - start) / steps
 
 
-def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, compile_mode: str | None,
-          recompute: bool, device) -> dict:
-    step = TrainingStep(preset, method, batch_size, compile_mode, recompute, device)
+def dropout_label(method: str, lora_dropout: float) -> str:
+    return "" if "lora" not in method or lora_dropout == LoraConfig().dropout else f" (lora dropout {lora_dropout})"
+
+
+def bench(preset: str, method: str, batch_size: int, lora_dropout: float, steps: int, warmup: int,
+          compile_mode: str | None, recompute: bool, device) -> dict:
+    step = TrainingStep(preset, method, batch_size, lora_dropout, compile_mode, recompute, device)
     first_step, seconds, back_to_back = timed(step, steps, warmup, device)
     samples_per_s = batch_size / seconds
     peak = peak_flops(device)
     return {
-        "method": method + compiled_label(compile_mode) + (" +AC" if recompute else ""),
+        "method": method + dropout_label(method, lora_dropout) + compiled_label(compile_mode)
+        + (" +AC" if recompute else ""),
         "batch": batch_size,
         "samples_per_s": round(samples_per_s, 1),
         "ms_per_step": round(seconds * 1000, 1),
@@ -210,12 +218,12 @@ def bench(preset: str, method: str, batch_size: int, steps: int, warmup: int, co
     }
 
 
-def profile(preset: str, method: str, batch_size: int, warmup: int, compile_mode: str | None, recompute: bool,
-            device) -> dict | str:
+def profile(preset: str, method: str, batch_size: int, lora_dropout: float, warmup: int, compile_mode: str | None,
+            recompute: bool, device) -> dict | str:
     """GPU kernel time of the same step, built afresh. Profiles run after every timing: a compiled
     step timed after a profile once waited on the CPU for a third of its time, cause unknown."""
     try:
-        step = TrainingStep(preset, method, batch_size, compile_mode, recompute, device)
+        step = TrainingStep(preset, method, batch_size, lora_dropout, compile_mode, recompute, device)
         for i in range(warmup):
             step(i)
         return kernel_time_by_kind(step)
@@ -223,9 +231,10 @@ def profile(preset: str, method: str, batch_size: int, warmup: int, compile_mode
         return f"{type(err).__name__}: {str(err)[:200]}"
 
 
-def official_lora(official: torch.nn.Module) -> torch.nn.Module:
+def official_lora(official: torch.nn.Module, dropout: float) -> torch.nn.Module:
     """The official model with ``lora_attention``'s adapters: the default rank, alpha and dropout
-    on every attention projection, and the action encoder, decoder and position embedding in full."""
+    on every attention projection (with ``dropout``), and the action encoder, decoder and position
+    embedding in full."""
     from peft import LoraConfig as PeftLoraConfig  # noqa: PLC0415
     from peft import get_peft_model  # noqa: PLC0415
 
@@ -233,14 +242,15 @@ def official_lora(official: torch.nn.Module) -> torch.nn.Module:
     targets = [name for name, module in official.named_modules()
                if isinstance(module, torch.nn.Linear) and re.fullmatch(pattern, name)]
     lora = LoraConfig()
-    wrapped = get_peft_model(official, PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+    wrapped = get_peft_model(official, PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=dropout,
                                                       target_modules=targets))
     for name in ("action_encoder", "action_decoder", "position_embedding"):
         getattr(official, name).requires_grad_(True)
     return wrapped
 
 
-def bench_official(src: Path, preset: str, method: str, batch_size: int, steps: int, warmup: int, device) -> dict:
+def bench_official(src: Path, preset: str, method: str, batch_size: int, lora_dropout: float, steps: int, warmup: int,
+                   device) -> dict:
     """The official NitroGen forward/backward (full fine-tune, or ``lora_attention``'s LoRA set-up
     through PEFT) with the same optimizer step."""
     sys.path.insert(0, str(src))
@@ -256,7 +266,7 @@ def bench_official(src: Path, preset: str, method: str, batch_size: int, steps: 
     SiglipVisionModel(SiglipVisionConfig(**TOWER_CONFIGS[raw["model_cfg"]["vision_encoder_name"]])).save_pretrained(tower_dir)
     official = NitroGen(config=NitroGen_Config.model_validate(dict(raw["model_cfg"], vision_encoder_name=str(tower_dir))))
     if method == "lora_attention":
-        official = official_lora(official)
+        official = official_lora(official, lora_dropout)
     official.to(device).train()
     params = [p for p in official.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
@@ -284,7 +294,8 @@ def bench_official(src: Path, preset: str, method: str, batch_size: int, steps: 
         optimizer.zero_grad(set_to_none=True)
 
     _, seconds, back_to_back = timed(step, steps, warmup, device)
-    row = {"method": f"official {method}", "batch": batch_size, "samples_per_s": round(batch_size / seconds, 1),
+    row = {"method": f"official {method}{dropout_label(method, lora_dropout)}", "batch": batch_size,
+           "samples_per_s": round(batch_size / seconds, 1),
            "ms_per_step": round(seconds * 1000, 1), "ms_per_step_back_to_back": round(back_to_back * 1000, 1),
            "peak_gib": peak_memory_gib(device),
            "trainable": sum(p.numel() for p in params), "mfu": None}
@@ -307,6 +318,8 @@ def main() -> None:
                         help="torch.compile's mode for --compile: default, reduce-overhead (CUDA graphs), "
                              "max-autotune-no-cudagraphs, max-autotune")
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute layers in backward")
+    parser.add_argument("--lora-dropout", type=float, default=LoraConfig().dropout,
+                        help="lora.dropout of the LoRA runs, ours and the official one (default: the config's)")
     parser.add_argument("--profile", action="store_true", help="also GPU kernel time per step, by kind of kernel, and the slowest kernels")
     parser.add_argument("--official-src", help="a checkout of github.com/MineDojo/NitroGen: also time its full "
                         "fine-tune and its lora_attention LoRA set-up, batch 64")
@@ -323,7 +336,7 @@ def main() -> None:
     for run in filter(None, args.runs.split(",")):
         method, batch = run.split(":")
         for compile_mode in (None, args.compile_mode) if args.compile else (None,):
-            setup = (args.preset, method, int(batch))
+            setup = (args.preset, method, int(batch), args.lora_dropout)
             try:
                 rows.append(bench(*setup, args.steps, args.warmup, compile_mode, args.activation_checkpointing, device))
                 ours.append((rows[-1], setup, compile_mode))
@@ -332,7 +345,8 @@ def main() -> None:
             reset_memory(device)  # the run's model and optimizer went out of scope with it
             print(json.dumps(rows[-1]), flush=True)
     for method in ("full", "lora_attention") if args.official_src else ():
-        rows.append(bench_official(Path(args.official_src), args.preset, method, 64, args.steps, args.warmup, device))
+        rows.append(bench_official(Path(args.official_src), args.preset, method, 64, args.lora_dropout, args.steps,
+                                   args.warmup, device))
         print(json.dumps(rows[-1]), flush=True)
         reset_memory(device)
     for row, setup, compile_mode in ours if args.profile and device.type == "cuda" else ():
