@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,6 @@ from nitrogen_finetuner.model.checkpoint import save_checkpoint
 from nitrogen_finetuner.model.presets import build_preset
 from nitrogen_finetuner.training import trainer as trainer_module
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
-from nitrogen_finetuner.training.run_lock import RunFolderLock
 from nitrogen_finetuner.training.trainer import train
 from recordings import write_nitrogen_parquet
 from runs import config, logged
@@ -64,14 +64,38 @@ def test_a_resume_naming_another_base_than_its_preset_is_refused(recordings, tmp
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--base", str(same), *FAST]) == 0
 
 
+HOLD_LOCK = """
+import os, sys, time
+from pathlib import Path
+from nitrogen_finetuner.training.run_lock import RunFolderLock
+with RunFolderLock(Path(sys.argv[1]), is_main=True):
+    if os.fork() == 0:  # a child forked meanwhile, as a DataLoader worker is, outlives the lock
+        time.sleep(60)
+        os._exit(0)
+    print("locked", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+sys.stdin.readline()
+"""
+
+
 def test_a_second_training_into_a_run_folder_in_use_is_refused(recordings, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["train", "--data", str(recordings), "--output", str(run_dir), "--max-steps", "2", *FAST]
-    with RunFolderLock(run_dir, is_main=True):  # as a training in another process holds it
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
         assert main(args) == 2
         assert "another training is writing to this run folder" in one_error_line(capsys)
         assert not checkpoint_dirs(run_dir)
-    assert main(args) == 0  # released when that training ends
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "released\n"
+        assert main(args) == 0  # released when that training ends, though its forked child lives on
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
 
 
 def test_export_takes_the_runs_own_checkpoints_by_name_or_folder_and_no_other_runs(recordings, tmp_path, capsys):

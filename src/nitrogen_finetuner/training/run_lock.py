@@ -3,6 +3,7 @@ base and logs without a word."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import shutil
 from pathlib import Path
@@ -12,7 +13,10 @@ from ..data.errors import DataError
 
 class RunFolderLock:
     """An exclusive lock on the run folder (``.lock``), taken by the main process, released when
-    the training ends however it ends."""
+    the training ends however it ends.
+
+    A POSIX record lock (``lockf``), not ``flock``: forked DataLoader workers would share an
+    ``flock`` and hold it on for seconds after the main process was killed, refusing the resume."""
 
     def __init__(self, run_dir: Path, is_main: bool):
         self.run_dir, self.is_main, self.file, self.created = run_dir, is_main, None, False
@@ -23,8 +27,10 @@ class RunFolderLock:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.file = open(self.run_dir / ".lock", "w")
             try:
-                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
                 self.file.close()
                 raise DataError("another training is writing to this run folder", file=str(self.run_dir),
                                 hint="wait for it to end, or choose another --output") from None
