@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -75,17 +78,34 @@ def test_wrong_contents_are_explained(tmp_path, case_checkpoints):
         load_policy(path, verbose=False)
 
 
-def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+class CtrlCHalfway(io.RawIOBase):
+    """A file that takes 100 kB, then the user presses Ctrl-C."""
+
+    def __init__(self, file):
+        self.file, self.written = file, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.written += len(data)
+        if self.written > 100_000:
+            raise KeyboardInterrupt
+        return self.file.write(data)
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
     model, raw = build_preset("tiny")
     path = save_checkpoint(tmp_path / "model.pt", model, raw, step=1)
-
-    def dies_halfway(obj, f, *args, **kwargs):
-        f.write(b"partial bytes")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint_module.torch, "save", dies_halfway)
-    with pytest.raises(KeyboardInterrupt):
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(checkpoint_module.os, "fdopen", lambda *args: CtrlCHalfway(real_fdopen(*args)))
+    with pytest.raises(KeyboardInterrupt):  # torch's zip writer fails on its way out: still Ctrl-C
         save_checkpoint(path, model, raw, step=2)
+    assert main(["init", str(path), "--force"]) == 128 + signal.SIGINT
+    assert capsys.readouterr().err == "nitrogen-finetune: interrupted\n"
     assert read_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 

@@ -213,6 +213,8 @@ def save_checkpoint(
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err.__context__, KeyboardInterrupt):  # torch's zip writer fails on its way out of Ctrl-C
+            raise KeyboardInterrupt from None
         full = no_space_left(path.parent, tensor_bytes(payload)) if isinstance(err, Exception) else None
         if full:
             raise CheckpointError(f"{path}: {full}") from err
