@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import os
 import re
@@ -172,7 +173,19 @@ def test_a_file_where_a_folder_belongs_is_one_line_naming_it(tmp_path, capsys):
     blocker.write_text("")
     for command in (["init", str(blocker / "x.pt")], ["train", "--output", str(blocker), "--data", str(tmp_path)]):
         assert main(command) == 2, command
-        assert capsys.readouterr().err.strip() == f"nitrogen-finetune: error: {blocker}: File exists", command
+        assert capsys.readouterr().err.strip() == (f"nitrogen-finetune: error: {blocker}: File exists "
+                                                  "(a file of that name is in the way: choose another path)"), command
+
+
+def test_a_read_only_disk_is_one_line_naming_the_folder(tmp_path, monkeypatch, capsys):
+    """As in a container whose output folder is mounted read-only."""
+    def read_only(*args, dir, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), dir)
+
+    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", read_only)
+    assert main(["init", str(tmp_path / "model.pt")]) == 2
+    assert capsys.readouterr().err == (f"nitrogen-finetune: error: {tmp_path}: Read-only file system "
+                                       "(the file system is read-only: choose a writable path)\n")
 
 
 def test_a_layout_of_its_own_is_named_on_the_command_line(tmp_path, capsys):

@@ -207,7 +207,8 @@ def test_an_export_onto_a_folder_names_the_folder(recordings, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     capsys.readouterr()
     assert main(["export", str(run_dir), str(tmp_path / "out")]) == 2
-    assert one_error_line(capsys) == f"nitrogen-finetune: error: {tmp_path / 'out'}: Is a directory"
+    assert one_error_line(capsys) == (f"nitrogen-finetune: error: {tmp_path / 'out'}: Is a directory "
+                                      "(it is a folder: give a file name)")
 
 
 def test_a_run_started_with_relative_paths_resumes_and_exports_from_anywhere(recordings, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ line saying what to lower, and status 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -24,8 +25,28 @@ from .model.checkpoint import CheckpointError, parse_config, save_checkpoint
 from .model.presets import PRESETS, build_preset
 from .policy import __version__, checkpoint_layout, load_policy
 
-USER_ERRORS = (CheckpointError, LayoutError, DataError, FileNotFoundError, FileExistsError, IsADirectoryError,
-               NotADirectoryError, PermissionError)
+USER_ERRORS = (CheckpointError, LayoutError, DataError)
+
+# The system refused a path the user chose: what to do about it.
+PATH_ERROR_HINTS = {
+    errno.ENOENT: None,
+    errno.EEXIST: "a file of that name is in the way: choose another path",
+    errno.EISDIR: "it is a folder: give a file name",
+    errno.ENOTDIR: "part of the path is a file, not a folder",
+    errno.EACCES: "check its permissions, or choose another path",
+    errno.EPERM: "check its permissions, or choose another path",
+    errno.EROFS: "the file system is read-only: choose a writable path",
+    errno.ENOSPC: "the disk is full: free some space",
+    errno.EDQUOT: "the disk quota is used up: free some space",
+    errno.ENAMETOOLONG: "choose a shorter name",
+}
+
+
+def path_error(err: OSError) -> str:
+    """"ro/model.pt: Read-only file system (...)" rather than "[Errno 30] Read-only file system: 'ro/model.pt'"."""
+    hint = PATH_ERROR_HINTS[err.errno]
+    text = f"{err.filename}: {err.strerror}" if err.filename else (err.strerror or user_message(err))
+    return f"{text} ({hint})" if hint else text
 
 
 def _count(minimum: int):
@@ -419,9 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as err:
-        # A path the system refused: "runs/x: File exists" rather than "[Errno 17] File exists: 'runs/x'".
-        message = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else user_message(err)
-        print(f"nitrogen-finetune: error: {message}", file=sys.stderr)
+        print(f"nitrogen-finetune: error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nitrogen-finetune: interrupted", file=sys.stderr)
@@ -434,6 +453,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "keeps batch_size; or set activation_checkpointing: true, or fsdp: true for full fine-tuning on "
               "several GPUs)", file=sys.stderr)
         return 1
+    except OSError as err:
+        if err.errno not in PATH_ERROR_HINTS:
+            raise
+        print(f"nitrogen-finetune: error: {path_error(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
