@@ -143,6 +143,19 @@ def test_a_damaged_checkpoint_is_one_line_and_the_one_before_it_resumes(recordin
     assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.step == 6
 
 
+def test_an_export_needs_only_the_weights_and_a_missing_file_is_named(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=4))
+    newest = checkpoint_dirs(run_dir)[-1]
+    (newest / "optimizer.pt").unlink()
+    assert main(["export", str(run_dir), str(tmp_path / "out.pt")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "6", *FAST]) == 2
+    assert one_error_line(capsys) == (f"nitrogen-finetune: error: {newest}: checkpoint step_000004 is incomplete: "
+                                      "optimizer.pt is missing (copy it again if it came from elsewhere; else delete "
+                                      "the folder, and --resume continues from the checkpoint before it)")
+
+
 def test_a_resume_with_nothing_to_train_changes_nothing(recordings, tmp_path, capsys):
     run_dir = tmp_path / "run"
     train(config(recordings, run_dir, max_steps=2))

@@ -10,6 +10,7 @@ with the lowest validation loss (its step is in every later checkpoint's progres
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import random
@@ -145,10 +146,14 @@ class CheckpointWriter:
 
 
 @dataclass
-class LoadedTrainingState:
+class LoadedWeights:
     progress: Progress
     weights: dict[str, torch.Tensor]
     ema: Optional[dict[str, torch.Tensor]]
+
+
+@dataclass
+class LoadedTrainingState(LoadedWeights):
     optimizer: dict
     scheduler: dict
     rng: Optional[dict[str, torch.Tensor]]
@@ -159,25 +164,47 @@ def read_progress(checkpoint: Path) -> Progress:
     return Progress(**json.loads((checkpoint / "progress.json").read_text()))
 
 
-def load_training_state(checkpoint: Path, rank: int = 0) -> LoadedTrainingState:
-    """A checkpoint folder's contents; a damaged or incomplete one (a disk error, a copy cut
-    short) is a one-line error naming it."""
-    rng_file = checkpoint / f"rng_rank{rank}.safetensors"
+def load_weights(checkpoint: Path) -> LoadedWeights:
+    """What an export needs of a checkpoint folder: its progress, trained and EMA weights."""
     ema_file = checkpoint / "ema.safetensors"
-    try:
+    with _readable(checkpoint):
+        return LoadedWeights(progress=read_progress(checkpoint), weights=load_file(str(checkpoint / "weights.safetensors")),
+                             ema=load_file(str(ema_file)) if ema_file.exists() else None)
+
+
+def load_training_state(checkpoint: Path, rank: int = 0) -> LoadedTrainingState:
+    """Everything a resume needs of a checkpoint folder: weights, optimizer, scheduler, RNG."""
+    rng_file = checkpoint / f"rng_rank{rank}.safetensors"
+    loaded = load_weights(checkpoint)
+    with _readable(checkpoint):
         states = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
         return LoadedTrainingState(
-            progress=read_progress(checkpoint),
-            weights=load_file(str(checkpoint / "weights.safetensors")),
-            ema=load_file(str(ema_file)) if ema_file.exists() else None,
+            **vars(loaded),
             optimizer=states["optimizer"],
             scheduler=states["scheduler"],
             rng=load_file(str(rng_file)) if rng_file.exists() else None,
             scaler=states.get("scaler"),
         )
+
+
+@contextlib.contextmanager
+def _readable(checkpoint: Path):
+    """A checkpoint that cannot be read is one line naming it, and what to do depends on why: a
+    file missing (a copy cut short) or damaged means the folder is lost, and --resume goes on from
+    the one before it once it is deleted; a file without read permission is only to be fixed."""
+    try:
+        yield
+    except PermissionError as err:
+        raise DataError(f"checkpoint {checkpoint.name} cannot be read ({err.strerror}: {err.filename})",
+                        file=str(checkpoint), hint="give the user running this read permission") from None
+    except FileNotFoundError as err:
+        raise DataError(f"checkpoint {checkpoint.name} is incomplete: {Path(err.filename).name} is missing",
+                        file=str(checkpoint), hint=DAMAGED_HINT) from None
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError,
             SafetensorError) as err:
         raise DataError(f"checkpoint {checkpoint.name} cannot be read ({type(err).__name__}: {user_message(err)})",
-                        file=str(checkpoint),
-                        hint="it is damaged or incomplete: delete the folder, and --resume continues from the "
-                             "checkpoint before it") from None
+                        file=str(checkpoint), hint=f"it is damaged: {DAMAGED_HINT}") from None
+
+
+DAMAGED_HINT = ("copy it again if it came from elsewhere; else delete the folder, and --resume continues from the "
+                "checkpoint before it")

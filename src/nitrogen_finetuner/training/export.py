@@ -20,7 +20,7 @@ from ..model.checkpoint import save_checkpoint
 from ..policy import __version__
 from .adapters import load_trainable_state, prepare_trainable
 from .base import load_base
-from .checkpoints import checkpoint_dir, checkpoint_dirs, load_training_state, read_progress
+from .checkpoints import checkpoint_dir, checkpoint_dirs, load_weights, read_progress
 from .config import resolve_config, run_config_file
 
 
@@ -48,7 +48,7 @@ def export_run(
             raise DataError("the run kept no best checkpoint", file=str(run_dir),
                             hint="train with keep_best: true and a validation set (val_fraction > 0)")
         path = checkpoint_dir(run_dir, best_step)
-    state = load_training_state(path)
+    state = load_weights(path)
     if use_ema and state.ema is None:
         raise DataError("this checkpoint has no EMA weights (the run had no ema_decay)", file=str(path))
     weights = state.ema if (use_ema is not False and state.ema is not None) else state.weights
