@@ -127,6 +127,13 @@ def test_export_takes_a_moved_base_with_the_same_weights(recordings, tmp_path, c
     assert main(["export", str(run_dir), str(out), "--base", str(write_base(tmp_path / "x.pt", seed=4)), "--force"]) == 2
     assert "x.pt: not the base this run was trained from" in one_error_line(capsys)
     assert main(["export", str(run_dir), str(out), "--base", str(moved), "--force"]) == 0
+    torch.manual_seed(3)
+    model, raw = build_preset("tiny")
+    raw["tokenizer_cfg"]["old_layout"] = True  # the same weights, read with the other slot order
+    relabelled = save_checkpoint(tmp_path / "relabelled.pt", model, raw)
+    capsys.readouterr()
+    assert main(["export", str(run_dir), str(out), "--base", str(relabelled), "--force"]) == 2
+    assert "relabelled.pt: not the base this run was trained from (its action_layout" in one_error_line(capsys)
 
 
 def test_a_damaged_checkpoint_is_one_line_and_the_one_before_it_resumes(recordings, tmp_path, capsys):

@@ -92,7 +92,30 @@ def load_base(spec: str, run_dir: Path, seed: int, new_run: bool) -> BaseCheckpo
             raise CheckpointError(
                 f"{base.source}: not the base this run was trained from (its weights differ from those of "
                 f"{trained_from['base']}, recorded in {record}); resuming and exporting need that base")
+        changed = first_difference(trained_from.get("description"), description(base))  # absent in older runs
+        if changed:
+            raise CheckpointError(
+                f"{base.source}: not the base this run was trained from ({changed}, recorded in {record}): the "
+                f"same weights would decode actions otherwise; resuming and exporting need that base")
     return base
+
+
+def description(base: BaseCheckpoint) -> dict:
+    """What a base's weights are read with: its ckpt_config and action layout."""
+    return json.loads(json.dumps({"ckpt_config": base.raw_config, "action_layout": base.layout.to_dict()}, default=str))
+
+
+def first_difference(recorded, now, path: str = "") -> Optional[str]:
+    """The first setting of ``now`` that differs from ``recorded``, as one phrase (None: the same,
+    or nothing recorded)."""
+    if recorded is None or recorded == now:
+        return None
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        for key in sorted(set(recorded) | set(now)):
+            found = first_difference(recorded.get(key), now.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+    return f"its {path} is {json.dumps(now)}, the run's was {json.dumps(recorded)}"
 
 
 def record_base(base: BaseCheckpoint, spec: str, seed: int, run_dir: Path) -> None:
@@ -109,7 +132,8 @@ def record_base(base: BaseCheckpoint, spec: str, seed: int, run_dir: Path) -> No
         save_checkpoint(saved, model, raw)
     else:
         saved.unlink(missing_ok=True)  # an earlier run's; resuming this one would pick it up
-    (run_dir / BASE_RECORD).write_text(json.dumps({"base": spec, "fingerprint": base.fingerprint}, indent=2))
+    record = {"base": spec, "fingerprint": base.fingerprint, "description": description(base)}
+    (run_dir / BASE_RECORD).write_text(json.dumps(record, indent=2))
 
 
 def fingerprint(model: NitroGenModel) -> str:
