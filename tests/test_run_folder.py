@@ -185,6 +185,8 @@ def test_logs_hold_each_step_once_across_a_fresh_start_and_a_resume(recordings, 
     assert [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
     assert len(list((run_dir / "tensorboard").iterdir())) == 1
     shutil.rmtree(checkpoint_dirs(run_dir)[-1])  # killed after logging step 3, before its checkpoint
+    with open(run_dir / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 3, "train/lo')  # and the disk filled up while it logged
     train(config(recordings, run_dir, max_steps=4, learning_rate=1e-3, checkpoint_every=2), resume=True)
     assert [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -51,6 +52,22 @@ def apply_umask(path: str | os.PathLike) -> None:
     for file in (path.rglob("*") if path.is_dir() else [path]):
         if file.is_file():
             os.chmod(file, FILE_MODE)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file (a run's config.yaml, base.json, metrics) through a temporary file
+    and a rename: a run killed meanwhile leaves the old file whole, never a truncated one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def tensor_bytes(*states) -> int:

@@ -17,6 +17,7 @@ import torch
 from ..actions.layout import ActionLayout
 from ..data.errors import DataError
 from ..data.pipeline import ModelInputs
+from ..files import write_text_atomic
 from ..model.checkpoint import CheckpointError, load_checkpoint, parse_config, save_checkpoint
 from ..model.configuration import CheckpointConfig
 from ..model.modeling import NitroGenModel
@@ -133,7 +134,7 @@ def record_base(base: BaseCheckpoint, spec: str, seed: int, run_dir: Path) -> No
     else:
         saved.unlink(missing_ok=True)  # an earlier run's; resuming this one would pick it up
     record = {"base": spec, "fingerprint": base.fingerprint, "description": description(base)}
-    (run_dir / BASE_RECORD).write_text(json.dumps(record, indent=2))
+    write_text_atomic(run_dir / BASE_RECORD, json.dumps(record, indent=2))
 
 
 def fingerprint(model: NitroGenModel) -> str:

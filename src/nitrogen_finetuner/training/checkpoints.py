@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
 import random
 import re
@@ -134,6 +135,9 @@ class CheckpointWriter:
         self.barrier()
         if self.rank == 0:
             apply_umask(tmp)
+            for file in tmp.iterdir():  # on disk before the rename makes the folder a checkpoint
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)

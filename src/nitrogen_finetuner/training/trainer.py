@@ -36,7 +36,7 @@ from ..data.errors import DataError, user_message
 from ..data.episodes import split_episodes
 from ..data.pipeline import prepare_data
 from ..evaluation.open_loop import predict_chunks, score_chunks
-from ..files import apply_umask, no_space_left, tensor_bytes
+from ..files import apply_umask, no_space_left, tensor_bytes, write_text_atomic
 from ..model.checkpoint import CheckpointError
 from ..policy import NitroGenPolicy
 from .activation_checkpointing import enable_activation_checkpointing
@@ -243,7 +243,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                             hint=f"raise --max-steps to train on; `nitrogen-finetune export {run_dir} OUT.pt` "
                                  "writes its model")
     if accelerator.is_main_process:  # only now: a resume that fails to start leaves the run's config as it was
-        (run_dir / "config.yaml").write_text(dump_config(config))
+        write_text_atomic(run_dir / "config.yaml", dump_config(config))
 
     writer = CheckpointWriter(run_dir, config.keep_last, rank, accelerator.wait_for_everyone)
     logger = RunLogger(run_dir, config, accelerator.is_main_process, resumed_at=progress.step if resume else None)
@@ -474,6 +474,19 @@ def final_output_error(message: str, file: Optional[Path], run_dir: Path) -> Dat
                      hint=f"then `nitrogen-finetune export {run_dir} {run_dir / 'model.pt'}` writes the model from it")
 
 
+def logged_rows(metrics_file: Path, last_step: int) -> list[str]:
+    """The rows of metrics.jsonl up to ``last_step`` (the resumed run logs the later ones again),
+    leaving out any row cut short when the disk filled up or the machine lost power."""
+    rows = []
+    for row in metrics_file.read_text(errors="replace").splitlines():
+        try:
+            if json.loads(row)["step"] <= last_step:
+                rows.append(row)
+        except (ValueError, TypeError, KeyError):
+            continue
+    return rows
+
+
 class RunLogger:
     """metrics.jsonl and TensorBoard always; Weights & Biases when installed and asked for."""
 
@@ -490,8 +503,7 @@ class RunLogger:
             shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
             metrics_file.unlink(missing_ok=True)
         elif metrics_file.is_file():
-            rows = metrics_file.read_text().splitlines(keepends=True)
-            metrics_file.write_text("".join(r for r in rows if r.strip() and json.loads(r)["step"] <= resumed_at))
+            write_text_atomic(metrics_file, "".join(row + "\n" for row in logged_rows(metrics_file, resumed_at)))
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"),
                                          purge_step=None if resumed_at is None else resumed_at + 1)
         self.metrics = open(metrics_file, "a")
@@ -550,7 +562,7 @@ class RunLogger:
                    "exported": str(exported) if exported else None,
                    "best_checkpoint": str(checkpoint_dir(self.run_dir, best)) if best else None,
                    "best_val_loss": progress.best_val_loss}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         self.close()
 
     def close(self) -> None:
