@@ -37,7 +37,7 @@ from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_traini
 from nitrogen_finetuner.training.config import resolve_config
 from nitrogen_finetuner.training.stop_signals import StopRequest, TrainingStopped
 from nitrogen_finetuner.training.trainer import train
-from recordings import png_bytes
+from recordings import png_bytes, write_nitrogen_parquet
 from runs import config, final_weights, logged
 
 shutil_usage = type(shutil.disk_usage("/"))
@@ -448,10 +448,19 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
     train(config(recordings, run_dir, base=str(tmp_path / "ng.pt"), max_steps=2))
     files_before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
                     if p.is_file() and "tensorboard" not in p.parts and p.name != "metrics.jsonl"}
+    fewer = tmp_path / "fewer"
+    for i in range(2):
+        write_nitrogen_parquet(fewer / f"episode_{i}.parquet", n=24, start=10 * i)
     for flags, message in [
-        (["--method", "full"], "method is 'full' now, but the run trained with 'lora'"),
+        (["--method", "full"], 'method is "full" now, but the run trained with "lora" (a run resumes with what it '
+                               "trains; start a new run to change it)"),
         (["--set", "lora.rank=8"], "lora.rank is 8 now, but the run trained with 16"),
-        (["--set", "tune.vision_tower=true"], "tune.vision_tower is True now, but the run trained with None"),
+        (["--set", "tune.vision_tower=true"], "tune.vision_tower is true now, but the run trained with null"),
+        (["--set", "seed=5"], "seed is 5 now, but the run trained with 0 (a run resumes with the episodes it holds out "
+                              "and the order it reads the data in;"),
+        (["--set", "val_fraction=0.5"], "val_fraction is 0.5 now, but the run trained with 0.1"),
+        (["--set", "data.skip_bad_rows=true"], "data.skip_bad_rows is true now, but the run trained with false"),
+        (["--data", str(fewer)], "the data makes 21 training windows now, but the run trained on 42"),
         (["--base", "tiny"], "tiny: not the base this run was trained from"),
         (["--data", str(tmp_path / "elsewhere")], "no such file or folder"),
     ]:
@@ -466,6 +475,23 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--base", str(tmp_path / "copy.pt"),
                  "--set", "num_workers=0"]) == 0
     assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.step == 4
+
+
+def test_a_resume_applies_a_new_learning_rate_and_weight_decay_from_its_step_on(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2, warmup_steps=0, min_learning_rate_ratio=1.0))
+    moved = tmp_path / "moved"
+    shutil.copytree(recordings, moved)  # the same data at another path will do
+    capsys.readouterr()
+    resumed = config(moved, run_dir, max_steps=4, warmup_steps=0, min_learning_rate_ratio=1.0, learning_rate=5e-4,
+                     weight_decay=0.1)
+    train(resumed, resume=True)
+    assert "resumed from checkpoints/step_000002 (step 2) with learning_rate 0.0005 (was 0.0001), weight_decay 0.1 " \
+           "(was 0.0)" in capsys.readouterr().out
+    assert logged(run_dir, "train/lr") == pytest.approx([1e-4, 1e-4, 5e-4, 5e-4])
+    optimizer = torch.load(checkpoint_dirs(run_dir)[-1] / "optimizer.pt", weights_only=True)["optimizer"]
+    assert [(g["lr"], g["weight_decay"]) for g in optimizer["param_groups"]] == [(5e-4, 0.1)]
+    assert resolve_config(run_dir / "config.yaml").learning_rate == 5e-4  # what the run now trains with
 
 
 def test_a_new_run_builds_its_preset_base_afresh_over_a_stale_base_pt(recordings, tmp_path):

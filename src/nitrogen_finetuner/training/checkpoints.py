@@ -42,6 +42,7 @@ class Progress:
     windows_per_batch: Optional[int] = None  # windows in one of those micro-batches, over all processes
     best_step: Optional[int] = None  # the checkpoint with the lowest validation loss (keep_best)
     best_val_loss: Optional[float] = None
+    train_windows: Optional[int] = None  # windows of the training episodes: a resume checks it reads the same data
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -233,21 +233,38 @@ def run_config_file(run_dir: str | Path) -> Path:
     return copies[-1]
 
 
-TRAINABLE_SETUP = ("method", "lora", "tune")
+# What a resumed run keeps, and why: what it trains, and which windows it trains and holds out, in
+# which order. The data may move to another path (``data.dataset_name``); the checkpoint's window
+# counts check that it is the same data.
+KEPT_ON_RESUME = {
+    "method": "what it trains", "lora": "what it trains", "tune": "what it trains",
+    "seed": "the episodes it holds out and the order it reads the data in",
+    "val_fraction": "the episodes it holds out",
+    "data": "the windows it reads and their order",
+}
+MOVABLE_ON_RESUME = {"data.dataset_name"}
+# Applied from the step a run resumes at, with a note.
+SCHEDULE = ("learning_rate", "weight_decay", "warmup_steps", "min_learning_rate_ratio", "max_steps")
 
 
-def changed_trainable_setup(saved: TrainConfig, config: TrainConfig) -> Optional[tuple[str, Any, Any]]:
-    """The first setting that decides what a run trains (``TRAINABLE_SETUP``) and differs between
-    the two configs, as (dotted key, saved value, new value); None when they agree."""
+def changed_kept_setting(saved: TrainConfig, config: TrainConfig) -> Optional[tuple[str, Any, Any, str]]:
+    """The first setting a resumed run keeps (``KEPT_ON_RESUME``) that differs between the two
+    configs, as (dotted key, saved value, new value, what it decides); None when they agree."""
     old, new = saved.model_dump(mode="json"), config.model_dump(mode="json")
-    for key in TRAINABLE_SETUP:
-        if old[key] == new[key]:
-            continue
+    for key, decides in KEPT_ON_RESUME.items():
         if isinstance(old[key], dict):
-            sub = next(k for k in old[key] if old[key][k] != new[key].get(k))
-            return f"{key}.{sub}", old[key][sub], new[key][sub]
-        return key, old[key], new[key]
+            for sub in old[key]:
+                if f"{key}.{sub}" not in MOVABLE_ON_RESUME and old[key][sub] != new[key].get(sub):
+                    return f"{key}.{sub}", old[key][sub], new[key][sub], decides
+        elif old[key] != new[key]:
+            return key, old[key], new[key], decides
     return None
+
+
+def changed_schedule(saved: TrainConfig, config: TrainConfig) -> list[str]:
+    """The optimizer and schedule settings a resume changes, as "key value (was value)"."""
+    return [f"{key} {getattr(config, key)} (was {getattr(saved, key)})" for key in SCHEDULE
+            if getattr(config, key) != getattr(saved, key)]
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -47,7 +47,8 @@ from .bf16_weights import Bf16Weights
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
                           set_rng_state)
 from .compiling import compile_layers, eager
-from .config import TrainConfig, changed_trainable_setup, dump_config, resolve_config, with_absolute_paths
+from .config import (TrainConfig, changed_kept_setting, changed_schedule, dump_config, resolve_config,
+                     with_absolute_paths)
 from .run_lock import RunFolderLock
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
                        shard_optimizer_state)
@@ -80,6 +81,16 @@ def lr_schedule(config: TrainConfig):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def follow_schedule(optimizer, scheduler, config: TrainConfig, step: int) -> None:
+    """After loading a checkpoint's optimizer and scheduler: the learning rate and weight decay
+    this config asks for, from ``step`` on (the same numbers as the checkpoint's when nothing
+    changed, as LambdaLR computes them)."""
+    scheduler.base_lrs = [config.learning_rate] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
+        group["lr"] = config.learning_rate * lr_schedule(config)(step)
 
 
 def _mixed_precision(choice: str, on_gpu: bool) -> str:
@@ -158,13 +169,16 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if finished and not resume:  # a finished run whose checkpoints were deleted to free the disk
         raise DataError(f"the run folder holds a finished run ({', '.join(finished)})", file=str(run_dir),
                         hint="choose another --output")
+    schedule_changes = []
     if resume and (run_dir / "config.yaml").is_file():  # every process: they all stop alike
-        changed = changed_trainable_setup(resolve_config(run_dir / "config.yaml"), config)
+        saved = resolve_config(run_dir / "config.yaml")
+        changed = changed_kept_setting(saved, config)
         if changed:
-            key, before, now = changed
-            raise DataError(f"{key} is {now!r} now, but the run trained with {before!r}",
+            key, before, now, decides = changed
+            raise DataError(f"{key} is {json.dumps(now)} now, but the run trained with {json.dumps(before)}",
                             file=str(run_dir / "config.yaml"),
-                            hint="a run resumes with what it trains (method, lora, tune); start a new run to change it")
+                            hint=f"a run resumes with {decides}; start a new run to change it")
+        schedule_changes = changed_schedule(saved, config)
     accelerator.wait_for_everyone()
 
     micro = config.micro_batch_size or max(1, config.batch_size // world)
@@ -218,7 +232,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         module, optimizer = accelerator.prepare(module, optimizer)
     ema = EMA(master, config.ema_decay) if config.ema_decay else None
 
-    progress = Progress(windows_per_batch=micro * world)
+    progress = Progress(windows_per_batch=micro * world, train_windows=train_set.num_windows)
     if resume:
         latest = checkpoint_dirs(run_dir)
         if not latest:
@@ -229,6 +243,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             bf16_weights.weights_from_master()
         optimizer.load_state_dict(shard_optimizer_state(state.optimizer, optimizer))
         scheduler.load_state_dict(state.scheduler)
+        follow_schedule(optimizer, scheduler, config, state.progress.step)
         if accelerator.scaler is not None and state.scaler is not None:
             accelerator.scaler.load_state_dict(state.scaler)
         if ema is not None and state.ema is not None:
@@ -237,6 +252,11 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             set_rng_state(state.rng)
         progress = state.progress
         continue_data_position(progress, micro * world, run_dir)
+        if progress.train_windows not in (None, train_set.num_windows):  # None: a checkpoint before the count
+            raise DataError(f"the data makes {train_set.num_windows} training windows now, but the run trained on "
+                            f"{progress.train_windows}", file=config.data.dataset_name,
+                            hint="resume on the data the run trained on (it may have moved: --data gives its path); "
+                                 "start a new run for other data")
         if progress.step >= config.max_steps:
             raise DataError(f"the run has trained {progress.step} steps and max_steps is {config.max_steps}: "
                             "nothing to train", file=str(run_dir),
@@ -257,7 +277,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     logger.start(base, config.method, data, train_set, val_set, accumulation, micro, world,
                  precision_label(precision, config.fsdp, config.bf16_weights))
     if resume:
-        logger.note(f"resumed from {checkpoint_dirs(run_dir)[-1].relative_to(run_dir)} (step {progress.step})")
+        logger.note(f"resumed from {checkpoint_dirs(run_dir)[-1].relative_to(run_dir)} (step {progress.step})"
+                    + (f" with {', '.join(schedule_changes)}" if schedule_changes else ""))
     if config.compile:
         logger.note("compile: the first step compiles each kind of transformer layer (a minute or so)")
     if config.fsdp and world == 1:
