@@ -246,14 +246,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .evaluation.predict import predict_files  # noqa: PLC0415
+    from .evaluation.predict import check_inputs, check_outputs, predict_files  # noqa: PLC0415
 
+    output = None if args.output == "-" else output_file(args.output)
+    overlay = None if args.overlay is None else output_file(args.overlay)
+    check_inputs(args.inputs, overlay)
+    check_outputs(args.inputs, args.checkpoint, output, overlay, args.force)
     policy = _load(args, args.checkpoint)
-    overlay = Path(args.overlay) if args.overlay else None
-    if args.output == "-":
+    if output is None:
         predict_files(policy, args.inputs, sys.stdout, args.seed, overlay)
         return 0
-    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.tmp")  # an existing file stays as it was until all went well
     try:
@@ -384,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", required=True)
     predict.add_argument("--output", default="-", help="JSONL file (default: standard output)")
     predict.add_argument("--overlay", help="for a video: write an MP4 with the actions drawn on it")
+    predict.add_argument("--force", action="store_true",
+                         help="replace --output and --overlay if they exist (never an input or the checkpoint)")
     predict.add_argument("--seed", type=_count(0), default=0)
     predict.add_argument("--button-order")
     _add_checkpoint_options(predict)

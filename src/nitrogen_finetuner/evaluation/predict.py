@@ -9,6 +9,7 @@ however the file's path is spelled.
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from ..data.errors import DataError
 from ..data.images import ImageDecodeError, decode_image
+from ..files import refuse_existing
 from ..policy import NitroGenPolicy
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
@@ -103,6 +105,28 @@ def check_inputs(paths: list[str], overlay: Optional[Path]) -> None:
     if overlay.suffix.lower() not in VIDEO_SUFFIXES:
         raise DataError("an overlay is a video file", file=str(overlay),
                         hint=f"end its name in one of {', '.join(sorted(VIDEO_SUFFIXES))}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two names are one file, however spelled (./x, links) and whether or not it exists yet."""
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def check_outputs(inputs: list[str], checkpoint: str, output: Optional[Path], overlay: Optional[Path],
+                  force: bool) -> None:
+    """Before any work: no output is an input, the checkpoint or the other output (not even with
+    ``--force``: writing it would destroy what predict reads), and none replaces a file unforced."""
+    named = [(flag, path) for flag, path in (("--output", output), ("--overlay", overlay)) if path is not None]
+    for flag, path in named:
+        for what, name in [("the checkpoint", checkpoint), *(("an input", name) for name in inputs)]:
+            if _same_file(path, Path(name)):
+                raise DataError(f"{flag} is {what}, which writing it would destroy", file=str(path),
+                                hint="choose another file name")
+    if len(named) == 2 and _same_file(output, overlay):
+        raise DataError("--output and --overlay name the same file", file=str(overlay),
+                        hint="give the overlay video a name of its own")
+    for _, path in named:
+        refuse_existing(path, force)
 
 
 def predict_files(policy: NitroGenPolicy, paths: list[str], sink: TextIO, seed: int = 0,
