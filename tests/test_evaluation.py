@@ -274,8 +274,37 @@ def test_predict_replaces_an_existing_output_or_overlay_only_with_force(tiny_che
     assert json.loads(capsys.readouterr().out)["frame"] == 0  # standard output needs no --force
 
 
+def test_a_failed_predict_leaves_no_overlay_and_an_earlier_one_as_it_was(tiny_checkpoint, tmp_path, capsys):
+    video = write_video(tmp_path / "clip.mp4", frames=2)
+    (tmp_path / "bad.png").write_text("not an image")  # fails after the video's overlay is drawn
+    argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(video), str(tmp_path / "bad.png"),
+            "--output", str(tmp_path / "a.jsonl"), "--overlay"]
+    assert main([*argv, str(tmp_path / "new" / "o.mp4")]) == 2 and "bad.png" in failure(capsys)
+    assert sorted(os.listdir(tmp_path)) == ["bad.png", "clip.mp4"]  # no temporary, nor the new folder
+    overlay = tmp_path / "o.mp4"
+    overlay.write_bytes(b"earlier overlay")
+    assert main([*argv, str(overlay), "--force"]) == 2 and "bad.png" in failure(capsys)
+    assert overlay.read_bytes() == b"earlier overlay"
+    assert sorted(os.listdir(tmp_path)) == ["bad.png", "clip.mp4", "o.mp4"]
+
+
 def test_predict_checks_its_inputs_before_creating_the_output_folder(tiny_checkpoint, tmp_path, capsys):
     argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "missing.png"),
             "--output", str(tmp_path / "new" / "deeper" / "a.jsonl")]
     assert main(argv) == 2 and "missing.png: no such file" in failure(capsys)
     assert os.listdir(tmp_path) == []
+
+
+def test_an_overlay_that_cannot_be_written_is_named_before_any_work(tiny_checkpoint, tmp_path, capsys):
+    video = write_video(tmp_path / "clip.mp4", frames=2)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if os.access(locked, os.W_OK):
+        pytest.skip("this user writes into any folder (root)")
+    argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(video), "--overlay", str(locked / "o.mp4")]
+    try:
+        assert main(argv) == 2
+    finally:
+        locked.chmod(0o755)
+    assert f"{locked / 'o.mp4'}: cannot write the file (Permission denied)" in failure(capsys)
+    assert os.listdir(locked) == []

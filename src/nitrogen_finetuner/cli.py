@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from .actions.layout import LayoutError
 from .data.errors import DataError, invalid_setting, user_message
-from .files import output_file, refuse_existing
+from .files import output_file, refuse_existing, replaced_when_done
 from .model.checkpoint import CheckpointError, parse_config, save_checkpoint
 from .model.presets import PRESETS, build_preset
 from .policy import __version__, checkpoint_layout, load_policy
@@ -256,14 +256,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if output is None:
         predict_files(policy, args.inputs, sys.stdout, args.seed, overlay)
         return 0
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.tmp")  # an existing file stays as it was until all went well
-    try:
-        with open(partial, "w") as sink:
-            lines = predict_files(policy, args.inputs, sink, args.seed, overlay)
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
+    with replaced_when_done(output) as partial, open(partial, "w") as sink:
+        lines = predict_files(policy, args.inputs, sink, args.seed, overlay)
     print(f"wrote {lines} line(s) to {output}" + (f" and {overlay}" if overlay else ""))
     return 0
 

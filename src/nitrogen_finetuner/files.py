@@ -15,8 +15,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -43,6 +45,33 @@ def refuse_existing(path: Path, force: bool) -> None:
     """An existing file is replaced only with ``--force``: never real weights by accident."""
     if path.exists() and not force:
         raise DataError("the file exists", file=str(path), hint="choose another name, or pass --force to replace it")
+
+
+@contextmanager
+def replaced_when_done(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path``, renamed onto it only when the block succeeds: a failed
+    write leaves no partial file, no folder it made, and an existing file as it was. The temporary
+    keeps ``path``'s suffix, as writers such as PyAV choose the format by the name. It is created at
+    once, so a folder that cannot be written is reported, by the file's name, before any work."""
+    new_folders = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as err:
+        raise DataError(f"cannot write the file ({err.strerror})", file=str(path),
+                        hint="check that its folder can be written, or choose another") from None
+    os.close(fd)
+    partial = Path(name)
+    try:
+        yield partial
+        apply_umask(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        for folder in new_folders:  # deepest first; a folder that holds something else stays
+            with suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def apply_umask(path: str | os.PathLike) -> None:
