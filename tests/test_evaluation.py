@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.evaluation.metrics import (
     button_metrics,
@@ -293,6 +294,23 @@ def test_predict_checks_its_inputs_before_creating_the_output_folder(tiny_checkp
             "--output", str(tmp_path / "new" / "deeper" / "a.jsonl")]
     assert main(argv) == 2 and "missing.png: no such file" in failure(capsys)
     assert os.listdir(tmp_path) == []
+
+
+def test_predict_refuses_a_checkpoint_whose_actions_are_not_finite(tiny_checkpoint, tmp_path, capsys):
+    policy = load_policy(tiny_checkpoint, verbose=False)
+    for parameter in policy.model.parameters():
+        parameter.data.fill_(float("nan"))
+    broken = policy.save(tmp_path / "nan.pt")
+    Image.new("RGB", (8, 8)).save(tmp_path / "frame.png")
+    out = tmp_path / "a.jsonl"
+    message = f"{broken}: the model's actions are not finite numbers (its weights hold NaN or infinity)"
+    argv = ["predict", "--checkpoint", str(broken), str(tmp_path / "frame.png")]
+    assert main([*argv, "--output", str(out)]) == 2 and message in failure(capsys) and not out.exists()
+    out.write_text("earlier work\n")
+    assert main([*argv, "--output", str(out), "--force"]) == 2 and message in failure(capsys)
+    assert out.read_text() == "earlier work\n"
+    assert main(argv) == 2 and message in failure(capsys)  # and no line with NaN on standard output
+    assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "frame.png", "nan.pt"]
 
 
 def test_an_overlay_that_cannot_be_written_is_named_before_any_work(tiny_checkpoint, tmp_path, capsys):

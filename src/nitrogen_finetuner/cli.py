@@ -254,10 +254,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_outputs(args.inputs, args.checkpoint, output, overlay, args.force)
     policy = _load(args, args.checkpoint)
     if output is None:
-        predict_files(policy, args.inputs, sys.stdout, args.seed, overlay)
+        predict_files(policy, args.inputs, sys.stdout, args.seed, overlay, args.checkpoint)
         return 0
     with replaced_when_done(output) as partial, open(partial, "w") as sink:
-        lines = predict_files(policy, args.inputs, sink, args.seed, overlay)
+        lines = predict_files(policy, args.inputs, sink, args.seed, overlay, args.checkpoint)
     print(f"wrote {lines} line(s) to {output}" + (f" and {overlay}" if overlay else ""))
     return 0
 

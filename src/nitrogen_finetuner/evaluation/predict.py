@@ -42,6 +42,15 @@ def chunk_records(policy: NitroGenPolicy, out: dict) -> list[dict]:
     ]
 
 
+def _actions(policy: NitroGenPolicy, frame: np.ndarray, noise: torch.Tensor, checkpoint: Optional[str]) -> list[dict]:
+    """The frame's chunk as records; NaN or infinite actions stop here, as JSON has no such numbers."""
+    out = policy.predict(frame, noise=noise)
+    if not np.isfinite(out["raw"]).all():
+        raise DataError("the model's actions are not finite numbers (its weights hold NaN or infinity)",
+                        file=checkpoint, hint="use an earlier checkpoint of the run, or export it again")
+    return chunk_records(policy, out)
+
+
 def _noise(policy: NitroGenPolicy, seed: int, contents: int, frame: int) -> torch.Tensor:
     rng = np.random.default_rng([seed, contents, frame])
     return torch.from_numpy(rng.standard_normal((policy.horizon, policy.action_dim)).astype(np.float32))
@@ -132,36 +141,35 @@ def check_outputs(inputs: list[str], checkpoint: str, output: Optional[Path], ov
 
 
 def predict_files(policy: NitroGenPolicy, paths: list[str], sink: TextIO, seed: int = 0,
-                  overlay: Optional[Path] = None) -> int:
+                  overlay: Optional[Path] = None, checkpoint: Optional[str] = None) -> int:
     """Write one JSON line per image or per video chunk; returns the number of lines. The overlay
-    replaces its file only once every input went well."""
+    replaces its file only once every input went well; ``checkpoint`` names the policy's file in errors."""
     check_inputs(paths, overlay)
     lines = 0
     with replaced_when_done(overlay) if overlay is not None else nullcontext() as drawn:
         for name in paths:
             path = Path(name)
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                lines += _predict_video(policy, path, sink, seed, drawn, overlay)
+                lines += _predict_video(policy, path, sink, seed, checkpoint, drawn, overlay)
                 continue
             try:
                 frame = np.asarray(decode_image(str(path)))
             except ImageDecodeError as err:
                 raise DataError(str(err), file=name, hint="give image or video files") from None
-            out = policy.predict(frame, noise=_noise(policy, seed, _contents(path), 0))
-            sink.write(json.dumps({"source": name, "frame": 0, "actions": chunk_records(policy, out)}) + "\n")
+            actions = _actions(policy, frame, _noise(policy, seed, _contents(path), 0), checkpoint)
+            sink.write(json.dumps({"source": name, "frame": 0, "actions": actions}) + "\n")
             lines += 1
     return lines
 
 
-def _predict_video(policy: NitroGenPolicy, path: Path, sink: TextIO, seed: int, drawn: Optional[Path],
-                   overlay: Optional[Path]) -> int:
+def _predict_video(policy: NitroGenPolicy, path: Path, sink: TextIO, seed: int, checkpoint: Optional[str],
+                   drawn: Optional[Path], overlay: Optional[Path]) -> int:
     """The video's chunks as lines, and its frames with their actions drawn into ``drawn``."""
     writer, lines, steps, contents = None, 0, [], _contents(path)
     try:
         for i, time_s, frame in _video_frames(path):
             if i % policy.horizon == 0:
-                out = policy.predict(frame, noise=_noise(policy, seed, contents, i))
-                steps = chunk_records(policy, out)
+                steps = _actions(policy, frame, _noise(policy, seed, contents, i), checkpoint)
                 sink.write(json.dumps({"source": str(path), "frame": i, "time_s": round(time_s, 4),
                                        "actions": steps}) + "\n")
                 lines += 1
