@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 from pydantic import ValidationError
 
-from .actions.layout import LayoutError
+from .actions.layout import BUTTON_ORDERS, LayoutError
 from .data.errors import DataError, invalid_setting, user_message
 from .files import output_file, refuse_existing, replaced_when_done
 from .model.checkpoint import CheckpointError, parse_config, save_checkpoint
@@ -377,13 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="actions for frames or videos as JSONL")
     predict.add_argument("inputs", nargs="+", help="image files (.png, .jpg) or videos (.mp4, ...)")
-    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--checkpoint", required=True, help="an official-format checkpoint such as a run's model.pt")
     predict.add_argument("--output", default="-", help="JSONL file (default: standard output)")
     predict.add_argument("--overlay", help="for a video: write an MP4 with the actions drawn on it")
     predict.add_argument("--force", action="store_true",
                          help="replace --output and --overlay if they exist (never an input or the checkpoint)")
-    predict.add_argument("--seed", type=_count(0), default=0)
-    predict.add_argument("--button-order")
+    predict.add_argument("--seed", type=_count(0), default=0,
+                         help="noise seed; the noise is keyed by the seed and each file's contents, so reruns match")
+    predict.add_argument("--button-order", help=f"name the button slots by this built-in order "
+                         f"({', '.join(BUTTON_ORDERS)}) instead of the one the checkpoint records "
+                         "(--buttons: names of your own)")
     _add_checkpoint_options(predict)
     predict.set_defaults(func=cmd_predict)
 
