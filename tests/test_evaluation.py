@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.evaluation.metrics import (
     button_metrics,
@@ -122,19 +124,25 @@ def test_eval_command_writes_report_and_figures(tiny_checkpoint, tmp_path, capsy
     assert json.loads((out / "report.json").read_text()) == report  # a rerun gives the same numbers
 
 
-def test_predict_command_on_frames_and_a_video(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+def write_video(path: Path, frames: int = 40) -> Path:
+    """A 64x48 H.264 video at 30 fps whose frame i is grey level 5 * i."""
     av = pytest.importorskip("av")
-    Image.new("RGB", (80, 60), (200, 10, 10)).save(tmp_path / "frame.png")
-    video = tmp_path / "clip.mp4"
-    with av.open(str(video), "w") as container:
+    with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(40):
+        for i in range(frames):
             frame = np.full((48, 64, 3), i * 5, np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def test_predict_command_on_frames_and_a_video(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    av = pytest.importorskip("av")
+    Image.new("RGB", (80, 60), (200, 10, 10)).save(tmp_path / "frame.png")
+    video = write_video(tmp_path / "clip.mp4")
     out = tmp_path / "actions.jsonl"
     argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "frame.png"), str(video),
             "--output", str(out), "--overlay", str(tmp_path / "overlay.mp4")]
@@ -149,7 +157,7 @@ def test_predict_command_on_frames_and_a_video(tiny_checkpoint, tmp_path, capsys
         assert sum(1 for _ in container.decode(video=0)) == 40
         assert container.streams.video[0].average_rate == 30  # the input's frame rate
     first_run = out.read_text()
-    assert main(argv) == 0 and out.read_text() == first_run
+    assert main([*argv, "--force"]) == 0 and out.read_text() == first_run
     # The same file under another spelling of its path gets the same noise, so the same actions.
     monkeypatch.chdir(tmp_path)
     assert main(["predict", "--checkpoint", str(tiny_checkpoint), "./frame.png", "--output", "again.jsonl"]) == 0
@@ -210,3 +218,111 @@ def test_eval_with_no_chunk_names_the_frame_gaps(tiny_checkpoint, tmp_path, caps
     assert main(argv) == 2
     assert "frame numbers skip in 11 place(s), cutting the recordings into pieces" in capsys.readouterr().err
     assert main([*argv, "--frame-column", "none"]) == 0
+
+
+def failure(capsys) -> str:
+    """The one line a failed command wrote on stderr, having written nothing on stdout."""
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert captured.out == "" and len(err) == 1, captured
+    return err[0]
+
+
+def test_predict_never_writes_over_a_file_it_reads(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("m.pt").write_bytes(b"not even a checkpoint: the paths are checked before it is loaded")
+    video = write_video(tmp_path / "clip.mp4", frames=2)
+    Image.new("RGB", (8, 8)).save("frame.png")
+    os.symlink("clip.mp4", "link.mp4")
+    kept = {name: Path(name).read_bytes() for name in ("m.pt", "clip.mp4", "frame.png")}
+    for inputs, flags, message in [
+        ([str(video)], ["--output", "a.jsonl", "--overlay", str(video)], f"{video}: --overlay is an input"),
+        (["clip.mp4"], ["--overlay", "./clip.mp4"], "error: clip.mp4: --overlay is an input"),
+        (["clip.mp4"], ["--overlay", "link.mp4"], "link.mp4: --overlay is an input"),
+        (["frame.png"], ["--output", "m.pt"], "m.pt: --output is the checkpoint"),
+        (["frame.png"], ["--output", str(tmp_path / "frame.png")], "frame.png: --output is an input"),
+        (["clip.mp4"], ["--output", "o.mp4", "--overlay", "./o.mp4"], "--output and --overlay name the same file"),
+    ]:
+        for force in ([], ["--force"]):
+            assert main(["predict", "--checkpoint", "m.pt", *inputs, *flags, *force]) == 2
+            assert message in failure(capsys)
+    assert {name: Path(name).read_bytes() for name in kept} == kept
+    assert sorted(os.listdir()) == ["clip.mp4", "frame.png", "link.mp4", "m.pt"]
+
+
+def test_predict_replaces_an_existing_output_or_overlay_only_with_force(tiny_checkpoint, tmp_path, capsys):
+    video = write_video(tmp_path / "clip.mp4", frames=2)
+    out, overlay = tmp_path / "a.jsonl", tmp_path / "o.mp4"
+    argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(video), "--output", str(out), "--overlay", str(overlay)]
+    for existing in (out, overlay):
+        existing.write_bytes(b"earlier work")
+        assert main(argv) == 2
+        assert f"{existing}: the file exists (choose another name, or pass --force" in failure(capsys)
+        assert existing.read_bytes() == b"earlier work"
+        existing.unlink()
+    out.write_bytes(b"earlier work")
+    overlay.write_bytes(b"earlier work")
+    assert main([*argv, "--force"]) == 0
+    assert json.loads(out.read_text().splitlines()[0])["frame"] == 0 and overlay.read_bytes() != b"earlier work"
+    capsys.readouterr()
+    for flags, message in [(["--output", ""], "the output file name is empty"),
+                           (["--output", f"{tmp_path}/new/"], "the name ends in a slash"),
+                           (["--overlay", str(tmp_path)], f"{tmp_path}: Is a directory")]:
+        assert main(["predict", "--checkpoint", str(tiny_checkpoint), str(video), *flags]) == 2
+        assert message in failure(capsys)
+    assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "clip.mp4", "o.mp4"]
+    assert main(["predict", "--checkpoint", str(tiny_checkpoint), str(video), "--output", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["frame"] == 0  # standard output needs no --force
+
+
+def test_a_failed_predict_leaves_no_overlay_and_an_earlier_one_as_it_was(tiny_checkpoint, tmp_path, capsys):
+    video = write_video(tmp_path / "clip.mp4", frames=2)
+    (tmp_path / "bad.png").write_text("not an image")  # fails after the video's overlay is drawn
+    argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(video), str(tmp_path / "bad.png"),
+            "--output", str(tmp_path / "a.jsonl"), "--overlay"]
+    assert main([*argv, str(tmp_path / "new" / "o.mp4")]) == 2 and "bad.png" in failure(capsys)
+    assert sorted(os.listdir(tmp_path)) == ["bad.png", "clip.mp4"]  # no temporary, nor the new folder
+    overlay = tmp_path / "o.mp4"
+    overlay.write_bytes(b"earlier overlay")
+    assert main([*argv, str(overlay), "--force"]) == 2 and "bad.png" in failure(capsys)
+    assert overlay.read_bytes() == b"earlier overlay"
+    assert sorted(os.listdir(tmp_path)) == ["bad.png", "clip.mp4", "o.mp4"]
+
+
+def test_predict_checks_its_inputs_before_creating_the_output_folder(tiny_checkpoint, tmp_path, capsys):
+    argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "missing.png"),
+            "--output", str(tmp_path / "new" / "deeper" / "a.jsonl")]
+    assert main(argv) == 2 and "missing.png: no such file" in failure(capsys)
+    assert os.listdir(tmp_path) == []
+
+
+def test_predict_refuses_a_checkpoint_whose_actions_are_not_finite(tiny_checkpoint, tmp_path, capsys):
+    policy = load_policy(tiny_checkpoint, verbose=False)
+    for parameter in policy.model.parameters():
+        parameter.data.fill_(float("nan"))
+    broken = policy.save(tmp_path / "nan.pt")
+    Image.new("RGB", (8, 8)).save(tmp_path / "frame.png")
+    out = tmp_path / "a.jsonl"
+    message = f"{broken}: the model's actions are not finite numbers (its weights hold NaN or infinity)"
+    argv = ["predict", "--checkpoint", str(broken), str(tmp_path / "frame.png")]
+    assert main([*argv, "--output", str(out)]) == 2 and message in failure(capsys) and not out.exists()
+    out.write_text("earlier work\n")
+    assert main([*argv, "--output", str(out), "--force"]) == 2 and message in failure(capsys)
+    assert out.read_text() == "earlier work\n"
+    assert main(argv) == 2 and message in failure(capsys)  # and no line with NaN on standard output
+    assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "frame.png", "nan.pt"]
+
+
+def test_an_overlay_that_cannot_be_written_is_named_before_any_work(tiny_checkpoint, tmp_path, capsys):
+    video = write_video(tmp_path / "clip.mp4", frames=2)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if os.access(locked, os.W_OK):
+        pytest.skip("this user writes into any folder (root)")
+    argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(video), "--overlay", str(locked / "o.mp4")]
+    try:
+        assert main(argv) == 2
+    finally:
+        locked.chmod(0o755)
+    assert f"{locked / 'o.mp4'}: cannot write the file (Permission denied)" in failure(capsys)
+    assert os.listdir(locked) == []

@@ -18,9 +18,9 @@ from typing import Optional, Sequence
 import torch
 from pydantic import ValidationError
 
-from .actions.layout import LayoutError
+from .actions.layout import BUTTON_ORDERS, LayoutError
 from .data.errors import DataError, invalid_setting, user_message
-from .files import output_file, refuse_existing
+from .files import output_file, refuse_existing, replaced_when_done
 from .model.checkpoint import CheckpointError, parse_config, save_checkpoint
 from .model.presets import PRESETS, build_preset
 from .policy import __version__, checkpoint_layout, load_policy
@@ -267,22 +267,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .evaluation.predict import predict_files  # noqa: PLC0415
+    from .evaluation.predict import check_inputs, check_outputs, predict_files  # noqa: PLC0415
 
+    output = None if args.output == "-" else output_file(args.output)
+    overlay = None if args.overlay is None else output_file(args.overlay)
+    check_inputs(args.inputs, overlay)
+    check_outputs(args.inputs, args.checkpoint, output, overlay, args.force)
     policy = _load(args, args.checkpoint)
-    overlay = Path(args.overlay) if args.overlay else None
-    if args.output == "-":
-        predict_files(policy, args.inputs, sys.stdout, args.seed, overlay)
+    if output is None:
+        predict_files(policy, args.inputs, sys.stdout, args.seed, overlay, args.checkpoint)
         return 0
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.tmp")  # an existing file stays as it was until all went well
-    try:
-        with open(partial, "w") as sink:
-            lines = predict_files(policy, args.inputs, sink, args.seed, overlay)
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
+    with replaced_when_done(output) as partial, open(partial, "w") as sink:
+        lines = predict_files(policy, args.inputs, sink, args.seed, overlay, args.checkpoint)
     print(f"wrote {lines} line(s) to {output}" + (f" and {overlay}" if overlay else ""))
     return 0
 
@@ -402,11 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="actions for frames or videos as JSONL")
     predict.add_argument("inputs", nargs="+", help="image files (.png, .jpg) or videos (.mp4, ...)")
-    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--checkpoint", required=True, help="an official-format checkpoint such as a run's model.pt")
     predict.add_argument("--output", default="-", help="JSONL file (default: standard output)")
     predict.add_argument("--overlay", help="for a video: write an MP4 with the actions drawn on it")
-    predict.add_argument("--seed", type=_count(0), default=0)
-    predict.add_argument("--button-order")
+    predict.add_argument("--force", action="store_true",
+                         help="replace --output and --overlay if they exist (never an input or the checkpoint)")
+    predict.add_argument("--seed", type=_count(0), default=0,
+                         help="noise seed; the noise is keyed by the seed and each file's contents, so reruns match")
+    predict.add_argument("--button-order", help=f"name the button slots by this built-in order "
+                         f"({', '.join(BUTTON_ORDERS)}) instead of the one the checkpoint records "
+                         "(--buttons: names of your own)")
     _add_checkpoint_options(predict)
     predict.set_defaults(func=cmd_predict)
 

@@ -16,8 +16,9 @@ import errno
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -46,6 +47,33 @@ def refuse_existing(path: Path, force: bool) -> None:
         raise DataError("the file exists", file=str(path), hint="choose another name, or pass --force to replace it")
 
 
+@contextmanager
+def replaced_when_done(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path``, renamed onto it only when the block succeeds: a failed
+    write leaves no partial file, no folder it made, and an existing file as it was. The temporary
+    keeps ``path``'s suffix, as writers such as PyAV choose the format by the name. It is created at
+    once, so a folder that cannot be written is reported, by the file's name, before any work."""
+    new_folders = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as err:
+        raise DataError(f"cannot write the file ({err.strerror})", file=str(path),
+                        hint="check that its folder can be written, or choose another") from None
+    os.close(fd)
+    partial = Path(name)
+    try:
+        yield partial
+        apply_umask(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        for folder in new_folders:  # deepest first; a folder that holds something else stays
+            with suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 def apply_umask(path: str | os.PathLike) -> None:
     """Set ``FILE_MODE`` on a file, or on every file under a folder."""
     path = Path(path)
@@ -55,19 +83,12 @@ def apply_umask(path: str | os.PathLike) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small text file (a run's config.yaml, base.json, metrics) through a temporary file
-    and a rename: a run killed meanwhile leaves the old file whole, never a truncated one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A small text file (a run's config.yaml, base.json, metrics) whole on disk or not at all: a
+    run killed meanwhile leaves the old file as it was, never a truncated one."""
+    with replaced_when_done(path) as partial, open(partial, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def tensor_bytes(*states) -> int:

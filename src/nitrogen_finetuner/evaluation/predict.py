@@ -3,13 +3,16 @@
 Images give one line each. Videos are queried once per chunk, as the official player does (every
 ``horizon`` frames); each line holds the frame number, its time and the chunk of actions, buttons
 by name. Start noise is seeded per (seed, file contents, frame), so reruns give the same output,
-however the file's path is spelled.
+however the file's path is spelled. Both outputs are written to temporary files and renamed into
+place when all went well, so a failed predict never leaves a partial file or loses an earlier one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import zlib
+from contextlib import contextmanager, nullcontext
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Optional, TextIO
@@ -20,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from ..data.errors import DataError
 from ..data.images import ImageDecodeError, decode_image
+from ..files import refuse_existing, replaced_when_done
 from ..policy import NitroGenPolicy
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
@@ -36,6 +40,15 @@ def chunk_records(policy: NitroGenPolicy, out: dict) -> list[dict]:
         }
         for h in range(len(out["buttons"]))
     ]
+
+
+def _actions(policy: NitroGenPolicy, frame: np.ndarray, noise: torch.Tensor, checkpoint: Optional[str]) -> list[dict]:
+    """The frame's chunk as records; NaN or infinite actions stop here, as JSON has no such numbers."""
+    out = policy.predict(frame, noise=noise)
+    if not np.isfinite(out["raw"]).all():
+        raise DataError("the model's actions are not finite numbers (its weights hold NaN or infinity)",
+                        file=checkpoint, hint="use an earlier checkpoint of the run, or export it again")
+    return chunk_records(policy, out)
 
 
 def _noise(policy: NitroGenPolicy, seed: int, contents: int, frame: int) -> torch.Tensor:
@@ -105,39 +118,64 @@ def check_inputs(paths: list[str], overlay: Optional[Path]) -> None:
                         hint=f"end its name in one of {', '.join(sorted(VIDEO_SUFFIXES))}")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two names are one file, however spelled (./x, links) and whether or not it exists yet."""
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def check_outputs(inputs: list[str], checkpoint: str, output: Optional[Path], overlay: Optional[Path],
+                  force: bool) -> None:
+    """Before any work: no output is an input, the checkpoint or the other output (not even with
+    ``--force``: writing it would destroy what predict reads), and none replaces a file unforced."""
+    named = [(flag, path) for flag, path in (("--output", output), ("--overlay", overlay)) if path is not None]
+    for flag, path in named:
+        for what, name in [("the checkpoint", checkpoint), *(("an input", name) for name in inputs)]:
+            if _same_file(path, Path(name)):
+                raise DataError(f"{flag} is {what}, which writing it would destroy", file=str(path),
+                                hint="choose another file name")
+    if len(named) == 2 and _same_file(output, overlay):
+        raise DataError("--output and --overlay name the same file", file=str(overlay),
+                        hint="give the overlay video a name of its own")
+    for _, path in named:
+        refuse_existing(path, force)
+
+
 def predict_files(policy: NitroGenPolicy, paths: list[str], sink: TextIO, seed: int = 0,
-                  overlay: Optional[Path] = None) -> int:
-    """Write one JSON line per image or per video chunk; returns the number of lines."""
+                  overlay: Optional[Path] = None, checkpoint: Optional[str] = None) -> int:
+    """Write one JSON line per image or per video chunk; returns the number of lines. The overlay
+    replaces its file only once every input went well; ``checkpoint`` names the policy's file in errors."""
     check_inputs(paths, overlay)
     lines = 0
-    for name in paths:
-        path = Path(name)
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            lines += _predict_video(policy, path, sink, seed, overlay)
-            continue
-        try:
-            frame = np.asarray(decode_image(str(path)))
-        except ImageDecodeError as err:
-            raise DataError(str(err), file=name, hint="give image or video files") from None
-        out = policy.predict(frame, noise=_noise(policy, seed, _contents(path), 0))
-        sink.write(json.dumps({"source": name, "frame": 0, "actions": chunk_records(policy, out)}) + "\n")
-        lines += 1
+    with replaced_when_done(overlay) if overlay is not None else nullcontext() as drawn:
+        for name in paths:
+            path = Path(name)
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                lines += _predict_video(policy, path, sink, seed, checkpoint, drawn, overlay)
+                continue
+            try:
+                frame = np.asarray(decode_image(str(path)))
+            except ImageDecodeError as err:
+                raise DataError(str(err), file=name, hint="give image or video files") from None
+            actions = _actions(policy, frame, _noise(policy, seed, _contents(path), 0), checkpoint)
+            sink.write(json.dumps({"source": name, "frame": 0, "actions": actions}) + "\n")
+            lines += 1
     return lines
 
 
-def _predict_video(policy: NitroGenPolicy, path: Path, sink: TextIO, seed: int, overlay: Optional[Path]) -> int:
+def _predict_video(policy: NitroGenPolicy, path: Path, sink: TextIO, seed: int, checkpoint: Optional[str],
+                   drawn: Optional[Path], overlay: Optional[Path]) -> int:
+    """The video's chunks as lines, and its frames with their actions drawn into ``drawn``."""
     writer, lines, steps, contents = None, 0, [], _contents(path)
     try:
         for i, time_s, frame in _video_frames(path):
             if i % policy.horizon == 0:
-                out = policy.predict(frame, noise=_noise(policy, seed, contents, i))
-                steps = chunk_records(policy, out)
+                steps = _actions(policy, frame, _noise(policy, seed, contents, i), checkpoint)
                 sink.write(json.dumps({"source": str(path), "frame": i, "time_s": round(time_s, 4),
                                        "actions": steps}) + "\n")
                 lines += 1
-            if overlay is not None:
+            if drawn is not None:
                 if writer is None:
-                    writer = _VideoWriter(overlay, frame.shape, _frame_rate(path))
+                    writer = _VideoWriter(drawn, overlay, frame.shape, _frame_rate(path))
                 writer.write(draw_overlay(frame, steps[i % policy.horizon]))
     finally:
         if writer is not None:
@@ -146,22 +184,34 @@ def _predict_video(policy: NitroGenPolicy, path: Path, sink: TextIO, seed: int, 
 
 
 class _VideoWriter:
-    def __init__(self, path: Path, shape: tuple[int, ...], fps: Fraction):
+    """An H.264 video written to ``path`` (the overlay's temporary file); its errors name ``name``."""
+
+    def __init__(self, path: Path, name: Path, shape: tuple[int, ...], fps: Fraction):
         import av  # noqa: PLC0415
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.container = av.open(str(path), mode="w")
-        self.stream = self.container.add_stream("libx264", rate=fps)
-        self.stream.height, self.stream.width = shape[0] - shape[0] % 2, shape[1] - shape[1] % 2
-        self.stream.pix_fmt = "yuv420p"
-        self.av = av
+        self.av, self.name = av, name
+        with self._errors():
+            self.container = av.open(str(path), mode="w")
+            self.stream = self.container.add_stream("libx264", rate=fps)
+            self.stream.height, self.stream.width = shape[0] - shape[0] % 2, shape[1] - shape[1] % 2
+            self.stream.pix_fmt = "yuv420p"
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except self.av.error.FFmpegError as err:
+            raise DataError(f"cannot write the overlay video ({err.strerror})", file=str(self.name)) from None
 
     def write(self, frame: np.ndarray) -> None:
         frame = frame[: self.stream.height, : self.stream.width]
-        for packet in self.stream.encode(self.av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-            self.container.mux(packet)
+        with self._errors():
+            for packet in self.stream.encode(self.av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
+                                                                             format="rgb24")):
+                self.container.mux(packet)
 
     def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
+        with self._errors():
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()
