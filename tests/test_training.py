@@ -391,7 +391,8 @@ def test_keep_best_spares_the_lowest_validation_loss_checkpoint_across_a_resume(
     assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] == 1
     capsys.readouterr()
     plain = tmp_path / "plain"
-    train(config(recordings, plain, max_steps=1))
+    train(config(recordings, plain, max_steps=1))  # val_every 0: validated once, at the end, and logged
+    assert logged(plain, "val/loss") == [json.loads((plain / "summary.json").read_text())["val_loss"]]
     assert main(["export", str(plain), str(tmp_path / "none.pt"), "--checkpoint", "best"]) == 2
     assert "the run kept no best checkpoint" in capsys.readouterr().err
 

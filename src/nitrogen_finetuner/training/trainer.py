@@ -345,6 +345,13 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         if checkpointed and (progress.best_val_loss is None or val_loss < progress.best_val_loss):
             progress.best_step, progress.best_val_loss = progress.step, val_loss
 
+    def validate_and_log() -> Optional[float]:
+        val_loss = validate()
+        if val_loss is not None:
+            logger.scalars(progress.step, {"val/loss": val_loss, **sampled_metrics()})
+        note_best(val_loss)
+        return val_loss
+
     def gradient_sync(last_micro_batch: bool):
         """Gradients are averaged across processes once per step, after the last micro-batch."""
         if config.fsdp:
@@ -415,10 +422,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                     scalars["train/grad_norm"] = float(full_tensor(grad_norm))
                 logger.scalars(progress.step, scalars)
             if config.val_every and progress.step % config.val_every == 0:
-                val_loss = validate()
-                if val_loss is not None:
-                    logger.scalars(progress.step, {"val/loss": val_loss, **sampled_metrics()})
-                note_best(val_loss)
+                val_loss = validate_and_log()
             if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
                 save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
             if stop_votes > 0:  # every process agrees: the votes were summed with the loss
@@ -435,8 +439,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if stop is not None:
         stop.steps_done()
     if val_set is not None and (not config.val_every or progress.step % config.val_every):
-        val_loss = validate()
-        note_best(val_loss)
+        val_loss = validate_and_log()
     save_unless_saved()
     exported = None
     save_trained_weights(master, run_dir, accelerator.is_main_process)
