@@ -370,6 +370,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     bar = tqdm(total=config.max_steps, initial=progress.step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="train", mininterval=0.1 if interactive else 30)
     stopped = False
+    # Speed is averaged over the steps since the last log line (validation and checkpoints left
+    # out): one step's figure swings with every data-loading stall.
+    timed_steps, timed_seconds = 0, 0.0
     with bar:  # closed on the way out, so an error message starts its own line
         while progress.step < config.max_steps:
             started = time.perf_counter()
@@ -408,7 +411,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                 logger.close()
                 accelerator.end_training()
                 raise diverged(loss, progress.step, run_dir)
-            seconds = time.perf_counter() - started
+            timed_steps, timed_seconds = timed_steps + 1, timed_seconds + time.perf_counter() - started
+            seconds = timed_seconds / timed_steps
             samples_per_s = config.batch_size / seconds
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{samples_per_s:.1f}",
                             refresh=False)
@@ -421,6 +425,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                 if grad_norm is not None:  # before clipping; under FSDP, the whole model's
                     scalars["train/grad_norm"] = float(full_tensor(grad_norm))
                 logger.scalars(progress.step, scalars)
+                timed_steps, timed_seconds = 0, 0.0
             if config.val_every and progress.step % config.val_every == 0:
                 val_loss = validate_and_log()
             if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
