@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -18,7 +20,7 @@ from nitrogen_finetuner.evaluation.metrics import (
     slot_agreement,
     stick_metrics,
 )
-from recordings import write_nitrogen_parquet
+from recordings import image_structs, nitrogen_rows, write_frames_folder, write_nitrogen_parquet
 
 # Two chunks of 4 steps, one button: pressed on steps 1 and 2 of each chunk.
 TRUE = np.array([[0, 1, 1, 0], [0, 1, 1, 0]], float)[..., None]
@@ -210,3 +212,62 @@ def test_eval_with_no_chunk_names_the_frame_gaps(tiny_checkpoint, tmp_path, caps
     assert main(argv) == 2
     assert "frame numbers skip in 11 place(s), cutting the recordings into pieces" in capsys.readouterr().err
     assert main([*argv, "--frame-column", "none"]) == 0
+
+
+def bad_frame_dataset(root: Path, kind: str) -> tuple[Path, Path, str]:
+    """Two 40-frame episodes whose queried frame 18 of the first does not decode: (dataset, the file
+    named in the message, what the message says about it)."""
+    if kind == "missing frame file":  # a CSV with a folder of frames, one of which is gone
+        write_frames_folder(root / "data", n=40)
+        (root / "data" / "frames" / "00018.png").unlink()
+        return root / "data", root / "data" / "actions.csv", "does not exist"
+    images = image_structs(40)
+    images[18] = {"bytes": b"\x8f\x03random bytes, no image", "path": None} if kind == "random bytes" else None
+    write_nitrogen_parquet(root / "data" / "e1.parquet", n=40, start=10)
+    pq.write_table(pa.table({"image": images, **nitrogen_rows(40)}), root / "data" / "e0.parquet")
+    return root / "data", root / "data" / "e0.parquet", {"random bytes": "cannot decode", "null": "missing (null)"}[kind]
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "null", "missing frame file"])
+def test_eval_on_a_frame_that_does_not_decode_stops_with_one_line_or_skips_its_chunk(tiny_checkpoint, tmp_path,
+                                                                                     capsys, kind):
+    data, bad_file, reason = bad_frame_dataset(tmp_path, kind)
+    out = tmp_path / "eval"
+    argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--output", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in (f"{bad_file}, row 18, column 'image'", reason,
+                     "(fix or remove the row, or pass --skip-bad-rows)"):
+        assert fragment in lines[0], lines[0]
+    assert not out.exists()
+
+    assert main([*argv, "--skip-bad-rows"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    scores = report["checkpoints"]["tiny"]
+    episodes = 1 if kind == "missing frame file" else 2
+    assert scores["chunks"] == 3 * episodes - 1 and scores["skipped_bad_frames"] == 1  # frames 0, 18, 36 each
+    assert len(report["skipped_bad_frames"]) == 1 and report["skipped_bad_frames"][0].startswith(f"{bad_file} row 18: ")
+    assert f"skipped      1 chunk(s) left out: their frame does not decode (--skip-bad-rows); first: {bad_file} row 18" \
+        in printed
+    assert "  bad frames skipped             1" in printed
+
+
+def test_a_training_run_that_skips_bad_rows_samples_its_validation_chunks_around_a_bad_frame(tmp_path):
+    from runs import config, logged
+
+    from nitrogen_finetuner.training.trainer import train
+
+    (tmp_path / "data").mkdir()
+    for i in range(3):  # frame 0, which validation samples a chunk from, is bad in every recording
+        images = image_structs(24, start=10 * i)
+        images[0] = {"bytes": b"not an image", "path": None}
+        pq.write_table(pa.table({"image": images, **nitrogen_rows(24, start=10 * i)}),
+                       tmp_path / "data" / f"e{i}.parquet")
+    settings = {"max_steps": 1, "val_every": 1, "val_chunks": 4, "val_fraction": 0.34, "method": "full"}
+    result = train(config(tmp_path / "data", tmp_path / "run", **{"data.skip_bad_rows": True}, **settings))
+    assert result.step == 1 and result.val_loss is not None
+    assert logged(tmp_path / "run", "val/button_f1")  # from the chunk of frame 18, the one that decodes
+

@@ -1,7 +1,8 @@
 """``nitrogen-finetune eval``: several checkpoints, one dataset, one report.
 
 Writes ``report.json`` (every number), ``f1.png``, ``horizon.png``, ``traces_<checkpoint>.png``
-and, with the button-order check, ``button_order_<checkpoint>.png``; returns a short table.
+and, with the button-order check, ``button_order_<checkpoint>.png``; returns a short table, under
+the chunks left out for frames that do not decode (``--skip-bad-rows``).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def run_eval(
     buttons: Optional[Sequence[str]] = None,
 ) -> tuple[dict, str]:
     reports, orders, files, chosen, names = {}, {}, {}, None, []
+    skipped = []
     for path in checkpoints:
         policy = load_policy(path, device=device, button_order=button_order, buttons=buttons,
                              trust_pickle=trust_pickle, verbose=False)
@@ -82,8 +84,12 @@ def run_eval(
         if not chosen:
             raise DataError("no held-out episodes: the dataset has fewer than two", file=data_config.dataset_name,
                             hint="evaluate with --episodes all")
-        chunks = predict_chunks(policy, data, chosen, seed=seed, limit=limit)
+        chunks = predict_chunks(policy, data, chosen, seed=seed, limit=limit, how_to_skip="pass --skip-bad-rows")
         if not len(chunks.episodes):
+            if chunks.skipped:
+                raise DataError(f"the frame of every chunk queried does not decode ({len(chunks.skipped)} left out "
+                                f"with --skip-bad-rows; first: {chunks.skipped[0]})", file=data_config.dataset_name,
+                                hint="fix the frames, or name the column that holds them with --image-column")
             gaps = data.index.gaps_note()
             raise DataError("no frame of the chosen episodes has an action chunk to compare with" + gaps,
                             file=data_config.dataset_name,
@@ -91,6 +97,7 @@ def run_eval(
                             + (" (--frame-column none reads the rows in file order)" if gaps else ""))
         label = _label(path, set(reports))
         reports[label], files[label] = score_chunks(chunks, policy), str(Path(path).resolve())
+        skipped += [note for note in chunks.skipped if note not in skipped]
         names = [data.index.episodes[i].name for i in chosen]
         output.mkdir(parents=True, exist_ok=True)  # only now: a checkpoint or dataset that fails leaves no folder
         plots.traces(chunks, policy, output / f"traces_{label}.png", label)
@@ -102,7 +109,7 @@ def run_eval(
     plots.f1_bars(reports, output / "f1.png")
     plots.horizon_errors(reports, output / "horizon.png")
     report = {"data": data_config.dataset_name, "episodes": chosen, "episode_names": names, "seed": seed,
-              "checkpoint_files": files, "checkpoints": reports}
+              "skipped_bad_frames": skipped, "checkpoint_files": files, "checkpoints": reports}
     if orders:
         report["button_order_check"] = orders
     (output / "report.json").write_text(json.dumps(report, indent=2))
@@ -113,6 +120,17 @@ def _fmt(value, pattern="{:.3f}") -> str:
     return "-" if value is None else pattern.format(value)
 
 
+def format_header(report: dict) -> list[str]:
+    """What the numbers are of: the chunks left out."""
+    lines = []
+    if report.get("skipped_bad_frames"):
+        counts = {r["skipped_bad_frames"] for r in report["checkpoints"].values()}
+        count = f"{counts.pop()} chunk(s)" if len(counts) == 1 else "chunks (per checkpoint in the table)"
+        lines.append(f"skipped      {count} left out: their frame does not decode (--skip-bad-rows); first: "
+                     f"{report['skipped_bad_frames'][0]}")
+    return lines
+
+
 def format_table(report: dict, output: Path) -> str:
     labels = list(report["checkpoints"])
     width = max(12, *(len(label) for label in labels))
@@ -121,7 +139,10 @@ def format_table(report: dict, output: Path) -> str:
             ("stick MAE", lambda r: _fmt(r["sticks"]["mean_mae"])),
             ("boundary flips", lambda r: _fmt(r["consistency"]["predicted"]["boundary_button_flip_rate"])),
             ("  (recorded)", lambda r: _fmt(r["consistency"]["true"]["boundary_button_flip_rate"]))]
-    lines = [f"{'':<20}" + "".join(f"{label:>{width + 2}}" for label in labels)]
+    if any(r.get("skipped_bad_frames") for r in report["checkpoints"].values()):
+        rows.insert(1, ("  bad frames skipped", lambda r: str(r.get("skipped_bad_frames", 0))))
+    lines = format_header(report)
+    lines.append(f"{'':<20}" + "".join(f"{label:>{width + 2}}" for label in labels))
     for name, get in rows:
         lines.append(f"{name:<20}" + "".join(f"{get(report['checkpoints'][label]):>{width + 2}}" for label in labels))
     buttons = sorted({b for r in report["checkpoints"].values() for b in r["buttons"]["per_button"]})
