@@ -271,3 +271,23 @@ def test_a_training_run_that_skips_bad_rows_samples_its_validation_chunks_around
     assert result.step == 1 and result.val_loss is not None
     assert logged(tmp_path / "run", "val/button_f1")  # from the chunk of frame 18, the one that decodes
 
+
+def test_eval_names_the_profile_and_the_columns_no_mapping_reads(tiny_checkpoint, tmp_path, capsys):
+    for i in range(2):
+        write_nitrogen_parquet(tmp_path / "data" / f"e{i}.parquet", n=24, start=10 * i)
+    argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "data"),
+            "--output", str(tmp_path / "eval"), "--max-chunks", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "profile      nitrogen (scored on 21/25 slots)" in printed and "unused" not in printed
+    assert main([*argv, "--profile", "xbox"]) == 0  # reads only the columns named alike: start, d-pad, triggers, ...
+    printed = capsys.readouterr().out.splitlines()
+    assert "profile      xbox (scored on 11/25 slots)" in printed
+    unused = "east, j_left, j_right, left_shoulder, north, right_shoulder, south, west"
+    assert f"unused       {unused}: no profile entry or mapping reads these columns (check --profile; " \
+           "`nitrogen-finetune data inspect` shows the mapping)" in printed
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["profiles"] == {"tiny": "xbox (scored on 11/25 slots)"}
+    assert report["unused_columns"] == unused.split(", ")
+    assert report["checkpoints"]["tiny"]["sticks"]["mean_mae"] is None  # what the unused line explains
+

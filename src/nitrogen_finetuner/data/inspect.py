@@ -68,7 +68,7 @@ def summarize(data: PreparedData) -> dict:
         "shortest_episode": min((len(e) for e in index.episodes), default=0),
         "frame_gaps": index.frame_gaps,
         "profiles": sorted({b.describe() for b in index.bindings}),
-        "unused_columns": sorted({c for columns in index.unused_columns for c in columns}),
+        "unused_columns": index.all_unused_columns,
         "action_shift": spec.action_shift,
         "horizon": spec.horizon,
         "bad_action_rows": index.bad_action_rows,

@@ -1,8 +1,9 @@
 """``nitrogen-finetune eval``: several checkpoints, one dataset, one report.
 
 Writes ``report.json`` (every number), ``f1.png``, ``horizon.png``, ``traces_<checkpoint>.png``
-and, with the button-order check, ``button_order_<checkpoint>.png``; returns a short table, under
-the chunks left out for frames that do not decode (``--skip-bad-rows``).
+and, with the button-order check, ``button_order_<checkpoint>.png``; returns a short table under
+the profile the data is read with, the columns nothing reads and the chunks left out for frames
+that do not decode (``--skip-bad-rows``).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def run_eval(
     buttons: Optional[Sequence[str]] = None,
 ) -> tuple[dict, str]:
     reports, orders, files, chosen, names = {}, {}, {}, None, []
-    skipped = []
+    profiles, unused, skipped = {}, set(), []
     for path in checkpoints:
         policy = load_policy(path, device=device, button_order=button_order, buttons=buttons,
                              trust_pickle=trust_pickle, verbose=False)
@@ -97,6 +98,8 @@ def run_eval(
                             + (" (--frame-column none reads the rows in file order)" if gaps else ""))
         label = _label(path, set(reports))
         reports[label], files[label] = score_chunks(chunks, policy), str(Path(path).resolve())
+        profiles[label] = data.index.profiles_note("scored on")
+        unused.update(data.index.all_unused_columns)
         skipped += [note for note in chunks.skipped if note not in skipped]
         names = [data.index.episodes[i].name for i in chosen]
         output.mkdir(parents=True, exist_ok=True)  # only now: a checkpoint or dataset that fails leaves no folder
@@ -109,6 +112,7 @@ def run_eval(
     plots.f1_bars(reports, output / "f1.png")
     plots.horizon_errors(reports, output / "horizon.png")
     report = {"data": data_config.dataset_name, "episodes": chosen, "episode_names": names, "seed": seed,
+              "profiles": profiles, "unused_columns": sorted(unused),
               "skipped_bad_frames": skipped, "checkpoint_files": files, "checkpoints": reports}
     if orders:
         report["button_order_check"] = orders
@@ -121,8 +125,16 @@ def _fmt(value, pattern="{:.3f}") -> str:
 
 
 def format_header(report: dict) -> list[str]:
-    """What the numbers are of: the chunks left out."""
+    """What the numbers are of: the profile, the columns nothing reads, the left-out chunks."""
     lines = []
+    profiles = report.get("profiles", {})
+    if len(set(profiles.values())) == 1:
+        lines.append(f"profile      {next(iter(profiles.values()))}")
+    else:
+        lines += [f"profile      {note} ({label})" for label, note in profiles.items()]
+    if report.get("unused_columns"):  # most often a wrong --profile: the metrics would leave those columns out
+        lines.append(f"unused       {', '.join(report['unused_columns'])}: no profile entry or mapping reads these "
+                     "columns (check --profile; `nitrogen-finetune data inspect` shows the mapping)")
     if report.get("skipped_bad_frames"):
         counts = {r["skipped_bad_frames"] for r in report["checkpoints"].values()}
         count = f"{counts.pop()} chunk(s)" if len(counts) == 1 else "chunks (per checkpoint in the table)"
