@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from nitrogen_finetuner.cli import main
+from nitrogen_finetuner.data.errors import DataError
 from nitrogen_finetuner.evaluation.metrics import (
     button_metrics,
     button_scores,
@@ -291,3 +293,65 @@ def test_eval_names_the_profile_and_the_columns_no_mapping_reads(tiny_checkpoint
     assert report["unused_columns"] == unused.split(", ")
     assert report["checkpoints"]["tiny"]["sticks"]["mean_mae"] is None  # what the unused line explains
 
+
+def fake_run(tiny_checkpoint: Path, folder: Path, data: Path, **settings) -> Path:
+    """A run folder as training leaves it, for what eval reads: config.yaml and the exported model.pt."""
+    from nitrogen_finetuner.training.config import dump_config, resolve_config
+
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(dump_config(resolve_config(None, {"data.dataset_name": str(data),
+                                                                          "output": str(folder), **settings})))
+    shutil.copy(tiny_checkpoint, folder / "model.pt")
+    return folder / "model.pt"
+
+
+def test_eval_of_held_out_episodes_takes_the_split_of_the_run_beside_the_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    from nitrogen_finetuner.data.config import DataConfig
+    from nitrogen_finetuner.data.episodes import split_episodes
+    from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
+
+    data = tmp_path / "data"
+    for i in range(6):
+        write_nitrogen_parquet(data / f"e{i}.parquet", n=24, start=10 * i)
+    recordings = prepare_data(DataConfig(dataset_name=str(data)),
+                              ModelInputs.of_checkpoint(str(tiny_checkpoint))).index.recordings
+    model = fake_run(tiny_checkpoint, tmp_path / "runs" / "a", data, val_fraction=0.5, seed=3)
+    argv = ["eval", "--checkpoint", str(model), "--data", str(data), "--output", str(tmp_path / "eval"),
+            "--episodes", "val", "--max-chunks", "1"]
+
+    def held_out(*flags) -> tuple[list[int], str]:
+        assert main([*argv, *flags]) == 0
+        printed = capsys.readouterr().out
+        return json.loads((tmp_path / "eval" / "report.json").read_text())["episodes"], printed
+
+    episodes, printed = held_out()
+    assert episodes == split_episodes(recordings, 0.5, 3)[1] and len(episodes) == 3  # not the default 0.1 and 0
+    assert f"episodes     held-out episodes of run {model.parent}: val_fraction 0.5, seed 3 (3 episode(s))" in printed
+    episodes, printed = held_out("--seed", "1")  # a value the user gives wins
+    assert episodes == split_episodes(recordings, 0.5, 1)[1]
+    assert f"held-out episodes of run {model.parent}: val_fraction 0.5, seed 1 (--seed)" in printed
+
+    other = fake_run(tiny_checkpoint, tmp_path / "runs" / "b", data, val_fraction=0.15, seed=3)
+    assert main([*argv, "--checkpoint", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the checkpoints come from runs that held out different episodes" in err[0], err
+    assert f"{model.parent}: val_fraction 0.5, seed 3; {other.parent}: val_fraction 0.15, seed 3" in err[0]
+    assert not (tmp_path / "eval" / "traces_model_2.png").exists()  # refused before any checkpoint is evaluated
+
+    # What the command did above, and the cases left, without evaluating (the split is all that differs):
+    from nitrogen_finetuner.evaluation.report import Split, held_out_split
+
+    both, ours = [str(model), str(other)], str(tiny_checkpoint)
+    assert held_out_split(both, 0.3, 2) == Split(0.3, 2, given=("val_fraction", "seed"))  # one split chosen
+    assert held_out_split([ours]) == Split(0.1, 0)  # no run: eval's defaults
+    assert held_out_split([ours, str(model)]) == Split(0.5, 3, runs=(str(model.parent),), run_data=(str(data),))
+    assert held_out_split(both, val_fraction=0.2) == Split(0.2, 3, runs=(str(model.parent), str(other.parent)),
+                                                           given=("val_fraction",), run_data=(str(data),))
+    moved = tmp_path / "moved"
+    assert held_out_split([str(model)]).describe(str(moved)).endswith(f"(the run trained on {data}, not on {moved})")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "config.yaml").write_text("colour: blue\n")  # not a run's config
+    shutil.copy(tiny_checkpoint, tmp_path / "folder" / "model.pt")
+    with pytest.raises(DataError, match="reads the split of the run beside the checkpoint .*unknown setting colour"):
+        held_out_split([str(tmp_path / "folder" / "model.pt")])
+    assert held_out_split([str(tmp_path / "folder" / "model.pt")], 0.2, 1) == Split(0.2, 1, given=("val_fraction", "seed"))

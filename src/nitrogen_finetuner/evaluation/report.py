@@ -2,23 +2,26 @@
 
 Writes ``report.json`` (every number), ``f1.png``, ``horizon.png``, ``traces_<checkpoint>.png``
 and, with the button-order check, ``button_order_<checkpoint>.png``; returns a short table under
-the profile the data is read with, the columns nothing reads and the chunks left out for frames
-that do not decode (``--skip-bad-rows``).
+the profile the data is read with, the columns nothing reads, the held-out split (``--episodes
+val``: a run's own, read from the ``config.yaml`` beside its checkpoint) and the chunks left out
+for frames that do not decode (``--skip-bad-rows``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ..data.config import DataConfig
 from ..data.episodes import split_episodes
-from ..data.errors import DataError
+from ..data.errors import DataError, user_message
 from ..data.pipeline import ModelInputs, prepare_data
 from ..policy import load_policy
+from ..training.config import resolve_config
 from . import plots
 from .metrics import slot_agreement
 from .open_loop import Chunks, predict_chunks, score_chunks
@@ -60,13 +63,77 @@ def _label(path: str, taken: set[str]) -> str:
     return label
 
 
+DEFAULT_VAL_FRACTION, DEFAULT_SEED = 0.1, 0
+
+
+@dataclass(frozen=True)
+class Split:
+    """The episodes ``--episodes val`` holds out: val_fraction and seed, and where they came from."""
+
+    val_fraction: float
+    seed: int
+    runs: tuple[str, ...] = ()  # run folders whose config.yaml gave a value
+    given: tuple[str, ...] = ()  # the flags the caller gave, which win over a run's values
+    run_data: tuple[str, ...] = ()  # the datasets those runs trained on
+
+    def describe(self, dataset: str) -> str:
+        of = f" of run{'s' if len(self.runs) > 1 else ''} {', '.join(self.runs)}" if self.runs else ""
+        flags = {"val_fraction": "--val-fraction", "seed": "--seed"}
+        values = [f"{key} {value:g}" + (f" ({flags[key]})" if self.runs and key in self.given else "")
+                  for key, value in (("val_fraction", self.val_fraction), ("seed", self.seed))]
+        other = [d for d in self.run_data if not _same_dataset(d, dataset)]
+        return (f"held-out episodes{of}: {', '.join(values)}"
+                + (f" (the run trained on {', '.join(other)}, not on {dataset})" if other else ""))
+
+
+def _same_dataset(a: str, b: str) -> bool:
+    """Two dataset names that name the same dataset (a folder under two spellings, or one hub id)."""
+    first, second = Path(a).expanduser(), Path(b).expanduser()
+    return first.resolve() == second.resolve() if first.exists() and second.exists() else a == b
+
+
+def held_out_split(checkpoints: Sequence[str], val_fraction: Optional[float] = None,
+                   seed: Optional[int] = None) -> Split:
+    """The split of ``--episodes val``: the caller's values where given; else the run's, when a
+    checkpoint's folder holds the ``config.yaml`` of the run that wrote it (a run's exported
+    ``model.pt``); else 0.1 and 0. Checkpoints of runs that held out different episodes are refused."""
+    given = tuple(key for key, value in (("val_fraction", val_fraction), ("seed", seed)) if value is not None)
+    found: dict[str, tuple[float, int]] = {}
+    run_data: dict[str, str] = {}
+    if len(given) < 2:
+        for path in checkpoints:
+            config_file = Path(path).parent / "config.yaml"
+            if not config_file.is_file() or str(config_file.parent) in found:
+                continue
+            try:
+                config = resolve_config(config_file)
+            except DataError as err:
+                raise DataError(f"--episodes val reads the split of the run beside the checkpoint {path}, and "
+                                f"{user_message(err)}", hint="pass --val-fraction and --seed to choose the split") from None
+            run = str(config_file.parent)
+            found[run] = (config.val_fraction if val_fraction is None else val_fraction,
+                          config.seed if seed is None else seed)
+            run_data[run] = config.data.dataset_name
+    splits = set(found.values())
+    if len(splits) > 1:
+        listing = "; ".join(f"{run}: val_fraction {vf:g}, seed {sd}" for run, (vf, sd) in found.items())
+        raise DataError(f"--episodes val: the checkpoints come from runs that held out different episodes ({listing})",
+                        hint="evaluate them one at a time, or pass --val-fraction and --seed to choose one split")
+    if splits:
+        chosen_fraction, chosen_seed = splits.pop()
+    else:
+        chosen_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+        chosen_seed = DEFAULT_SEED if seed is None else seed
+    return Split(chosen_fraction, chosen_seed, tuple(found), given, tuple(dict.fromkeys(run_data.values())))
+
+
 def run_eval(
     checkpoints: Sequence[str],
     data_config: DataConfig,
     output: Path,
     episodes: str = "all",
-    val_fraction: float = 0.1,
-    seed: int = 0,
+    val_fraction: Optional[float] = None,
+    seed: Optional[int] = None,
     button_order: Optional[str] = None,
     check_button_order: bool = False,
     limit: Optional[int] = None,
@@ -74,6 +141,10 @@ def run_eval(
     trust_pickle: bool = False,
     buttons: Optional[Sequence[str]] = None,
 ) -> tuple[dict, str]:
+    """``seed`` seeds the start noise and, with ``episodes="val"``, the split; left None, they
+    (and ``val_fraction``) are the run's where a checkpoint's run config is found, else 0 (and 0.1)."""
+    split = held_out_split(checkpoints, val_fraction, seed) if episodes == "val" else None
+    seed = split.seed if split else (DEFAULT_SEED if seed is None else seed)
     reports, orders, files, chosen, names = {}, {}, {}, None, []
     profiles, unused, skipped = {}, set(), []
     for path in checkpoints:
@@ -81,10 +152,14 @@ def run_eval(
                              trust_pickle=trust_pickle, verbose=False)
         data = prepare_data(data_config, ModelInputs.of_policy(policy))
         every = list(range(len(data.index.episodes)))
-        chosen = every if episodes == "all" else split_episodes(data.index.recordings, val_fraction, seed)[1]
+        chosen = every if split is None else split_episodes(data.index.recordings, split.val_fraction, split.seed)[1]
         if not chosen:
-            raise DataError("no held-out episodes: the dataset has fewer than two", file=data_config.dataset_name,
-                            hint="evaluate with --episodes all")
+            if split is not None and split.val_fraction == 0:  # a run may train on every episode
+                whose = f"run {', '.join(split.runs)}" if split.runs else "the split"
+                raise DataError(f"no held-out episodes: {whose} has val_fraction 0", file=data_config.dataset_name,
+                                hint="evaluate with --episodes all, or pass --val-fraction")
+            raise DataError("no held-out episodes: the dataset has fewer than two recordings",
+                            file=data_config.dataset_name, hint="evaluate with --episodes all")
         chunks = predict_chunks(policy, data, chosen, seed=seed, limit=limit, how_to_skip="pass --skip-bad-rows")
         if not len(chunks.episodes):
             if chunks.skipped:
@@ -114,6 +189,9 @@ def run_eval(
     report = {"data": data_config.dataset_name, "episodes": chosen, "episode_names": names, "seed": seed,
               "profiles": profiles, "unused_columns": sorted(unused),
               "skipped_bad_frames": skipped, "checkpoint_files": files, "checkpoints": reports}
+    if split is not None:
+        report["split"] = {"val_fraction": split.val_fraction, "seed": split.seed, "runs": list(split.runs),
+                           "given": list(split.given), "text": split.describe(data_config.dataset_name)}
     if orders:
         report["button_order_check"] = orders
     (output / "report.json").write_text(json.dumps(report, indent=2))
@@ -125,8 +203,10 @@ def _fmt(value, pattern="{:.3f}") -> str:
 
 
 def format_header(report: dict) -> list[str]:
-    """What the numbers are of: the profile, the columns nothing reads, the left-out chunks."""
+    """What the numbers are of: the profile, the columns nothing reads, the split, the left-out chunks."""
     lines = []
+    if "split" in report:
+        lines.append(f"episodes     {report['split']['text']} ({len(report['episodes'])} episode(s))")
     profiles = report.get("profiles", {})
     if len(set(profiles.values())) == 1:
         lines.append(f"profile      {next(iter(profiles.values()))}")
