@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.cli import main
+from nitrogen_finetuner.data.errors import DataError
 from nitrogen_finetuner.evaluation.metrics import (
     button_metrics,
     button_scores,
@@ -20,7 +24,7 @@ from nitrogen_finetuner.evaluation.metrics import (
     slot_agreement,
     stick_metrics,
 )
-from recordings import write_nitrogen_parquet
+from recordings import image_structs, nitrogen_rows, write_frames_folder, write_nitrogen_parquet
 
 # Two chunks of 4 steps, one button: pressed on steps 1 and 2 of each chunk.
 TRUE = np.array([[0, 1, 1, 0], [0, 1, 1, 0]], float)[..., None]
@@ -326,3 +330,144 @@ def test_an_overlay_that_cannot_be_written_is_named_before_any_work(tiny_checkpo
         locked.chmod(0o755)
     assert f"{locked / 'o.mp4'}: cannot write the file (Permission denied)" in failure(capsys)
     assert os.listdir(locked) == []
+
+
+def bad_frame_dataset(root: Path, kind: str) -> tuple[Path, Path, str]:
+    """Two 40-frame episodes whose queried frame 18 of the first does not decode: (dataset, the file
+    named in the message, what the message says about it)."""
+    if kind == "missing frame file":  # a CSV with a folder of frames, one of which is gone
+        write_frames_folder(root / "data", n=40)
+        (root / "data" / "frames" / "00018.png").unlink()
+        return root / "data", root / "data" / "actions.csv", "does not exist"
+    images = image_structs(40)
+    images[18] = {"bytes": b"\x8f\x03random bytes, no image", "path": None} if kind == "random bytes" else None
+    write_nitrogen_parquet(root / "data" / "e1.parquet", n=40, start=10)
+    pq.write_table(pa.table({"image": images, **nitrogen_rows(40)}), root / "data" / "e0.parquet")
+    return root / "data", root / "data" / "e0.parquet", {"random bytes": "cannot decode", "null": "missing (null)"}[kind]
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "null", "missing frame file"])
+def test_eval_on_a_frame_that_does_not_decode_stops_with_one_line_or_skips_its_chunk(tiny_checkpoint, tmp_path,
+                                                                                     capsys, kind):
+    data, bad_file, reason = bad_frame_dataset(tmp_path, kind)
+    out = tmp_path / "eval"
+    argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--output", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in (f"{bad_file}, row 18, column 'image'", reason,
+                     "(fix or remove the row, or pass --skip-bad-rows)"):
+        assert fragment in lines[0], lines[0]
+    assert not out.exists()
+
+    assert main([*argv, "--skip-bad-rows"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    scores = report["checkpoints"]["tiny"]
+    episodes = 1 if kind == "missing frame file" else 2
+    assert scores["chunks"] == 3 * episodes - 1 and scores["skipped_bad_frames"] == 1  # frames 0, 18, 36 each
+    assert len(report["skipped_bad_frames"]) == 1 and report["skipped_bad_frames"][0].startswith(f"{bad_file} row 18: ")
+    assert f"skipped      1 chunk(s) left out: their frame does not decode (--skip-bad-rows); first: {bad_file} row 18" \
+        in printed
+    assert "  bad frames skipped             1" in printed
+
+
+def test_a_training_run_that_skips_bad_rows_samples_its_validation_chunks_around_a_bad_frame(tmp_path):
+    from runs import config, logged
+
+    from nitrogen_finetuner.training.trainer import train
+
+    (tmp_path / "data").mkdir()
+    for i in range(3):  # frame 0, which validation samples a chunk from, is bad in every recording
+        images = image_structs(24, start=10 * i)
+        images[0] = {"bytes": b"not an image", "path": None}
+        pq.write_table(pa.table({"image": images, **nitrogen_rows(24, start=10 * i)}),
+                       tmp_path / "data" / f"e{i}.parquet")
+    settings = {"max_steps": 1, "val_every": 1, "val_chunks": 4, "val_fraction": 0.34, "method": "full"}
+    result = train(config(tmp_path / "data", tmp_path / "run", **{"data.skip_bad_rows": True}, **settings))
+    assert result.step == 1 and result.val_loss is not None
+    assert logged(tmp_path / "run", "val/button_f1")  # from the chunk of frame 18, the one that decodes
+
+
+def test_eval_names_the_profile_and_the_columns_no_mapping_reads(tiny_checkpoint, tmp_path, capsys):
+    for i in range(2):
+        write_nitrogen_parquet(tmp_path / "data" / f"e{i}.parquet", n=24, start=10 * i)
+    argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "data"),
+            "--output", str(tmp_path / "eval"), "--max-chunks", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "profile      nitrogen (scored on 21/25 slots)" in printed and "unused" not in printed
+    assert main([*argv, "--profile", "xbox"]) == 0  # reads only the columns named alike: start, d-pad, triggers, ...
+    printed = capsys.readouterr().out.splitlines()
+    assert "profile      xbox (scored on 11/25 slots)" in printed
+    unused = "east, j_left, j_right, left_shoulder, north, right_shoulder, south, west"
+    assert f"unused       {unused}: no profile entry or mapping reads these columns (check --profile; " \
+           "`nitrogen-finetune data inspect` shows the mapping)" in printed
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["profiles"] == {"tiny": "xbox (scored on 11/25 slots)"}
+    assert report["unused_columns"] == unused.split(", ")
+    assert report["checkpoints"]["tiny"]["sticks"]["mean_mae"] is None  # what the unused line explains
+
+
+def fake_run(tiny_checkpoint: Path, folder: Path, data: Path, **settings) -> Path:
+    """A run folder as training leaves it, for what eval reads: config.yaml and the exported model.pt."""
+    from nitrogen_finetuner.training.config import dump_config, resolve_config
+
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(dump_config(resolve_config(None, {"data.dataset_name": str(data),
+                                                                          "output": str(folder), **settings})))
+    shutil.copy(tiny_checkpoint, folder / "model.pt")
+    return folder / "model.pt"
+
+
+def test_eval_of_held_out_episodes_takes_the_split_of_the_run_beside_the_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    from nitrogen_finetuner.data.config import DataConfig
+    from nitrogen_finetuner.data.episodes import split_episodes
+    from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
+
+    data = tmp_path / "data"
+    for i in range(6):
+        write_nitrogen_parquet(data / f"e{i}.parquet", n=24, start=10 * i)
+    recordings = prepare_data(DataConfig(dataset_name=str(data)),
+                              ModelInputs.of_checkpoint(str(tiny_checkpoint))).index.recordings
+    model = fake_run(tiny_checkpoint, tmp_path / "runs" / "a", data, val_fraction=0.5, seed=3)
+    argv = ["eval", "--checkpoint", str(model), "--data", str(data), "--output", str(tmp_path / "eval"),
+            "--episodes", "val", "--max-chunks", "1"]
+
+    def held_out(*flags) -> tuple[list[int], str]:
+        assert main([*argv, *flags]) == 0
+        printed = capsys.readouterr().out
+        return json.loads((tmp_path / "eval" / "report.json").read_text())["episodes"], printed
+
+    episodes, printed = held_out()
+    assert episodes == split_episodes(recordings, 0.5, 3)[1] and len(episodes) == 3  # not the default 0.1 and 0
+    assert f"episodes     held-out episodes of run {model.parent}: val_fraction 0.5, seed 3 (3 episode(s))" in printed
+    episodes, printed = held_out("--seed", "1")  # a value the user gives wins
+    assert episodes == split_episodes(recordings, 0.5, 1)[1]
+    assert f"held-out episodes of run {model.parent}: val_fraction 0.5, seed 1 (--seed)" in printed
+
+    other = fake_run(tiny_checkpoint, tmp_path / "runs" / "b", data, val_fraction=0.15, seed=3)
+    assert main([*argv, "--checkpoint", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the checkpoints come from runs that held out different episodes" in err[0], err
+    assert f"{model.parent}: val_fraction 0.5, seed 3; {other.parent}: val_fraction 0.15, seed 3" in err[0]
+    assert not (tmp_path / "eval" / "traces_model_2.png").exists()  # refused before any checkpoint is evaluated
+
+    # What the command did above, and the cases left, without evaluating (the split is all that differs):
+    from nitrogen_finetuner.evaluation.report import Split, held_out_split
+
+    both, ours = [str(model), str(other)], str(tiny_checkpoint)
+    assert held_out_split(both, 0.3, 2) == Split(0.3, 2, given=("val_fraction", "seed"))  # one split chosen
+    assert held_out_split([ours]) == Split(0.1, 0)  # no run: eval's defaults
+    assert held_out_split([ours, str(model)]) == Split(0.5, 3, runs=(str(model.parent),), run_data=(str(data),))
+    assert held_out_split(both, val_fraction=0.2) == Split(0.2, 3, runs=(str(model.parent), str(other.parent)),
+                                                           given=("val_fraction",), run_data=(str(data),))
+    moved = tmp_path / "moved"
+    assert held_out_split([str(model)]).describe(str(moved)).endswith(f"(the run trained on {data}, not on {moved})")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "config.yaml").write_text("colour: blue\n")  # not a run's config
+    shutil.copy(tiny_checkpoint, tmp_path / "folder" / "model.pt")
+    with pytest.raises(DataError, match="reads the split of the run beside the checkpoint .*unknown setting colour"):
+        held_out_split([str(tmp_path / "folder" / "model.pt")])
+    assert held_out_split([str(tmp_path / "folder" / "model.pt")], 0.2, 1) == Split(0.2, 1, given=("val_fraction", "seed"))

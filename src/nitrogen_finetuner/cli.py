@@ -385,9 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="dataset path or hub id")
     evaluate.add_argument("--output", default="eval", help="folder for report.json and the figures")
     evaluate.add_argument("--episodes", choices=("all", "val"), default="all",
-                          help="all episodes, or the held-out ones of training's split (--val-fraction, --seed)")
-    evaluate.add_argument("--val-fraction", type=_fraction, default=0.1)
-    evaluate.add_argument("--seed", type=_count(0), default=0, help="noise seed (and split seed)")
+                          help="all episodes, or those a training run held out: the split (val_fraction, seed) "
+                          "of the run whose config.yaml sits beside the checkpoint, as beside its exported model.pt; "
+                          "--val-fraction and --seed override it")
+    evaluate.add_argument("--val-fraction", type=_fraction,
+                          help="share of recordings --episodes val holds out (default: the run's, else 0.1)")
+    evaluate.add_argument("--seed", type=_count(0), help="noise seed, and split seed of --episodes val "
+                          "(default: the run's with --episodes val, else 0)")
     evaluate.add_argument("--max-chunks", type=_count(1), help="evaluate at most this many chunks")
     evaluate.add_argument("--check-button-order", action="store_true",
                           help="correlate every predicted slot with every labelled button")

@@ -73,6 +73,17 @@ class DatasetIndex:
             return ""
         return f"; frame numbers skip in {self.frame_gaps} place(s), cutting the recordings into pieces"
 
+    def profiles_note(self, slots_for: str = "loss on") -> str:
+        """The profile of every source and how many slots it drives, in the words `train` prints:
+        "nitrogen (loss on 21/25 slots)"; ``slots_for`` says what those slots count for."""
+        return "; ".join(sorted({f"{b.profile.name} ({slots_for} {int(b.slot_mask.sum())}/{b.layout.action_dim} slots)"
+                                 for b in self.bindings}))
+
+    @property
+    def all_unused_columns(self) -> list[str]:
+        """The columns no profile entry or mapping reads, over all sources (most often: a wrong profile)."""
+        return sorted({column for columns in self.unused_columns for column in columns})
+
     @property
     def recordings(self) -> list[str]:
         """Per episode, the recording it belongs to (what the validation split keeps together)."""

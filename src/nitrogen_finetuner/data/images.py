@@ -16,12 +16,21 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from ..model.vision import rgb_image
+from .errors import DataError
 
 IMAGE_FITS = ("pad", "crop", "stretch")
 
 
 class ImageDecodeError(ValueError):
     """The stored value is not an image we can read; the caller adds file, row and column."""
+
+
+def bad_image_row(err: ImageDecodeError, file: str, row: int, column: str,
+                  how_to_skip: str = "pass --skip-bad-rows") -> DataError:
+    """The one line for a frame that does not decode, wherever it is read (``data inspect``,
+    training's loader, ``eval`` and training's sampled validation chunks). ``how_to_skip`` says how to
+    leave such rows out where the reader is: a command's flag, or the config key."""
+    return DataError(str(err), file=file, row=row, column=column, hint=f"fix or remove the row, or {how_to_skip}")
 
 
 def decode_image(value: Any, base_dir: Optional[Path] = None) -> Image.Image:

@@ -15,8 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..actions.layout import N_STICK_VALUES
-from .errors import DataError
-from .images import ImageDecodeError, decode_image
+from .images import ImageDecodeError, bad_image_row, decode_image
 from .pipeline import PreparedData
 
 STICK_NAMES = ("LEFT_X", "LEFT_Y", "RIGHT_X", "RIGHT_Y")
@@ -37,8 +36,7 @@ def check_images(data: PreparedData) -> dict:
                         decode_image(value, source.base_dir)
                     except ImageDecodeError as err:
                         if not data.config.skip_bad_rows:
-                            raise DataError(str(err), file=source.name, row=row, column=column,
-                                            hint="fix or remove the row, or pass --skip-bad-rows") from None
+                            raise bad_image_row(err, source.name, row, column) from None
                         bad += 1
                         if len(first_bad) < 5:
                             first_bad.append(f"{source.name} row {row}: {err}")
@@ -70,7 +68,7 @@ def summarize(data: PreparedData) -> dict:
         "shortest_episode": min((len(e) for e in index.episodes), default=0),
         "frame_gaps": index.frame_gaps,
         "profiles": sorted({b.describe() for b in index.bindings}),
-        "unused_columns": sorted({c for columns in index.unused_columns for c in columns}),
+        "unused_columns": index.all_unused_columns,
         "action_shift": spec.action_shift,
         "horizon": spec.horizon,
         "bad_action_rows": index.bad_action_rows,

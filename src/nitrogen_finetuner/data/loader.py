@@ -28,8 +28,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .episodes import DatasetIndex
-from .errors import DataError
-from .images import FrameTransform, ImageDecodeError, decode_image
+from .images import FrameTransform, ImageDecodeError, bad_image_row, decode_image
 from .windows import WindowSpec
 
 SHARD_MODES = ("windows", "blocks")
@@ -166,8 +165,8 @@ class WindowDataset(IterableDataset):
             except ImageDecodeError as err:
                 if self.skip_bad_rows:
                     continue
-                raise DataError(str(err), file=source.name, row=c.row, column=self.index.image_columns[c.source],
-                                hint="fix or remove the row, or set skip_bad_rows") from None
+                raise bad_image_row(err, source.name, c.row, self.index.image_columns[c.source],
+                                    how_to_skip="set skip_bad_rows") from None
             # Per-window augmentation stream: the same window is augmented the same way whatever
             # the batch order, the number of workers or a resume.
             rng = np.random.default_rng([self.seed, self.epoch, c.episode, c.frame])

@@ -3,18 +3,20 @@
 For each episode the policy sees frames 0, H, 2H, ... (H = its horizon) and predicts a chunk for
 each; the recording's action rows that chunk stands for are the ground truth (aligned and masked
 exactly as in training). Start noise is drawn per (seed, episode, frame), so reruns give the same
-numbers and several checkpoints see the same noise.
+numbers and several checkpoints see the same noise. A queried frame that does not decode stops with
+one line naming file, row and column, or, with the data's ``skip_bad_rows``, leaves its chunk out
+(counted in ``Chunks.skipped``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..data.images import FrameTransform, decode_image
+from ..data.images import FrameTransform, ImageDecodeError, bad_image_row, decode_image
 from ..data.pipeline import PreparedData
 from ..policy import NitroGenPolicy
 from .metrics import button_metrics, chunk_consistency, error_by_horizon_step, stick_metrics
@@ -31,6 +33,7 @@ class Chunks:
     predicted: np.ndarray
     true: np.ndarray
     mask: np.ndarray
+    skipped: list[str] = field(default_factory=list)  # "file row R: reason" of each chunk left out: its frame is bad
 
 
 def query_frames(data: PreparedData, episodes: Sequence[int], limit: Optional[int] = None) -> list[tuple[int, int]]:
@@ -42,32 +45,52 @@ def query_frames(data: PreparedData, episodes: Sequence[int], limit: Optional[in
     return out[:limit] if limit else out
 
 
-def load_frames(data: PreparedData, queries: list[tuple[int, int]]) -> list[np.ndarray]:
-    """The frames of the queries, decoded and fitted as in training, reading each block once."""
+def load_frames(
+    data: PreparedData, queries: list[tuple[int, int]], how_to_skip: str = "set skip_bad_rows",
+) -> tuple[list[Optional[np.ndarray]], dict[int, str]]:
+    """The frames of the queries, decoded and fitted as in training, reading each block once.
+
+    A frame that does not decode raises the one-line DataError (``how_to_skip`` ends its hint),
+    or, with the data's ``skip_bad_rows``, is None; the second value then says why, per query.
+    """
     index, transform = data.index, FrameTransform(data.transform.size, data.transform.fit)
     wanted: dict[tuple[int, int], int] = {}
     for k, (e, t) in enumerate(queries):
         episode = index.episodes[e]
         wanted[(episode.source, int(episode.rows[t]))] = k
     frames: list[Optional[np.ndarray]] = [None] * len(queries)
+    bad: dict[int, str] = {}
     for s, source in enumerate(index.sources):
         rows = {row for (src, row) in wanted if src == s}
+        column = index.image_columns[s]
         for block in source.blocks():
             if not any(block[0] <= r < block[1] for r in rows):
                 continue
-            for first, values in source.iter_column(index.image_columns[s], block):
+            for first, values in source.iter_column(column, block):
                 for offset, value in enumerate(values):
-                    if (s, first + offset) in wanted:
-                        frames[wanted[(s, first + offset)]] = transform(decode_image(value, source.base_dir))
-    return frames
+                    k = wanted.get((s, first + offset))
+                    if k is None:
+                        continue
+                    try:
+                        frames[k] = transform(decode_image(value, source.base_dir))
+                    except ImageDecodeError as err:
+                        if not data.config.skip_bad_rows:
+                            raise bad_image_row(err, source.name, first + offset, column, how_to_skip) from None
+                        bad[k] = f"{source.name} row {first + offset}: {err}"
+    return frames, bad
 
 
 def predict_chunks(
     policy: NitroGenPolicy, data: PreparedData, episodes: Sequence[int], seed: int = 0,
-    batch_size: int = 16, limit: Optional[int] = None,
+    batch_size: int = 16, limit: Optional[int] = None, how_to_skip: str = "set skip_bad_rows",
 ) -> Chunks:
+    """A chunk per queried frame (at most ``limit`` queries); with the data's ``skip_bad_rows``
+    the queries whose frame does not decode are left out and listed in ``skipped``."""
     queries = query_frames(data, episodes, limit)
-    frames = load_frames(data, queries)
+    frames, bad = load_frames(data, queries, how_to_skip)
+    skipped = [bad[k] for k in sorted(bad)]
+    queries = [q for k, q in enumerate(queries) if k not in bad]
+    frames = [f for k, f in enumerate(frames) if k not in bad]
     horizon, dim = policy.horizon, policy.action_dim
     predicted = np.zeros((len(queries), horizon, dim), np.float32)
     for start in range(0, len(queries), batch_size):
@@ -84,6 +107,7 @@ def predict_chunks(
         predicted=predicted,
         true=np.stack([w[0] for w in windows]) if windows else np.zeros((0, horizon, dim), np.float32),
         mask=np.stack([w[1] for w in windows]) if windows else np.zeros((0, horizon, dim), bool),
+        skipped=skipped,
     )
 
 
@@ -96,6 +120,7 @@ def score_chunks(chunks: Chunks, policy: NitroGenPolicy) -> dict:
     mask_b, mask_s = chunks.mask[..., layout.button_slice], chunks.mask[..., layout.stick_slice]
     return {
         "chunks": int(len(chunks.episodes)),
+        "skipped_bad_frames": len(chunks.skipped),
         "buttons": button_metrics(pred["buttons"], true["buttons"], mask_b, list(layout.buttons)),
         "sticks": stick_metrics(pred_sticks, true_sticks, mask_s, STICK_NAMES),
         "by_horizon_step": error_by_horizon_step(pred["buttons"], true["buttons"], mask_b,

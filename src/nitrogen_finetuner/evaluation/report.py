@@ -1,22 +1,27 @@
 """``nitrogen-finetune eval``: several checkpoints, one dataset, one report.
 
 Writes ``report.json`` (every number), ``f1.png``, ``horizon.png``, ``traces_<checkpoint>.png``
-and, with the button-order check, ``button_order_<checkpoint>.png``; returns a short table.
+and, with the button-order check, ``button_order_<checkpoint>.png``; returns a short table under
+the profile the data is read with, the columns nothing reads, the held-out split (``--episodes
+val``: a run's own, read from the ``config.yaml`` beside its checkpoint) and the chunks left out
+for frames that do not decode (``--skip-bad-rows``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ..data.config import DataConfig
 from ..data.episodes import split_episodes
-from ..data.errors import DataError
+from ..data.errors import DataError, user_message
 from ..data.pipeline import ModelInputs, prepare_data
 from ..policy import load_policy
+from ..training.config import resolve_config
 from . import plots
 from .metrics import slot_agreement
 from .open_loop import Chunks, predict_chunks, score_chunks
@@ -58,13 +63,77 @@ def _label(path: str, taken: set[str]) -> str:
     return label
 
 
+DEFAULT_VAL_FRACTION, DEFAULT_SEED = 0.1, 0
+
+
+@dataclass(frozen=True)
+class Split:
+    """The episodes ``--episodes val`` holds out: val_fraction and seed, and where they came from."""
+
+    val_fraction: float
+    seed: int
+    runs: tuple[str, ...] = ()  # run folders whose config.yaml gave a value
+    given: tuple[str, ...] = ()  # the flags the caller gave, which win over a run's values
+    run_data: tuple[str, ...] = ()  # the datasets those runs trained on
+
+    def describe(self, dataset: str) -> str:
+        of = f" of run{'s' if len(self.runs) > 1 else ''} {', '.join(self.runs)}" if self.runs else ""
+        flags = {"val_fraction": "--val-fraction", "seed": "--seed"}
+        values = [f"{key} {value:g}" + (f" ({flags[key]})" if self.runs and key in self.given else "")
+                  for key, value in (("val_fraction", self.val_fraction), ("seed", self.seed))]
+        other = [d for d in self.run_data if not _same_dataset(d, dataset)]
+        return (f"held-out episodes{of}: {', '.join(values)}"
+                + (f" (the run trained on {', '.join(other)}, not on {dataset})" if other else ""))
+
+
+def _same_dataset(a: str, b: str) -> bool:
+    """Two dataset names that name the same dataset (a folder under two spellings, or one hub id)."""
+    first, second = Path(a).expanduser(), Path(b).expanduser()
+    return first.resolve() == second.resolve() if first.exists() and second.exists() else a == b
+
+
+def held_out_split(checkpoints: Sequence[str], val_fraction: Optional[float] = None,
+                   seed: Optional[int] = None) -> Split:
+    """The split of ``--episodes val``: the caller's values where given; else the run's, when a
+    checkpoint's folder holds the ``config.yaml`` of the run that wrote it (a run's exported
+    ``model.pt``); else 0.1 and 0. Checkpoints of runs that held out different episodes are refused."""
+    given = tuple(key for key, value in (("val_fraction", val_fraction), ("seed", seed)) if value is not None)
+    found: dict[str, tuple[float, int]] = {}
+    run_data: dict[str, str] = {}
+    if len(given) < 2:
+        for path in checkpoints:
+            config_file = Path(path).parent / "config.yaml"
+            if not config_file.is_file() or str(config_file.parent) in found:
+                continue
+            try:
+                config = resolve_config(config_file)
+            except DataError as err:
+                raise DataError(f"--episodes val reads the split of the run beside the checkpoint {path}, and "
+                                f"{user_message(err)}", hint="pass --val-fraction and --seed to choose the split") from None
+            run = str(config_file.parent)
+            found[run] = (config.val_fraction if val_fraction is None else val_fraction,
+                          config.seed if seed is None else seed)
+            run_data[run] = config.data.dataset_name
+    splits = set(found.values())
+    if len(splits) > 1:
+        listing = "; ".join(f"{run}: val_fraction {vf:g}, seed {sd}" for run, (vf, sd) in found.items())
+        raise DataError(f"--episodes val: the checkpoints come from runs that held out different episodes ({listing})",
+                        hint="evaluate them one at a time, or pass --val-fraction and --seed to choose one split")
+    if splits:
+        chosen_fraction, chosen_seed = splits.pop()
+    else:
+        chosen_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+        chosen_seed = DEFAULT_SEED if seed is None else seed
+    return Split(chosen_fraction, chosen_seed, tuple(found), given, tuple(dict.fromkeys(run_data.values())))
+
+
 def run_eval(
     checkpoints: Sequence[str],
     data_config: DataConfig,
     output: Path,
     episodes: str = "all",
-    val_fraction: float = 0.1,
-    seed: int = 0,
+    val_fraction: Optional[float] = None,
+    seed: Optional[int] = None,
     button_order: Optional[str] = None,
     check_button_order: bool = False,
     limit: Optional[int] = None,
@@ -72,18 +141,31 @@ def run_eval(
     trust_pickle: bool = False,
     buttons: Optional[Sequence[str]] = None,
 ) -> tuple[dict, str]:
+    """``seed`` seeds the start noise and, with ``episodes="val"``, the split; left None, they
+    (and ``val_fraction``) are the run's where a checkpoint's run config is found, else 0 (and 0.1)."""
+    split = held_out_split(checkpoints, val_fraction, seed) if episodes == "val" else None
+    seed = split.seed if split else (DEFAULT_SEED if seed is None else seed)
     reports, orders, files, chosen, names = {}, {}, {}, None, []
+    profiles, unused, skipped = {}, set(), []
     for path in checkpoints:
         policy = load_policy(path, device=device, button_order=button_order, buttons=buttons,
                              trust_pickle=trust_pickle, verbose=False)
         data = prepare_data(data_config, ModelInputs.of_policy(policy))
         every = list(range(len(data.index.episodes)))
-        chosen = every if episodes == "all" else split_episodes(data.index.recordings, val_fraction, seed)[1]
+        chosen = every if split is None else split_episodes(data.index.recordings, split.val_fraction, split.seed)[1]
         if not chosen:
-            raise DataError("no held-out episodes: the dataset has fewer than two", file=data_config.dataset_name,
-                            hint="evaluate with --episodes all")
-        chunks = predict_chunks(policy, data, chosen, seed=seed, limit=limit)
+            if split is not None and split.val_fraction == 0:  # a run may train on every episode
+                whose = f"run {', '.join(split.runs)}" if split.runs else "the split"
+                raise DataError(f"no held-out episodes: {whose} has val_fraction 0", file=data_config.dataset_name,
+                                hint="evaluate with --episodes all, or pass --val-fraction")
+            raise DataError("no held-out episodes: the dataset has fewer than two recordings",
+                            file=data_config.dataset_name, hint="evaluate with --episodes all")
+        chunks = predict_chunks(policy, data, chosen, seed=seed, limit=limit, how_to_skip="pass --skip-bad-rows")
         if not len(chunks.episodes):
+            if chunks.skipped:
+                raise DataError(f"the frame of every chunk queried does not decode ({len(chunks.skipped)} left out "
+                                f"with --skip-bad-rows; first: {chunks.skipped[0]})", file=data_config.dataset_name,
+                                hint="fix the frames, or name the column that holds them with --image-column")
             gaps = data.index.gaps_note()
             raise DataError("no frame of the chosen episodes has an action chunk to compare with" + gaps,
                             file=data_config.dataset_name,
@@ -91,6 +173,9 @@ def run_eval(
                             + (" (--frame-column none reads the rows in file order)" if gaps else ""))
         label = _label(path, set(reports))
         reports[label], files[label] = score_chunks(chunks, policy), str(Path(path).resolve())
+        profiles[label] = data.index.profiles_note("scored on")
+        unused.update(data.index.all_unused_columns)
+        skipped += [note for note in chunks.skipped if note not in skipped]
         names = [data.index.episodes[i].name for i in chosen]
         output.mkdir(parents=True, exist_ok=True)  # only now: a checkpoint or dataset that fails leaves no folder
         plots.traces(chunks, policy, output / f"traces_{label}.png", label)
@@ -102,7 +187,11 @@ def run_eval(
     plots.f1_bars(reports, output / "f1.png")
     plots.horizon_errors(reports, output / "horizon.png")
     report = {"data": data_config.dataset_name, "episodes": chosen, "episode_names": names, "seed": seed,
-              "checkpoint_files": files, "checkpoints": reports}
+              "profiles": profiles, "unused_columns": sorted(unused),
+              "skipped_bad_frames": skipped, "checkpoint_files": files, "checkpoints": reports}
+    if split is not None:
+        report["split"] = {"val_fraction": split.val_fraction, "seed": split.seed, "runs": list(split.runs),
+                           "given": list(split.given), "text": split.describe(data_config.dataset_name)}
     if orders:
         report["button_order_check"] = orders
     (output / "report.json").write_text(json.dumps(report, indent=2))
@@ -113,6 +202,27 @@ def _fmt(value, pattern="{:.3f}") -> str:
     return "-" if value is None else pattern.format(value)
 
 
+def format_header(report: dict) -> list[str]:
+    """What the numbers are of: the profile, the columns nothing reads, the split, the left-out chunks."""
+    lines = []
+    if "split" in report:
+        lines.append(f"episodes     {report['split']['text']} ({len(report['episodes'])} episode(s))")
+    profiles = report.get("profiles", {})
+    if len(set(profiles.values())) == 1:
+        lines.append(f"profile      {next(iter(profiles.values()))}")
+    else:
+        lines += [f"profile      {note} ({label})" for label, note in profiles.items()]
+    if report.get("unused_columns"):  # most often a wrong --profile: the metrics would leave those columns out
+        lines.append(f"unused       {', '.join(report['unused_columns'])}: no profile entry or mapping reads these "
+                     "columns (check --profile; `nitrogen-finetune data inspect` shows the mapping)")
+    if report.get("skipped_bad_frames"):
+        counts = {r["skipped_bad_frames"] for r in report["checkpoints"].values()}
+        count = f"{counts.pop()} chunk(s)" if len(counts) == 1 else "chunks (per checkpoint in the table)"
+        lines.append(f"skipped      {count} left out: their frame does not decode (--skip-bad-rows); first: "
+                     f"{report['skipped_bad_frames'][0]}")
+    return lines
+
+
 def format_table(report: dict, output: Path) -> str:
     labels = list(report["checkpoints"])
     width = max(12, *(len(label) for label in labels))
@@ -121,7 +231,10 @@ def format_table(report: dict, output: Path) -> str:
             ("stick MAE", lambda r: _fmt(r["sticks"]["mean_mae"])),
             ("boundary flips", lambda r: _fmt(r["consistency"]["predicted"]["boundary_button_flip_rate"])),
             ("  (recorded)", lambda r: _fmt(r["consistency"]["true"]["boundary_button_flip_rate"]))]
-    lines = [f"{'':<20}" + "".join(f"{label:>{width + 2}}" for label in labels)]
+    if any(r.get("skipped_bad_frames") for r in report["checkpoints"].values()):
+        rows.insert(1, ("  bad frames skipped", lambda r: str(r.get("skipped_bad_frames", 0))))
+    lines = format_header(report)
+    lines.append(f"{'':<20}" + "".join(f"{label:>{width + 2}}" for label in labels))
     for name, get in rows:
         lines.append(f"{name:<20}" + "".join(f"{get(report['checkpoints'][label]):>{width + 2}}" for label in labels))
     buttons = sorted({b for r in report["checkpoints"].values() for b in r["buttons"]["per_button"]})
