@@ -558,10 +558,8 @@ class RunLogger:
               f"{train_set.num_windows} training windows" + (f", {val_set.num_windows} validation" if val_set else "")
               + (f"; {index.bad_action_rows} bad rows left out (skip_bad_rows)" if index.bad_action_rows else "")
               + index.gaps_note())
-        profiles = sorted({f"{b.profile.name} (loss on {int(b.slot_mask.sum())}/{b.layout.action_dim} slots)"
-                           for b in index.bindings})
-        print(f"profile     {'; '.join(profiles)}")
-        unused = sorted({column for columns in index.unused_columns for column in columns})
+        print(f"profile     {index.profiles_note()}")
+        unused = index.all_unused_columns
         if unused:  # most often a wrong data.profile: say so before hours of training on a few slots
             print(f"unused      {', '.join(unused)}: no profile entry or mapping reads these columns "
                   "(check data.profile; `nitrogen-finetune data inspect` shows the mapping)")
