@@ -83,9 +83,11 @@ def test_shortened_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NITROGEN_FINETUNER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("nitrogen_finetuner.games.demo.HELD_OUT_SEEDS", range(10_000, 10_002))
     monkeypatch.setattr("nitrogen_finetuner.games.recorder.demo_dataset.__defaults__", (4, None))
-    assert main(["train", "--output", str(tmp_path / "demo"), "--max-steps", "3", "--set", "batch_size=8",
-                 "--set", "num_workers=0", "--set", "val_fraction=0.3"]) == 0
-    printed = capsys.readouterr().out
+    assert main(["train", "--output", str(tmp_path / "demo"), "--max-steps", "2", "--set", "batch_size=8",
+                 "--set", "num_workers=0", "--set", "val_fraction=0.3", "--set", "export_at_end=false"]) == 0
+    assert "runner success" not in capsys.readouterr().out  # nothing exported yet to play with
+    assert main(["train", "--resume", str(tmp_path / "demo"), "--max-steps", "3", "--set", "export_at_end=true"]) == 0
+    printed = capsys.readouterr().out  # a demo run resumed ends with the games' evaluation too
     assert "runner success" in printed and "collector success" in printed and "button F1 (held-out)" in printed
     results = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
     assert set(results["closed_loop_held_out_seeds"]) == {"runner", "collector"}

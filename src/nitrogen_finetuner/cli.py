@@ -165,6 +165,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = {**DEMO_SETTINGS, "output": next_demo_folder(), "data.dataset_name": str(demo_folder()),
                      **overrides}
     config = resolve_config(config_file, overrides)
+    if args.resume and not demo:  # a demo run resumed: its games' evaluation still ends it
+        from .games.recorder import demo_folder  # noqa: PLC0415
+
+        demo = Path(config.data.dataset_name).resolve() == demo_folder().resolve()
     if args.print_config:
         print(dump_config(with_absolute_paths(config)), end="")
         return 0
