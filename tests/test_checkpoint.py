@@ -164,8 +164,21 @@ def test_a_folder_where_a_file_or_a_run_belongs_is_named(tmp_path, capsys):
     for command in (["export", str(run), str(tmp_path / "out.pt")], ["train", "--resume", str(run)]):
         assert main(command) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"nitrogen-finetune: error: {run}: not a run folder (it holds no config.yaml) "
+        assert err == [f"nitrogen-finetune: error: {run}: not a run folder: it holds no config.yaml "
                        "(give the --output folder of a training run)"], command
+
+
+def test_a_checkpoint_folder_given_for_a_run_folder_names_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoints" / "step_000004"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.yaml").write_text("base: tiny\n")  # as every checkpoint holds a copy
+    for command in (["train", "--resume", str(checkpoint)], ["export", str(checkpoint), str(tmp_path / "out.pt")]):
+        assert main(command) == 2
+        assert capsys.readouterr().err == (
+            f"nitrogen-finetune: error: {checkpoint}: a checkpoint folder, not a run folder (give the run folder, "
+            f"{run}; export --checkpoint step_000004 picks this checkpoint)\n"), command
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["config.yaml"]  # no .lock left in it
 
 
 def test_a_file_where_a_folder_belongs_is_one_line_naming_it(tmp_path, capsys):

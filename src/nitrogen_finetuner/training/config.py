@@ -8,6 +8,7 @@ CPU or on eight GPUs.
 from __future__ import annotations
 
 import collections.abc
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -223,12 +224,16 @@ def run_config_file(run_dir: str | Path) -> Path:
     was deleted, the copy in the newest checkpoint)."""
     if not str(run_dir).strip():
         raise DataError("the run folder name is empty", hint="give the --output folder of a training run")
+    if Path(run_dir).parent.name == "checkpoints" and re.fullmatch(r"step_\d{6,}", Path(run_dir).name):
+        raise DataError("a checkpoint folder, not a run folder", file=str(run_dir),
+                        hint=f"give the run folder, {Path(run_dir).parent.parent}; export --checkpoint "
+                             f"{Path(run_dir).name} picks this checkpoint")
     path = Path(run_dir) / "config.yaml"
     if path.is_file():
         return path
     copies = sorted((Path(run_dir) / "checkpoints").glob("step_*/config.yaml"))
     if not copies:
-        raise DataError("not a run folder (it holds no config.yaml)", file=str(run_dir),
+        raise DataError("not a run folder: it holds no config.yaml", file=str(run_dir),
                         hint="give the --output folder of a training run")
     return copies[-1]
 

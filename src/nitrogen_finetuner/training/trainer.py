@@ -236,7 +236,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if resume:
         latest = checkpoint_dirs(run_dir)
         if not latest:
-            raise DataError("no checkpoint to resume from", file=str(run_dir))
+            raise DataError("no checkpoint to resume from", file=str(run_dir),
+                            hint="the run stopped before its first checkpoint: start it again without --resume")
         state = load_training_state(latest[-1], rank)
         load_trainable_state(master, state.weights)
         if bf16_weights:
