@@ -209,6 +209,9 @@ def test_the_validation_split_keeps_the_pieces_of_a_recording_together():
         assert not {recordings[e] for e in train} & {recordings[e] for e in val}
     # One episode per recording: the split every earlier run made.
     assert split_episodes(["a", "b", "c", "d", "e"], 0.4, 3) == ([1, 2, 3], [0, 4])
+    train, val = split_episodes(["a", "b", "c"], 0.99, 0)  # one recording at least is left to train on
+    assert len(train) == 1 and len(val) == 2
+    assert split_episodes(["a", "a"], 0.5, 0) == ([0, 1], [])  # one recording: nothing to hold out
 
 
 def test_a_file_whose_stick_never_moves_reads_with_files_whose_stick_does(tmp_path):

@@ -301,7 +301,7 @@ def split_episodes(recordings: list[str], val_fraction: float, seed: int) -> tup
     names = list(dict.fromkeys(recordings))
     if len(names) < 2 or val_fraction <= 0:
         return list(range(len(recordings))), []
-    n_val = max(1, round(len(names) * val_fraction))
+    n_val = min(len(names) - 1, max(1, round(len(names) * val_fraction)))  # one recording at least trains
     held_out = {names[i] for i in np.random.default_rng([seed, 7]).permutation(len(names))[:n_val]}
     return ([e for e, name in enumerate(recordings) if name not in held_out],
             [e for e, name in enumerate(recordings) if name in held_out])

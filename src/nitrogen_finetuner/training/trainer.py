@@ -277,6 +277,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     peak = peak_flops(device)
     logger.start(base, config.method, data, train_set, val_set, accumulation, micro, world,
                  precision_label(precision, config.fsdp, config.bf16_weights))
+    if config.val_fraction and not val_episodes:
+        logger.note("no validation: it holds out whole recordings, and the data is one recording "
+                    f"({len(data.index.episodes)} episode(s))")
     if resume:
         logger.note(f"resumed from {checkpoint_dirs(run_dir)[-1].relative_to(run_dir)} (step {progress.step})"
                     + (f" with {', '.join(schedule_changes)}" if schedule_changes else ""))
