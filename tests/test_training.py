@@ -311,8 +311,15 @@ def test_a_failed_push_to_the_hub_is_one_line_and_keeps_the_export(recordings, t
     assert len(err) == 1 and err[0].startswith(f"nitrogen-finetune: error: pushing {out} to the hub as someone/model "
                                                "failed (") and "Connection refused" in err[0], err
     assert err[0].endswith("the exported file is kept: check the network and your token (hf auth login), "
-                           "then export again with --push-to-hub")
+                           "then export again with --force --push-to-hub")
     assert load_policy(out, verbose=False).model is not None
+    bad_id = subprocess.run([sys.executable, "-m", "nitrogen_finetuner.cli", "export", str(tmp_path / "run"),
+                             str(tmp_path / "never.pt"), "--push-to-hub", "not a repo id"], capture_output=True,
+                            text=True, env=offline, timeout=120)
+    assert bad_id.returncode == 2 and bad_id.stderr == ("nitrogen-finetune: error: --push-to-hub 'not a repo id' is "
+                                                        "not a hub repo id (give USER/NAME, e.g. "
+                                                        "my-name/nitrogen-my-game)\n")
+    assert not (tmp_path / "never.pt").exists()  # refused before the export
 
 
 def test_training_loss_falls_by_half_on_a_learnable_dataset(tmp_path):

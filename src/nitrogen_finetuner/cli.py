@@ -220,6 +220,14 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .training.export import export_run  # noqa: PLC0415
 
+    if args.push_to_hub:  # before the export: a repo id the hub cannot take is a typo to fix first
+        from huggingface_hub.utils import HFValidationError, validate_repo_id  # noqa: PLC0415
+
+        try:
+            validate_repo_id(args.push_to_hub)
+        except HFValidationError:
+            raise DataError(f"--push-to-hub {args.push_to_hub!r} is not a hub repo id",
+                            hint="give USER/NAME, e.g. my-name/nitrogen-my-game") from None
     best = args.checkpoint == "best"
     path = export_run(args.run_dir, args.out, checkpoint=None if best else args.checkpoint, best=best,
                       use_ema={"ema": True, "final": False}.get(args.weights), base_file=args.base,
@@ -236,7 +244,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         except Exception as err:  # the network, the token or the hub: the export itself is done
             print(f"nitrogen-finetune: error: pushing {path} to the hub as {args.push_to_hub} failed "
                   f"({type(err).__name__}: {user_message(err)}); the exported file is kept: check the network "
-                  "and your token (hf auth login), then export again with --push-to-hub", file=sys.stderr)
+                  "and your token (hf auth login), then export again with --force --push-to-hub", file=sys.stderr)
             return 1
         print(f"pushed to https://huggingface.co/{args.push_to_hub}")
     return 0
@@ -342,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="summarise a checkpoint: parameters, action layout, horizon, steps")
+    info = sub.add_parser("info", help="summarise a checkpoint: parameters, action layout, horizon, and a "
+                          "fine-tuned one's step")
     info.add_argument("checkpoint", help="an official-format checkpoint such as ng.pt")
     info.add_argument("--trust-pickle", action="store_true", help="allow arbitrary unpickling (only for files you trust)")
     info.add_argument("--buttons", help=BUTTONS_HELP)
@@ -350,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="write a randomly initialised NitroGen checkpoint of a preset")
     init.add_argument("output", help="where to write the .pt file")
-    init.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    init.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model size (default: tiny)")
     init.add_argument("--seed", type=_count(0), default=0, help="seed of the random weights")
     init.add_argument("--force", action="store_true", help="replace the file if it exists")
     init.set_defaults(func=cmd_init)
@@ -371,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     export = sub.add_parser("export", help="merge a run into an official-format checkpoint")
-    export.add_argument("run_dir")
+    export.add_argument("run_dir", help="the run folder (train's --output)")
     export.add_argument("out", help="the .pt file to write")
     export.add_argument("--checkpoint", help="one of the run's checkpoints (step_000120, or its folder), or best: "
                         "the one with the lowest validation loss (keep_best); default: the latest")
@@ -387,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="open-loop metrics of checkpoints on recorded episodes")
     evaluate.add_argument("--checkpoint", action="append", required=True, help="repeat to compare checkpoints")
     evaluate.add_argument("--data", required=True, help="dataset path or hub id")
-    evaluate.add_argument("--output", default="eval", help="folder for report.json and the figures")
+    evaluate.add_argument("--output", default="eval", help="folder for report.json and the figures (default: eval)")
     evaluate.add_argument("--episodes", choices=("all", "val"), default="all",
                           help="all episodes, or those a training run held out: the split (val_fraction, seed) "
                           "of the run whose config.yaml sits beside the checkpoint, as beside its exported model.pt; "
@@ -420,11 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     play = sub.add_parser("rollout", help="play a built-in game with a checkpoint (closed loop)")
-    play.add_argument("--checkpoint", required=True)
+    play.add_argument("--checkpoint", required=True, help="an official-format checkpoint, such as a run's model.pt")
     play.add_argument("--game", required=True, help="runner or collector")
-    play.add_argument("--episodes", type=_count(1), default=10)
+    play.add_argument("--episodes", type=_count(1), default=10, help="games to play (default: 10)")
     play.add_argument("--seed", type=_count(0), default=10_000, help="first game seed (recordings use 0, 1, ...)")
-    play.add_argument("--output", default=".", help="folder for the GIF of the first episode")
+    play.add_argument("--output", default=".", help="folder for the GIF of the first episode (default: here; "
+                      "replaces the game's GIF there)")
     play.add_argument("--replan-every", type=int, help="query the policy every N steps (default: once per "
                       "chunk, as the official player does; the demo uses 6)")
     _add_checkpoint_options(play)
@@ -436,10 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("dataset", help="parquet file or folder, save_to_disk folder, frames folder, or hub id")
     inspect.add_argument("--checkpoint", help="take layout, horizon and frame size from this checkpoint "
                          "(default: the released NitroGen's)")
-    inspect.add_argument("--output", default="data_inspect", help="folder for report.json and contact_sheet.png")
+    inspect.add_argument("--output", default="data_inspect", help="folder for report.json and contact_sheet.png "
+                         "(default: data_inspect)")
     _add_data_options(inspect)
     inspect.add_argument("--no-image-check", action="store_true", help="do not decode every frame")
-    inspect.add_argument("--trust-pickle", action="store_true")
+    inspect.add_argument("--trust-pickle", action="store_true",
+                         help="allow arbitrary unpickling of --checkpoint (only for files you trust)")
     inspect.set_defaults(func=cmd_data_inspect)
     return parser
 

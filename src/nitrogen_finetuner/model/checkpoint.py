@@ -69,7 +69,7 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
         if not blocked:
             raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt pickle data)") from None
         raise CheckpointError(
-            f"{path}: refused to load, it needs arbitrary unpickling (it stores a {blocked.group(1)} object); "
+            f"{path}: refused to load, it needs arbitrary unpickling (it stores an object of type {blocked.group(1)}); "
             "only if you trust where it came from: pass --trust-pickle (info, predict, eval, rollout, data "
             "inspect), or write a safe copy once with load_policy(path, trust_pickle=True).save('safe.pt')"
         ) from None
