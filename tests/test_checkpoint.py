@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from golden.cases import make_images, make_noise
 from nitrogen_finetuner import files, load_policy
@@ -75,7 +76,11 @@ def test_wrong_contents_are_explained(tmp_path, case_checkpoints):
     with pytest.raises(CheckpointError, match="it is a bare state dict: the 'model' entry of a checkpoint"):
         load_policy(path, verbose=False)
     path.write_bytes(case_checkpoints["plain_old_layout"].read_bytes()[:5000])  # a download cut short
-    with pytest.raises(CheckpointError, match="not a readable torch checkpoint, truncated or damaged"):
+    with pytest.raises(CheckpointError, match=r"not a readable torch checkpoint, truncated or damaged \([^.]*; "
+                       r"download or copy it again\)$"):
+        load_policy(path, verbose=False)
+    save_file({"weights": torch.zeros(2)}, str(path))  # a run's weights.safetensors, renamed
+    with pytest.raises(CheckpointError, match=r"bare weights \(safetensors\), not a checkpoint"):
         load_policy(path, verbose=False)
 
 

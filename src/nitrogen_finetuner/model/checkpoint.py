@@ -57,9 +57,13 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:
-        head = f.read(2)
+        head = f.read(9)
     # torch.save writes a zip archive (b"PK"); very old files are a bare pickle (b"\x80").
     if head[:2] != b"PK" and head[:1] != b"\x80":
+        if head[8:9] == b"{":  # safetensors: an 8-byte header length, then its JSON
+            raise CheckpointError(f"{path}: bare weights (safetensors), not a checkpoint: no ckpt_config says what "
+                                  "model they belong to (a run's weights: `nitrogen-finetune export RUN OUT.pt` "
+                                  "writes its checkpoint)")
         what = "an empty file" if not head else "neither a zip archive nor a pickle"
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({what})")
     try:
@@ -76,8 +80,9 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     except (AttributeError, ImportError) as err:  # trusted, but a stored object's class is not importable here
         raise CheckpointError(f"{path}: its pickle data needs code this environment lacks ({err})") from None
     except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint, truncated or damaged "
-                              f"({str(err).splitlines()[0][:120]})") from None
+        reason = str(err).splitlines()[0].split(". ")[0]  # torch's first sentence; the rest is for its developers
+        raise CheckpointError(f"{path}: not a readable torch checkpoint, truncated or damaged ({reason}; download "
+                              "or copy it again)") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "ckpt_config" not in ckpt:
         raise CheckpointError(f"{path}: not an official-format NitroGen checkpoint ({_what_it_holds(ckpt)})")
     return ckpt
