@@ -195,6 +195,13 @@ def test_a_file_where_a_folder_belongs_is_one_line_naming_it(tmp_path, capsys):
                                                   "(a file of that name is in the way: choose another path)"), command
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_load_policy_on_cuda_without_a_gpu_says_so(tmp_path):
+    assert main(["init", str(tmp_path / "model.pt")]) == 0
+    with pytest.raises(ValueError, match="device 'cuda': PyTorch sees no CUDA GPU on this machine"):
+        load_policy(tmp_path / "model.pt", device="cuda", verbose=False)
+
+
 def test_a_read_only_disk_is_one_line_naming_the_folder(tmp_path, monkeypatch, capsys):
     """As in a container whose output folder is mounted read-only."""
     def read_only(*args, dir, **kwargs):

@@ -183,6 +183,8 @@ def load_policy(
     else the checkpoint's ``action_dim`` and ``old_layout`` with the default button order;
     ``button_order`` (a name in ``BUTTON_ORDERS``) or ``buttons`` (names in slot order) override it.
     """
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():  # say so before a long load
+        raise ValueError(f"device {device!r}: PyTorch sees no CUDA GPU on this machine (use device='cpu')")
     loaded: LoadedCheckpoint = load_checkpoint(path, trust_pickle=trust_pickle)
     cfg = loaded.config
     try:
