@@ -213,7 +213,6 @@ def test_init_never_replaces_a_file_unless_forced(tmp_path, capsys):
     assert main(["init", str(path), "--force"]) == 0 and path.read_bytes() == first  # seeded: the same weights
 
 
-
 def test_eval_with_no_chunk_names_the_frame_gaps(tiny_checkpoint, tmp_path, capsys):
     pairs = [frame for start in range(0, 60, 5) for frame in (start, start + 1)]  # 0, 1, 5, 6, ...: pieces of 2
     write_nitrogen_parquet(tmp_path / "data" / "e.parquet", n=len(pairs), extra={"frame_index": pairs})
@@ -315,6 +314,10 @@ def test_predict_refuses_a_checkpoint_whose_actions_are_not_finite(tiny_checkpoi
     assert out.read_text() == "earlier work\n"
     assert main(argv) == 2 and message in failure(capsys)  # and no line with NaN on standard output
     assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "frame.png", "nan.pt"]
+    write_nitrogen_parquet(tmp_path / "data" / "e0.parquet", n=40)
+    assert main(["eval", "--checkpoint", str(broken), "--data", str(tmp_path / "data"), "--output",
+                 str(tmp_path / "eval")]) == 2  # eval too: no NaN scores in a report
+    assert message in failure(capsys) and not (tmp_path / "eval").exists()
 
 
 def test_an_overlay_that_cannot_be_written_is_named_before_any_work(tiny_checkpoint, tmp_path, capsys):

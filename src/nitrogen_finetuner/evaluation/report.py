@@ -10,8 +10,8 @@ for frames that do not decode (``--skip-bad-rows``).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -171,6 +171,9 @@ def run_eval(
                             file=data_config.dataset_name,
                             hint=f"an episode needs more than action_shift ({data.spec.action_shift}) frames"
                             + (" (--frame-column none reads the rows in file order)" if gaps else ""))
+        if not np.isfinite(chunks.predicted).all():  # scores of NaN actions would read as numbers in report.json
+            raise DataError("the model's actions are not finite numbers (its weights hold NaN or infinity)",
+                            file=str(path), hint="use an earlier checkpoint of the run, or export it again")
         label = _label(path, set(reports))
         reports[label], files[label] = score_chunks(chunks, policy), str(Path(path).resolve())
         profiles[label] = data.index.profiles_note("scored on")
