@@ -40,7 +40,8 @@ def export_run(
     _check_output(out, run_dir, config.base, force)
     found = checkpoint_dirs(run_dir)
     if checkpoint is None and not found:
-        raise DataError("the run has no checkpoint to export", file=str(run_dir))
+        raise DataError("the run has no checkpoint to export", file=str(run_dir),
+                        hint="it stopped before its first checkpoint: train it again, or with --resume once it has one")
     path = run_checkpoint(run_dir, checkpoint, found) if checkpoint else found[-1]
     if best:
         best_step = read_progress(found[-1]).best_step if found else None
