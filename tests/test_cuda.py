@@ -52,3 +52,19 @@ def test_compiled_cuda_graph_sampler_matches_plain_sampler(case_checkpoints):
     plain = policy.predict_batch(frames, noise=noise)["raw"]
     compiled = policy.enable_cuda_graphs(compile=True).predict_batch(frames, noise=noise)["raw"]
     np.testing.assert_allclose(compiled, plain, atol=1e-4, rtol=0)
+
+
+def test_a_steps_loss_travels_back_without_making_the_cpu_wait():
+    from nitrogen_finetuner.training.trainer import StepReadout  # noqa: PLC0415
+
+    readout = StepReadout(step=0)
+    big = torch.randn(4096, 4096, device="cuda")
+    for i in range(3):
+        values = torch.stack([(big @ big).mean() * 0 + i, torch.zeros((), device="cuda")])
+        torch.cuda.set_sync_debug_mode("error")  # a copy that waited for the GPU would raise here
+        try:
+            readout.push(values)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert readout.take(everything=False) == [(1, [0.0, 0.0]), (2, [1.0, 0.0])]
+    assert readout.take(everything=True) == [(3, [2.0, 0.0])]

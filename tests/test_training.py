@@ -36,7 +36,7 @@ from nitrogen_finetuner.training.base import fingerprint, load_base
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
 from nitrogen_finetuner.training.config import resolve_config
 from nitrogen_finetuner.training.stop_signals import StopRequest, TrainingStopped
-from nitrogen_finetuner.training.trainer import train
+from nitrogen_finetuner.training.trainer import StepReadout, train
 from recordings import png_bytes, write_nitrogen_parquet
 from runs import config, final_weights, logged
 
@@ -167,6 +167,16 @@ def test_activation_checkpointing_trains_the_same_weights(recordings, tmp_path, 
     assert plain.losses == checkpointed.losses
     a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "checkpointed")
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_step_readout_hands_back_a_step_late_unless_asked_for_everything():
+    readout = StepReadout(step=4)  # a run resumed at step 4
+    readout.push(torch.tensor([0.5, 0.0]))
+    assert readout.take(everything=False) == []  # the newest step stays on its way
+    readout.push(torch.tensor([0.25, 1.0]))
+    assert readout.take(everything=False) == [(5, [0.5, 0.0])]
+    assert readout.take(everything=True) == [(6, [0.25, 1.0])]
+    assert readout.take(everything=True) == []
 
 
 def test_a_diverged_run_stops_with_one_line_and_saves_nothing_after_it(recordings, tmp_path):

@@ -178,8 +178,9 @@ class ImagePreprocessor:
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, size, size, 3) uint8 to (B, 3, size, size) float32 pixel values."""
         x = images.permute(0, 3, 1, 2).float() * (1.0 / 255.0)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        # A non-blocking copy: a blocking one would wait for the GPU to finish all earlier work.
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1).to(x.device, non_blocking=True)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1).to(x.device, non_blocking=True)
         return (x - mean) / std
 
     def __call__(self, images: list) -> torch.Tensor:

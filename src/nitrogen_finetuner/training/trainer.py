@@ -114,6 +114,33 @@ def precision_label(precision: str, fsdp: bool, bf16_weights: bool) -> str:
     return f"{precision} FSDP units, float32 master weights" if fsdp else f"{precision} autocast"
 
 
+class StepReadout:
+    """Each step's loss and stop votes on their way back to the CPU. Reading a GPU value makes the
+    CPU wait until the GPU has run everything queued before it, so a step's values are read one
+    step later, with the next step queued and the GPU busy, or at once where a log line,
+    validation or a checkpoint needs them. On the CPU they are simply there."""
+
+    def __init__(self, step: int):
+        self.step, self.pending = step, []
+
+    def push(self, values: torch.Tensor) -> None:
+        self.step += 1
+        event = None
+        host = values.detach().to("cpu", non_blocking=True)  # into pinned memory, behind the step's kernels
+        if values.is_cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self.pending.append((self.step, host, event))
+
+    def take(self, everything: bool) -> list[tuple[int, list[float]]]:
+        """(step, values) of every pending step, oldest first, or of all but the newest."""
+        ready, self.pending = (self.pending, []) if everything else (self.pending[:-1], self.pending[-1:])
+        for _, _, event in ready:
+            if event is not None:
+                event.synchronize()
+        return [(step, host.tolist()) for step, host, _ in ready]
+
+
 class EMA:
     """Exponential moving average of the trainable weights, kept in float32."""
 
@@ -294,11 +321,12 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     training_autocast = contextlib.nullcontext if config.fsdp or bf16_weights else accelerator.autocast
 
     def forward_terms(batch: dict, step: int, validation: bool = False):
+        # Copies that do not wait for the GPU to finish the step before (see StepReadout).
         pixels = preprocessor.normalize(batch["image"].to(device, non_blocking=True))
         noise, flow_time = window_noise(batch, config.seed, step, *noise_args, validation=validation)
         with training_autocast():
-            return module(pixels, batch["actions"].to(device), batch["actions_mask"].to(device),
-                          noise.to(device), flow_time.to(device))
+            return module(pixels, *(t.to(device, non_blocking=True) for t in
+                                    (batch["actions"], batch["actions_mask"], noise, flow_time)))
 
     def validate() -> Optional[float]:
         if val_set is None:
@@ -367,9 +395,23 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         if checkpoint_dirs(run_dir)[-1:] != [checkpoint_dir(run_dir, progress.step)]:
             save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
 
+    def read_steps(everything: bool) -> float:
+        """Take the losses and stop votes that the GPU has sent back (all of them, or all but the
+        newest step's); a loss that is not a number stops the run before anything saves it."""
+        votes = 0.0
+        for step, (loss, step_votes) in readout.take(everything):
+            losses.append(loss)
+            votes += step_votes
+            if not math.isfinite(loss) and accelerator.scaler is None:  # fp16's scaler skips such steps itself
+                logger.close()
+                accelerator.end_training()
+                raise diverged(loss, step, run_dir)
+        return votes
+
     # ------------------------------------------------------------------------- the update step
     module.train()
     losses, val_loss = [], None
+    readout = StepReadout(progress.step)
     interactive = sys.stderr.isatty()  # in logs and CI, a line every 30 s instead of every step
     bar = tqdm(total=config.max_steps, initial=progress.step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="train", mininterval=0.1 if interactive else 30)
@@ -387,7 +429,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             # Normalise by the masked-in values of the whole global batch (all micro-batches, all
             # processes): the loss of a step is the same however the batch is split.
             local_count = sum(float(b["actions_mask"].sum()) for b in step_batches)
-            total = accelerator.reduce(torch.tensor(local_count, device=device), "sum").clamp(min=1.0)
+            total = accelerator.reduce(torch.full((), local_count, device=device), "sum").clamp(min=1.0)
             step_squared = torch.zeros((), device=device)
             for i, batch in enumerate(step_batches):
                 with gradient_sync(i == accumulation - 1):
@@ -407,22 +449,22 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             progress.step += 1
 
             # Summing each process's stop vote with the loss costs no extra collective.
-            vote = torch.tensor(float(stop is not None and stop.requested), device=device)
+            vote = torch.full((), float(stop is not None and stop.requested), device=device)
             summed = accelerator.reduce(torch.stack([step_squared, vote]), "sum")
-            loss, stop_votes = float(summed[0] / total), float(summed[1])
-            losses.append(loss)
-            if not math.isfinite(loss) and accelerator.scaler is None:  # fp16's scaler skips such steps itself
-                logger.close()
-                accelerator.end_training()
-                raise diverged(loss, progress.step, run_dir)
+            readout.push(torch.stack([summed[0] / total, summed[1]]))
+            logs = progress.step % config.log_every == 0 or progress.step == config.max_steps
+            validates = config.val_every and progress.step % config.val_every == 0
+            saves = config.checkpoint_every and progress.step % config.checkpoint_every == 0
+            stop_votes = read_steps(everything=logs or validates or saves)
             timed_steps, timed_seconds = timed_steps + 1, timed_seconds + time.perf_counter() - started
             seconds = timed_seconds / timed_steps
             samples_per_s = config.batch_size / seconds
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{samples_per_s:.1f}",
-                            refresh=False)
+            if losses:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                samples_s=f"{samples_per_s:.1f}", refresh=False)
             bar.update(1)
-            if progress.step % config.log_every == 0 or progress.step == config.max_steps:
-                scalars = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+            if logs:
+                scalars = {"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0],
                            "train/samples_per_s": samples_per_s, "train/ms_per_step": seconds * 1000}
                 if peak:
                     scalars["train/mfu"] = samples_per_s * sample_flops / (peak * world)
@@ -430,14 +472,16 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                     scalars["train/grad_norm"] = float(full_tensor(grad_norm))
                 logger.scalars(progress.step, scalars)
                 timed_steps, timed_seconds = 0, 0.0
-            if config.val_every and progress.step % config.val_every == 0:
+            if validates:
                 val_loss = validate_and_log()
-            if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
+            if saves:
                 save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
-            if stop_votes > 0:  # every process agrees: the votes were summed with the loss
+            # Every process agrees: the votes were summed with the loss. One process needs no vote.
+            if stop_votes > 0 or (world == 1 and stop is not None and stop.requested):
                 stopped = True
                 break
     if stopped:
+        read_steps(everything=True)
         save_unless_saved()
         logger.close()
         accelerator.end_training()
