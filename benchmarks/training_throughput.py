@@ -154,8 +154,9 @@ class TrainingStep:
         autocast = contextlib.nullcontext() if bf16_end_to_end else torch.autocast(self.device.type, dtype=torch.bfloat16)
         data = self.data
         with autocast:
-            squared, count = self.module(data["pixels"], data["actions"], data["mask"], noise.to(self.device),
-                                         flow_time.to(self.device))
+            squared, count = self.module(data["pixels"], data["actions"], data["mask"],
+                                         noise.to(self.device, non_blocking=True),
+                                         flow_time.to(self.device, non_blocking=True))
         (squared / count).backward()
         if self.bf16_weights:
             self.bf16_weights.gradients_to_master()
