@@ -98,7 +98,7 @@ class TrainConfig(_Section):
     )
     ema_decay: Optional[float] = Field(None, gt=0, lt=1)
     dropout: Optional[float] = Field(None, ge=0, lt=1, description="override the checkpoint's dropout")
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of episodes held out")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of recordings held out for validation")
     val_every: int = Field(100, ge=0)
     val_batches: Optional[int] = Field(None, ge=1)
     val_chunks: int = Field(32, ge=0, description="chunks sampled per validation for button F1 and stick MAE")
