@@ -370,7 +370,8 @@ def test_image_fits_and_augmentation(tmp_path):
 
 
 def test_columns_no_profile_reads_are_reported(tmp_path):
-    path = write_nitrogen_parquet(tmp_path / "run.parquet", n=6, extra={"score": list(range(6))})
+    path = write_nitrogen_parquet(tmp_path / "run.parquet", n=6,
+                                  extra={"score": list(range(6)), "__index_level_0__": list(range(6))})  # pandas' index
     assert prepared(path).index.unused_columns == [["score"]]
     forced = prepared(path, profile="nes").index
     assert {"south", "j_left", "score"} <= set(forced.unused_columns[0])

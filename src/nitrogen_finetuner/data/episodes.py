@@ -26,7 +26,9 @@ EPISODE_COLUMNS = ("episode_id", "episode_index", "episode", "recording_id", "re
 IMAGE_COLUMNS = ("image", "frame", "observation.image", "image_path", "frame_path", "file_name", "filename", "path")
 FRAME_ORDER_COLUMN = "frame_index"
 # Columns that describe rows rather than gamepad state: never offered to the action profiles.
-NON_ACTION_COLUMNS = set(EPISODE_COLUMNS) | set(IMAGE_COLUMNS) | {"timestamp", FRAME_ORDER_COLUMN, "index", "game", "game_label"}
+# Columns that never hold actions (pandas writes its index as __index_level_0__).
+NON_ACTION_COLUMNS = set(EPISODE_COLUMNS) | set(IMAGE_COLUMNS) | {"timestamp", FRAME_ORDER_COLUMN, "index", "game",
+                                                                  "game_label", "__index_level_0__"}
 
 
 @dataclass

@@ -38,6 +38,7 @@ from ..data.pipeline import prepare_data
 from ..evaluation.open_loop import predict_chunks, score_chunks
 from ..files import apply_umask, no_space_left, tensor_bytes, write_text_atomic
 from ..model.checkpoint import CheckpointError
+from ..model.presets import PRESETS
 from ..policy import NitroGenPolicy
 from .activation_checkpointing import enable_activation_checkpointing
 from .adapters import base_model, load_trainable_state, prepare_trainable, trainable_state
@@ -304,6 +305,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     peak = peak_flops(device)
     logger.start(base, config.method, data, train_set, val_set, accumulation, micro, world,
                  precision_label(precision, config.fsdp, config.bf16_weights))
+    if config.base in PRESETS:
+        logger.note(f"base {config.base}: random weights, not NitroGen's (--base ng.pt fine-tunes the released model)")
     if config.val_fraction and not val_episodes:
         logger.note("no validation: it holds out whole recordings, and the data is one recording "
                     f"({len(data.index.episodes)} episode(s))")
