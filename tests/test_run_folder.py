@@ -156,6 +156,17 @@ def test_an_export_needs_only_the_weights_and_a_missing_file_is_named(recordings
     newest = checkpoint_dirs(run_dir)[-1]
     (newest / "optimizer.pt").unlink()
     assert main(["export", str(run_dir), str(tmp_path / "out.pt")]) == 0
+    weights = (newest / "weights.safetensors").rename(tmp_path / "weights.safetensors")
+    capsys.readouterr()
+    assert main(["export", str(run_dir), str(tmp_path / "out.pt"), "--force"]) == 2
+    assert "checkpoint step_000004 is incomplete: weights.safetensors is missing" in one_error_line(capsys)
+    weights.rename(newest / "weights.safetensors")
+    record = (run_dir / "base.json").read_text()
+    (run_dir / "base.json").write_text(record[:20])  # cut short
+    assert main(["export", str(run_dir), str(tmp_path / "out.pt"), "--force"]) == 2
+    assert one_error_line(capsys).endswith("base.json: the run's record of its base is damaged; put back a copy, or "
+                                           "delete it and the base is no longer checked")
+    (run_dir / "base.json").write_text(record)
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "--max-steps", "6", *FAST]) == 2
     assert one_error_line(capsys) == (f"nitrogen-finetune: error: {newest}: checkpoint step_000004 is incomplete: "

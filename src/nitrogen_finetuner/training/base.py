@@ -65,7 +65,7 @@ def load_base(spec: str, run_dir: Path, seed: int, new_run: bool) -> BaseCheckpo
     another model without a word.
     """
     saved, record = run_dir / BASE_FILE, run_dir / BASE_RECORD
-    trained_from = json.loads(record.read_text()) if not new_run and record.is_file() else None
+    trained_from = read_base_record(record) if not new_run and record.is_file() else None
     # A new run never inherits a base.pt left in its folder; a resume naming another base loads
     # that one, and the fingerprint below decides whether it is the same model.
     own_base = not new_run and saved.exists() and (trained_from is None or trained_from["base"] == spec)
@@ -117,6 +117,17 @@ def first_difference(recorded, now, path: str = "") -> Optional[str]:
             if found:
                 return found
     return f"its {path} is {json.dumps(now)}, the run's was {json.dumps(recorded)}"
+
+
+def read_base_record(record: Path) -> dict:
+    try:
+        trained_from = json.loads(record.read_text())
+    except ValueError:
+        trained_from = None
+    if not isinstance(trained_from, dict) or not {"base", "fingerprint"} <= set(trained_from):
+        raise CheckpointError(f"{record}: the run's record of its base is damaged; put back a copy, or delete it "
+                              "and the base is no longer checked")
+    return trained_from
 
 
 def record_base(base: BaseCheckpoint, spec: str, seed: int, run_dir: Path) -> None:

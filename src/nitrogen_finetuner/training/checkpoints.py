@@ -172,6 +172,7 @@ def read_progress(checkpoint: Path) -> Progress:
 def load_weights(checkpoint: Path) -> LoadedWeights:
     """What an export needs of a checkpoint folder: its progress, trained and EMA weights."""
     ema_file = checkpoint / "ema.safetensors"
+    _present(checkpoint, "progress.json", "weights.safetensors")
     with _readable(checkpoint):
         return LoadedWeights(progress=read_progress(checkpoint), weights=load_file(str(checkpoint / "weights.safetensors")),
                              ema=load_file(str(ema_file)) if ema_file.exists() else None)
@@ -181,6 +182,7 @@ def load_training_state(checkpoint: Path, rank: int = 0) -> LoadedTrainingState:
     """Everything a resume needs of a checkpoint folder: weights, optimizer, scheduler, RNG."""
     rng_file = checkpoint / f"rng_rank{rank}.safetensors"
     loaded = load_weights(checkpoint)
+    _present(checkpoint, "optimizer.pt")
     with _readable(checkpoint):
         states = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
         return LoadedTrainingState(
@@ -190,6 +192,23 @@ def load_training_state(checkpoint: Path, rank: int = 0) -> LoadedTrainingState:
             rng=load_file(str(rng_file)) if rng_file.exists() else None,
             scaler=states.get("scaler"),
         )
+
+
+def _present(checkpoint: Path, *names: str) -> None:
+    """Files a checkpoint must hold, checked by name first: safetensors reports a missing or
+    unreadable file without naming it."""
+    for name in names:
+        file = checkpoint / name
+        if not file.is_file():
+            raise DataError(f"checkpoint {checkpoint.name} is incomplete: {name} is missing", file=str(checkpoint),
+                            hint=DAMAGED_HINT)
+        if not os.access(file, os.R_OK):
+            raise DataError(f"checkpoint {checkpoint.name} cannot be read (Permission denied: {file})",
+                            file=str(checkpoint), hint="give the user running this read permission")
+    rng = [f for f in checkpoint.glob("rng_rank*.safetensors") if not os.access(f, os.R_OK)]
+    if rng:
+        raise DataError(f"checkpoint {checkpoint.name} cannot be read (Permission denied: {rng[0]})",
+                        file=str(checkpoint), hint="give the user running this read permission")
 
 
 @contextlib.contextmanager
@@ -202,9 +221,6 @@ def _readable(checkpoint: Path):
     except PermissionError as err:
         raise DataError(f"checkpoint {checkpoint.name} cannot be read ({err.strerror}: {err.filename})",
                         file=str(checkpoint), hint="give the user running this read permission") from None
-    except FileNotFoundError as err:
-        raise DataError(f"checkpoint {checkpoint.name} is incomplete: {Path(err.filename).name} is missing",
-                        file=str(checkpoint), hint=DAMAGED_HINT) from None
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError,
             SafetensorError) as err:
         raise DataError(f"checkpoint {checkpoint.name} cannot be read ({type(err).__name__}: {user_message(err)})",
