@@ -4,6 +4,7 @@ with --skip-bad-rows, is skipped and counted in the report."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -205,3 +206,17 @@ def test_unreachable_hub_dataset_is_one_line(tmp_path, capsys, monkeypatch):
                                   "cannot load it as a dataset id")
     for local in ("recordngs/", "./nobody/data", "runs/a/b"):  # not user/name: a mistyped path, never the hub
         assert_one_line_error(inspect(local, tmp_path, capsys=capsys), f"{local}: no such file or folder")
+
+
+def test_a_subfolder_that_cannot_be_read_is_named_not_left_out(tmp_path, capsys):
+    write_nitrogen_parquet(tmp_path / "data" / "e0.parquet", n=24)
+    locked = tmp_path / "data" / "more"
+    write_nitrogen_parquet(locked / "e1.parquet", n=24)
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("this user reads any folder (root)")
+        assert main(["data", "inspect", str(tmp_path / "data"), "--output", str(tmp_path / "out")]) == 2
+        assert capsys.readouterr().err.startswith(f"nitrogen-finetune: error: {locked}: Permission denied")
+    finally:
+        locked.chmod(0o755)

@@ -8,6 +8,7 @@ larger than memory streams. Sources are cheap to pickle: workers reopen files th
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Iterator, Optional
@@ -194,6 +195,16 @@ def load_hub_dataset(name: str, split: str) -> list[Source]:
     return _datasets_sources(dataset, None)
 
 
+def _files_below(folder: Path) -> list[Path]:
+    """Every file under ``folder``, sorted; a subfolder that cannot be read stops with its name
+    (``rglob`` would leave its recordings out without a word)."""
+    def unreadable(err: OSError):
+        raise err
+
+    return sorted(Path(root) / name for root, _, names in os.walk(folder, onerror=unreadable, followlinks=True)
+                  for name in names if (Path(root) / name).is_file())
+
+
 def open_sources(dataset_name: str, split: str = "train") -> list[Source]:
     """All sources of a dataset: a path on disk (file or folder), else a hub dataset id."""
     path = Path(dataset_name).expanduser()
@@ -206,10 +217,11 @@ def open_sources(dataset_name: str, split: str = "train") -> list[Source]:
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             return _load_from_disk(path, split)
-        parquet = sorted(p for p in path.rglob("*") if p.suffix.lower() == ".parquet" and p.is_file())
+        files = _files_below(path)
+        parquet = [p for p in files if p.suffix.lower() == ".parquet"]
         if parquet:
             return [ParquetSource(p) for p in parquet]
-        tables = sorted(p for p in path.rglob("*") if p.suffix.lower() in TABLE_SUFFIXES and p.is_file())
+        tables = [p for p in files if p.suffix.lower() in TABLE_SUFFIXES]
         if tables:
             return [TableSource(str(p), _read_table(p), p.parent) for p in tables]
         raise DataError("no recordings found: expected .parquet files, a save_to_disk folder, or frames with an "
