@@ -318,6 +318,9 @@ def test_predict_refuses_a_checkpoint_whose_actions_are_not_finite(tiny_checkpoi
     assert main(["eval", "--checkpoint", str(broken), "--data", str(tmp_path / "data"), "--output",
                  str(tmp_path / "eval")]) == 2  # eval too: no NaN scores in a report
     assert message in failure(capsys) and not (tmp_path / "eval").exists()
+    assert main(["rollout", "--checkpoint", str(broken), "--game", "runner", "--episodes", "1", "--output",
+                 str(tmp_path / "games")]) == 2  # and no game played with NaN actions
+    assert message in failure(capsys) and not list(tmp_path.glob("games/*.gif"))
 
 
 def test_an_overlay_that_cannot_be_written_is_named_before_any_work(tiny_checkpoint, tmp_path, capsys):

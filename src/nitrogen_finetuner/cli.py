@@ -210,7 +210,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         raise DataError(f"--replan-every {args.replan_every} is outside 1..{policy.horizon}",
                         file=args.checkpoint, hint=f"the checkpoint predicts {policy.horizon} actions per chunk")
     gif = Path(args.output) / f"rollout_{args.game}.gif"
-    result = rollout(args.game, lambda seed: policy_player(policy, seed, args.replan_every),
+    result = rollout(args.game, lambda seed: policy_player(policy, seed, args.replan_every, args.checkpoint),
                      range(args.seed, args.seed + args.episodes), gif=gif)
     print(f"{args.game}: success {result.success_rate:.0%} over {result.episodes} episode(s), "
           f"mean return {result.mean_return:.1f}; first episode: {gif}")

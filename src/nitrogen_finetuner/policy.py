@@ -20,6 +20,7 @@ import torch
 
 from .actions import ActionLayout, UniversalVectorProcessor
 from .actions.layout import LayoutError
+from .data.errors import DataError
 from .model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from .model.configuration import CheckpointConfig
 from .model.modeling import NitroGenModel
@@ -166,6 +167,14 @@ def checkpoint_layout(
     if recorded and buttons is None and button_order is None:
         buttons, button_order = recorded["buttons"], recorded.get("button_order")
     return ActionLayout.resolve(config.model_cfg.action_dim, config.tokenizer_cfg.old_layout, button_order, buttons)
+
+
+def require_finite_actions(raw: np.ndarray, checkpoint: Optional[str]) -> None:
+    """NaN or infinite actions mean broken weights: one line naming the checkpoint, rather than
+    JSON that is not JSON, NaN scores or a game played with them."""
+    if not np.isfinite(raw).all():
+        raise DataError("the model's actions are not finite numbers (its weights hold NaN or infinity)",
+                        file=checkpoint, hint="use an earlier checkpoint of the run, or export it again")
 
 
 def load_policy(

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from ..data.errors import DataError
 from ..data.images import ImageDecodeError, decode_image
 from ..files import refuse_existing, replaced_when_done
-from ..policy import NitroGenPolicy
+from ..policy import NitroGenPolicy, require_finite_actions
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
 
@@ -45,9 +45,7 @@ def chunk_records(policy: NitroGenPolicy, out: dict) -> list[dict]:
 def _actions(policy: NitroGenPolicy, frame: np.ndarray, noise: torch.Tensor, checkpoint: Optional[str]) -> list[dict]:
     """The frame's chunk as records; NaN or infinite actions stop here, as JSON has no such numbers."""
     out = policy.predict(frame, noise=noise)
-    if not np.isfinite(out["raw"]).all():
-        raise DataError("the model's actions are not finite numbers (its weights hold NaN or infinity)",
-                        file=checkpoint, hint="use an earlier checkpoint of the run, or export it again")
+    require_finite_actions(out["raw"], checkpoint)
     return chunk_records(policy, out)
 
 

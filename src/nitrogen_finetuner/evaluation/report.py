@@ -20,7 +20,7 @@ from ..data.config import DataConfig
 from ..data.episodes import split_episodes
 from ..data.errors import DataError, user_message
 from ..data.pipeline import ModelInputs, prepare_data
-from ..policy import load_policy
+from ..policy import load_policy, require_finite_actions
 from ..training.config import resolve_config
 from . import plots
 from .metrics import slot_agreement
@@ -171,9 +171,7 @@ def run_eval(
                             file=data_config.dataset_name,
                             hint=f"an episode needs more than action_shift ({data.spec.action_shift}) frames"
                             + (" (--frame-column none reads the rows in file order)" if gaps else ""))
-        if not np.isfinite(chunks.predicted).all():  # scores of NaN actions would read as numbers in report.json
-            raise DataError("the model's actions are not finite numbers (its weights hold NaN or infinity)",
-                            file=str(path), hint="use an earlier checkpoint of the run, or export it again")
+        require_finite_actions(chunks.predicted, str(path))
         label = _label(path, set(reports))
         reports[label], files[label] = score_chunks(chunks, policy), str(Path(path).resolve())
         profiles[label] = data.index.profiles_note("scored on")
