@@ -88,6 +88,9 @@ def test_shortened_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert "runner success" not in capsys.readouterr().out  # nothing exported yet to play with
     assert main(["train", "--resume", str(tmp_path / "demo"), "--max-steps", "3", "--set", "export_at_end=true"]) == 0
     printed = capsys.readouterr().out  # a demo run resumed ends with the games' evaluation too
+    (tmp_path / "demo" / "demo_results.json").unlink()  # as if Ctrl-C stopped that evaluation
+    assert main(["train", "--resume", str(tmp_path / "demo"), "--max-steps", "3"]) == 0
+    assert "has trained its 3 steps: evaluating its model.pt" in capsys.readouterr().out
     assert "runner success" in printed and "collector success" in printed and "button F1 (held-out)" in printed
     results = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
     assert set(results["closed_loop_held_out_seeds"]) == {"runner", "collector"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import signal
 import sys
@@ -135,6 +136,26 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trained_to_the_end(run_dir: Path, max_steps: int) -> bool:
+    """A finished run with its model.pt: one whose end (a demo's evaluation, say) may still be to do."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file() or not (run_dir / "model.pt").is_file():
+        return False
+    try:
+        return json.loads(summary.read_text()).get("step", 0) >= max_steps
+    except (ValueError, AttributeError):
+        return False
+
+
+def _evaluate_demo(run_dir: Path, config) -> int:
+    """The demo's ending: its model against the untrained one and a random player."""
+    from .games.demo import evaluate_demo  # noqa: PLC0415
+
+    _, text = evaluate_demo(run_dir, Path(config.data.dataset_name), config.seed, config.val_fraction)
+    print(text)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.config import (dump_config, parse_override, resolve_config, run_config_file,  # noqa: PLC0415
                                   with_absolute_paths)
@@ -173,6 +194,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(dump_config(with_absolute_paths(config)), end="")
         return 0
     main_process = int(os.environ.get("RANK", "0")) == 0
+    if demo and args.resume and _trained_to_the_end(Path(args.resume), config.max_steps):
+        print(f"{args.resume} has trained its {config.max_steps} steps: evaluating its model.pt")
+        return _evaluate_demo(Path(args.resume), config)
     try:
         with StopRequest(announce=main_process) as stop:
             result = train(config, resume=bool(args.resume), stop=stop)
@@ -183,11 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not main_process:  # one report per run, not per process
         return 0
     if demo and result.exported:
-        from .games.demo import evaluate_demo  # noqa: PLC0415
-
-        _, text = evaluate_demo(result.run_dir, Path(config.data.dataset_name), config.seed, config.val_fraction)
-        print(text)
-        return 0
+        return _evaluate_demo(result.run_dir, config)
     print(f"run folder  {result.run_dir}  (config.yaml, metrics.jsonl, tensorboard/, checkpoints/)")
     if result.exported:
         print(f"exported    {result.exported}  (official format: load_policy or the official player)")
