@@ -115,7 +115,8 @@ def test_a_frame_that_appears_twice_in_an_episode_is_one_line(tmp_path):
         prepared(path)
     path = write_nitrogen_parquet(tmp_path / "null.parquet", n=3, extra={"frame_index": [0.0, None, 2.0]})
     with pytest.raises(DataError, match=r"row 1, column 'frame_index': the frame number is missing \(fix the row, "
-                                        r"set skip_bad_rows to leave it out, or set frame_column: none"):
+                                        r"set data.skip_bad_rows \(--skip-bad-rows\) to leave it out, or set "
+                                        r"data.frame_column: none"):
         prepared(path)
 
 

@@ -477,7 +477,7 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
         (["--set", "seed=5"], "seed is 5 now, but the run trained with 0 (a run resumes with the episodes it holds out "
                               "and the order it reads the data in;"),
         (["--set", "val_fraction=0.5"], "val_fraction is 0.5 now, but the run trained with 0.1"),
-        (["--set", "data.skip_bad_rows=true"], "data.skip_bad_rows is true now, but the run trained with false"),
+        (["--set", "data.image_fit=stretch"], 'data.image_fit is "stretch" now, but the run trained with "pad"'),
         (["--data", str(fewer)], "the data makes 21 training windows now, but the run trained on 42"),
         (["--base", "tiny"], "tiny: not the base this run was trained from"),
         (["--data", str(tmp_path / "elsewhere")], "no such file or folder"),
@@ -502,7 +502,7 @@ def test_a_resume_applies_a_new_learning_rate_and_weight_decay_from_its_step_on(
     shutil.copytree(recordings, moved)  # the same data at another path will do
     capsys.readouterr()
     resumed = config(moved, run_dir, max_steps=4, warmup_steps=0, min_learning_rate_ratio=1.0, learning_rate=5e-4,
-                     weight_decay=0.1)
+                     weight_decay=0.1, **{"data.skip_bad_rows": True})  # a bad frame met mid-run: skip and go on
     train(resumed, resume=True)
     assert "resumed from checkpoints/step_000002 (step 2) with learning_rate 0.0005 (was 0.0001), weight_decay 0.1 " \
            "(was 0.0)" in capsys.readouterr().out

@@ -158,12 +158,12 @@ _MAPPING_HINT = ("a target is a slot name, LEFT/RIGHT for an [x, y] column, a st
 
 
 # ------------------------------------------------------------------------------- raw columns
-_HINT_NULL = "fill or drop these rows, or set skip_bad_rows to leave them out"
-_HINT_BUTTON = ("a button holds 0/1 or true/false; map an analog column to LEFT_TRIGGER or RIGHT_TRIGGER, "
-                "or set skip_bad_rows")
-_HINT_TRIGGER = "an analog trigger holds 0..1 or whole numbers 0..255; or set skip_bad_rows"
-_HINT_RANGE = f"give stick_range for this column ({', '.join(STICK_RANGES)}), or set skip_bad_rows"
-_HINT_PAIR = "each row of an [x, y] column holds two numbers; or set skip_bad_rows"
+_SKIP = "set data.skip_bad_rows (--skip-bad-rows)"
+_HINT_NULL = f"fill or drop these rows, or {_SKIP} to leave them out"
+_HINT_BUTTON = f"a button holds 0/1 or true/false; map an analog column to LEFT_TRIGGER or RIGHT_TRIGGER, or {_SKIP}"
+_HINT_TRIGGER = f"an analog trigger holds 0..1 or whole numbers 0..255; or {_SKIP}"
+_HINT_RANGE = f"give data.stick_range for this column ({', '.join(STICK_RANGES)}), or {_SKIP}"
+_HINT_PAIR = f"each row of an [x, y] column holds two numbers; or {_SKIP}"
 
 
 def _is_none(values: np.ndarray) -> np.ndarray:
@@ -423,7 +423,7 @@ class ColumnBinding:
         if target.kind == "axis":
             decoded = self._decode_stick(column, target, values[:, None], missing | unreadable,
                                          np.zeros(len(values), bool), dtype, source)
-            hint = "a stick axis holds numbers; map an [x, y] column to LEFT or RIGHT, or set skip_bad_rows"
+            hint = f"a stick axis holds numbers; map an [x, y] column to LEFT or RIGHT, or {_SKIP}"
         else:
             decoded = self._decode_button(target, values, missing | unreadable, self.trigger_scales.get(column))
             hint = _HINT_TRIGGER if target.analog else _HINT_BUTTON

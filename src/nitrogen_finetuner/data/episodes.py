@@ -148,8 +148,8 @@ def _frame_numbers(values: np.ndarray, source: str, column: str, skip_bad_rows: 
         value = values[row].item() if isinstance(values[row], np.generic) else values[row]
         what = "is missing" if value is None or value != value else f"{value!r} is not a number"
         raise DataError(f"the frame number {what}", file=source, row=row, column=column,
-                        hint="fix the row, set skip_bad_rows to leave it out, or set frame_column: none to read "
-                             "the rows in file order")
+                        hint="fix the row, set data.skip_bad_rows (--skip-bad-rows) to leave it out, or set "
+                             "data.frame_column: none (--frame-column none) to read the rows in file order")
     return numbers
 
 

@@ -166,7 +166,7 @@ class WindowDataset(IterableDataset):
                 if self.skip_bad_rows:
                     continue
                 raise bad_image_row(err, source.name, c.row, self.index.image_columns[c.source],
-                                    how_to_skip="set skip_bad_rows") from None
+                                    how_to_skip="set data.skip_bad_rows (--skip-bad-rows)") from None
             # Per-window augmentation stream: the same window is augmented the same way whatever
             # the batch order, the number of workers or a resume.
             rng = np.random.default_rng([self.seed, self.epoch, c.episode, c.frame])

@@ -46,7 +46,7 @@ def query_frames(data: PreparedData, episodes: Sequence[int], limit: Optional[in
 
 
 def load_frames(
-    data: PreparedData, queries: list[tuple[int, int]], how_to_skip: str = "set skip_bad_rows",
+    data: PreparedData, queries: list[tuple[int, int]], how_to_skip: str = "set data.skip_bad_rows (--skip-bad-rows)",
 ) -> tuple[list[Optional[np.ndarray]], dict[int, str]]:
     """The frames of the queries, decoded and fitted as in training, reading each block once.
 
@@ -82,7 +82,7 @@ def load_frames(
 
 def predict_chunks(
     policy: NitroGenPolicy, data: PreparedData, episodes: Sequence[int], seed: int = 0,
-    batch_size: int = 16, limit: Optional[int] = None, how_to_skip: str = "set skip_bad_rows",
+    batch_size: int = 16, limit: Optional[int] = None, how_to_skip: str = "set data.skip_bad_rows (--skip-bad-rows)",
 ) -> Chunks:
     """A chunk per queried frame (at most ``limit`` queries); with the data's ``skip_bad_rows``
     the queries whose frame does not decode are left out and listed in ``skipped``."""

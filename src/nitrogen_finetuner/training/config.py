@@ -239,15 +239,16 @@ def run_config_file(run_dir: str | Path) -> Path:
 
 
 # What a resumed run keeps, and why: what it trains, and which windows it trains and holds out, in
-# which order. The data may move to another path (``data.dataset_name``); the checkpoint's window
-# counts check that it is the same data.
+# which order. The data may move to another path (``data.dataset_name``), and a run that met a bad
+# frame may go on skipping such rows (``data.skip_bad_rows``); the checkpoint's window count checks
+# that it is still the same data.
 KEPT_ON_RESUME = {
     "method": "what it trains", "lora": "what it trains", "tune": "what it trains",
     "seed": "the episodes it holds out and the order it reads the data in",
     "val_fraction": "the episodes it holds out",
     "data": "the windows it reads and their order",
 }
-MOVABLE_ON_RESUME = {"data.dataset_name"}
+MOVABLE_ON_RESUME = {"data.dataset_name", "data.skip_bad_rows"}  # a bad frame met mid-run: skip it and go on
 # Applied from the step a run resumes at, with a note.
 SCHEDULE = ("learning_rate", "weight_decay", "warmup_steps", "min_learning_rate_ratio", "max_steps")
 
