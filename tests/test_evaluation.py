@@ -184,6 +184,7 @@ def test_predict_command_on_frames_and_a_video(tiny_checkpoint, tmp_path, capsys
     (["rollout", "--game", "runner", "--episodes", "0"], "argument --episodes: 0 is below 1"),
     (["predict", "x.png", "--seed", "-1"], "argument --seed: -1 is below 0"),
     (["predict", "x.png", "--device", "bogus"], "argument --device: 'bogus' is not a device"),
+    (["predict", "x.png", "--device", "meta"], "argument --device: 'meta': this tool runs on cpu or cuda"),
     (["eval", "--data", "d", "--max-chunks", "0"], "argument --max-chunks: 0 is below 1"),
     (["eval", "--data", "d", "--val-fraction", "1.5"], "argument --val-fraction: 1.5 is not between 0 and 1"),
 ])
