@@ -335,7 +335,7 @@ def test_an_overlay_that_cannot_be_written_is_named_before_any_work(tiny_checkpo
         assert main(argv) == 2
     finally:
         locked.chmod(0o755)
-    assert f"{locked / 'o.mp4'}: cannot write the file (Permission denied)" in failure(capsys)
+    assert f"{locked}: Permission denied (check its permissions, or choose another path)" in failure(capsys)
     assert os.listdir(locked) == []
 
 

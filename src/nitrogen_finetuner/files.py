@@ -52,14 +52,13 @@ def replaced_when_done(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path``, renamed onto it only when the block succeeds: a failed
     write leaves no partial file, no folder it made, and an existing file as it was. The temporary
     keeps ``path``'s suffix, as writers such as PyAV choose the format by the name. It is created at
-    once, so a folder that cannot be written is reported, by the file's name, before any work."""
+    once, so a folder that cannot be written is reported, by its name, before any work."""
     new_folders = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    except OSError as err:
-        raise DataError(f"cannot write the file ({err.strerror})", file=str(path),
-                        hint="check that its folder can be written, or choose another") from None
+    except OSError as err:  # name the folder, not the temporary file's random name
+        raise type(err)(err.errno, err.strerror, str(path.parent)) from None
     os.close(fd)
     partial = Path(name)
     try:
