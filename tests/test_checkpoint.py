@@ -182,7 +182,8 @@ def test_a_checkpoint_folder_given_for_a_run_folder_names_the_run(tmp_path, caps
         assert main(command) == 2
         assert capsys.readouterr().err == (
             f"nitrogen-finetune: error: {checkpoint}: a checkpoint folder, not a run folder (give the run folder, "
-            f"{run}; export --checkpoint step_000004 picks this checkpoint)\n"), command
+            f"{run}: --resume goes on from its newest checkpoint, and export --checkpoint step_000004 takes this "
+            "one)\n"), command
     assert sorted(p.name for p in checkpoint.iterdir()) == ["config.yaml"]  # no .lock left in it
 
 
@@ -200,6 +201,17 @@ def test_load_policy_on_cuda_without_a_gpu_says_so(tmp_path):
     assert main(["init", str(tmp_path / "model.pt")]) == 0
     with pytest.raises(ValueError, match="device 'cuda': PyTorch sees no CUDA GPU on this machine"):
         load_policy(tmp_path / "model.pt", device="cuda", verbose=False)
+
+
+def test_a_train_flag_that_does_not_exist_points_to_set_and_a_missing_run_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["nitrogen-finetune", "train", "--seed", "5"])
+    with pytest.raises(SystemExit):
+        main(sys.argv[1:])
+    assert capsys.readouterr().err == ("nitrogen-finetune: error: unrecognized arguments: --seed; a config key is given "
+                                       "as --set KEY=VALUE (see nitrogen-finetune train --help)\n")
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == (f"nitrogen-finetune: error: {tmp_path / 'nowhere'}: no such folder (give the "
+                                       "--output folder of a training run)\n")
 
 
 def test_a_read_only_disk_is_one_line_naming_the_folder(tmp_path, monkeypatch, capsys):

@@ -134,6 +134,9 @@ def test_export_takes_a_moved_base_with_the_same_weights(recordings, tmp_path, c
     capsys.readouterr()
     assert main(["export", str(run_dir), str(out), "--base", str(relabelled), "--force"]) == 2
     assert "relabelled.pt: not the base this run was trained from (its action_layout" in one_error_line(capsys)
+    raw["tokenizer_cfg"]["old_layout"], raw["experiment_name"] = False, "renamed"  # a name reads nothing
+    assert main(["export", str(run_dir), str(out), "--base", str(save_checkpoint(tmp_path / "renamed.pt", model, raw)),
+                 "--force"]) == 0
 
 
 def test_a_damaged_checkpoint_is_one_line_and_the_one_before_it_resumes(recordings, tmp_path, capsys):
@@ -172,6 +175,16 @@ def test_an_export_needs_only_the_weights_and_a_missing_file_is_named(recordings
     assert one_error_line(capsys) == (f"nitrogen-finetune: error: {newest}: checkpoint step_000004 is incomplete: "
                                       "optimizer.pt is missing (copy it again if it came from elsewhere; else delete "
                                       "the folder, and --resume continues from the checkpoint before it)")
+
+
+def test_a_resume_without_its_random_state_says_it_is_not_exact(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2))
+    (checkpoint_dirs(run_dir)[-1] / "rng_rank0.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "3", *FAST]) == 0
+    assert ("checkpoint step_000002 holds no random state for process 0: its dropout draws start afresh, so this "
+            "resume is not bit for bit") in capsys.readouterr().out
 
 
 def test_a_resume_with_nothing_to_train_changes_nothing(recordings, tmp_path, capsys):

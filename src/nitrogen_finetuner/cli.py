@@ -357,6 +357,9 @@ class _Parser(argparse.ArgumentParser):
     """Command-line mistakes in one line, like every other user error (the usage is in --help)."""
 
     def error(self, message: str):
+        if message.startswith("unrecognized arguments") and "train" in sys.argv[1:2]:
+            self.exit(2, f"{self.prog}: error: {message}; a config key is given as --set KEY=VALUE "
+                         f"(see {self.prog} train --help)\n")
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -106,16 +106,20 @@ def description(base: BaseCheckpoint) -> dict:
     return json.loads(json.dumps({"ckpt_config": base.raw_config, "action_layout": base.layout.to_dict()}, default=str))
 
 
+NAMES_ONLY = {"ckpt_config.experiment_name"}  # a base renamed still reads its weights the same way
+
+
 def first_difference(recorded, now, path: str = "") -> Optional[str]:
     """The first setting of ``now`` that differs from ``recorded``, as one phrase (None: the same,
     or nothing recorded)."""
-    if recorded is None or recorded == now:
+    if recorded is None or recorded == now or path in NAMES_ONLY:
         return None
     if isinstance(recorded, dict) and isinstance(now, dict):
         for key in sorted(set(recorded) | set(now)):
             found = first_difference(recorded.get(key), now.get(key), f"{path}.{key}" if path else key)
             if found:
                 return found
+        return None
     return f"its {path} is {json.dumps(now)}, the run's was {json.dumps(recorded)}"
 
 

@@ -226,11 +226,13 @@ def run_config_file(run_dir: str | Path) -> Path:
         raise DataError("the run folder name is empty", hint="give the --output folder of a training run")
     if Path(run_dir).parent.name == "checkpoints" and re.fullmatch(r"step_\d{6,}", Path(run_dir).name):
         raise DataError("a checkpoint folder, not a run folder", file=str(run_dir),
-                        hint=f"give the run folder, {Path(run_dir).parent.parent}; export --checkpoint "
-                             f"{Path(run_dir).name} picks this checkpoint")
+                        hint=f"give the run folder, {Path(run_dir).parent.parent}: --resume goes on from its newest "
+                             f"checkpoint, and export --checkpoint {Path(run_dir).name} takes this one")
     path = Path(run_dir) / "config.yaml"
     if path.is_file():
         return path
+    if not Path(run_dir).is_dir():
+        raise DataError("no such folder", file=str(run_dir), hint="give the --output folder of a training run")
     copies = sorted((Path(run_dir) / "checkpoints").glob("step_*/config.yaml"))
     if not copies:
         raise DataError("not a run folder: it holds no config.yaml", file=str(run_dir),

@@ -279,6 +279,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             ema.shadow = {k: shard_like(ema.shadow[k], v.float()) for k, v in state.ema.items()}
         if state.rng is not None:
             set_rng_state(state.rng)
+        else:  # more processes than the run had, or a file lost
+            print(f"note        checkpoint {latest[-1].name} holds no random state for process {rank}: its dropout "
+                  "draws start afresh, so this resume is not bit for bit")
         progress = state.progress
         continue_data_position(progress, micro * world, run_dir)
         if progress.train_windows not in (None, train_set.num_windows):  # None: a checkpoint before the count
@@ -464,7 +467,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             samples_per_s = config.batch_size / seconds
             if losses:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                samples_s=f"{samples_per_s:.1f}", refresh=False)
+                                samples_s=f"{samples_per_s:.3g}", refresh=False)
             bar.update(1)
             if logs:
                 scalars = {"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0],
