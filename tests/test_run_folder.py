@@ -159,6 +159,11 @@ def test_an_export_needs_only_the_weights_and_a_missing_file_is_named(recordings
     newest = checkpoint_dirs(run_dir)[-1]
     (newest / "optimizer.pt").unlink()
     assert main(["export", str(run_dir), str(tmp_path / "out.pt")]) == 0
+    capsys.readouterr()
+    assert main(["info", str(newest)]) == 2
+    assert one_error_line(capsys).endswith(f"a folder, not a checkpoint file (a training checkpoint: `nitrogen-finetune "
+                                           f"export {run_dir} OUT.pt --checkpoint step_000004` writes it as a "
+                                           "checkpoint file)")
     weights = (newest / "weights.safetensors").rename(tmp_path / "weights.safetensors")
     capsys.readouterr()
     assert main(["export", str(run_dir), str(tmp_path / "out.pt"), "--force"]) == 2

@@ -52,8 +52,11 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     path = Path(path)
     if path.is_dir():
         inside = path / "model.pt"
-        raise CheckpointError(f"{path}: a folder, not a checkpoint file"
-                              + (f" (the run's exported checkpoint is {inside})" if inside.is_file() else ""))
+        hint = f" (the run's exported checkpoint is {inside})" if inside.is_file() else ""
+        if path.parent.name == "checkpoints" and (path / "weights.safetensors").is_file():
+            hint = (f" (a training checkpoint: `nitrogen-finetune export {path.parent.parent} OUT.pt --checkpoint "
+                    f"{path.name}` writes it as a checkpoint file)")
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:
