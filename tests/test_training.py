@@ -109,6 +109,21 @@ def test_a_stop_signal_checkpoints_the_step_it_ends_and_the_resumed_run_is_exact
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_stop_signal_during_the_last_step_lets_the_run_finish(recordings, tmp_path, monkeypatch):
+    real_noise = trainer_module.window_noise
+
+    def signalled_during_the_last_step(batch, seed, step, *args, validation=False):
+        if step == 2 and not validation:
+            signal.raise_signal(signal.SIGTERM)
+        return real_noise(batch, seed, step, *args, validation=validation)
+
+    monkeypatch.setattr(trainer_module, "window_noise", signalled_during_the_last_step)
+    with StopRequest(announce=False) as stop:
+        result = train(config(recordings, tmp_path / "run", max_steps=3, checkpoint_every=0), stop=stop)
+    assert result.step == 3 and (tmp_path / "run" / "summary.json").is_file()
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_000003"]
+
+
 def test_a_stop_request_announces_once_a_second_ctrl_c_stops_at_once_and_handlers_are_put_back(capfd):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:

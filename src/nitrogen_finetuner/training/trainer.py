@@ -483,7 +483,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             if saves:
                 save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
             # Every process agrees: the votes were summed with the loss. One process needs no vote.
-            if stop_votes > 0 or (world == 1 and stop is not None and stop.requested):
+            # A request during the last step lets the run finish: only its ending is left.
+            requested = stop_votes > 0 or (world == 1 and stop is not None and stop.requested)
+            if requested and progress.step < config.max_steps:
                 stopped = True
                 break
     if stopped:
