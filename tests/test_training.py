@@ -83,18 +83,23 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tm
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
+def sigterm_during_step(monkeypatch, signalled_step: int) -> None:
+    """SIGTERM arrives while the trainer draws the noise of step ``signalled_step`` (0-based)."""
+    real_noise = trainer_module.window_noise
+
+    def noise(batch, seed, step, *args, validation=False):
+        if step == signalled_step and not validation:
+            signal.raise_signal(signal.SIGTERM)
+        return real_noise(batch, seed, step, *args, validation=validation)
+
+    monkeypatch.setattr(trainer_module, "window_noise", noise)
+
+
 def test_a_stop_signal_checkpoints_the_step_it_ends_and_the_resumed_run_is_exact(recordings, tmp_path, monkeypatch,
                                                                                   capsys):
     settings = dict(max_steps=4, checkpoint_every=0, ema_decay=0.9)
     straight = train(config(recordings, tmp_path / "straight", **settings))
-    real_noise = trainer_module.window_noise
-
-    def signalled_during_the_second_step(batch, seed, step, *args, validation=False):
-        if step == 1 and not validation:
-            signal.raise_signal(signal.SIGTERM)
-        return real_noise(batch, seed, step, *args, validation=validation)
-
-    monkeypatch.setattr(trainer_module, "window_noise", signalled_during_the_second_step)
+    sigterm_during_step(monkeypatch, 1)  # the second
     with StopRequest(announce=False) as stop, pytest.raises(TrainingStopped) as stopped:
         train(config(recordings, tmp_path / "resumed", **settings), stop=stop)
     monkeypatch.undo()
@@ -110,14 +115,7 @@ def test_a_stop_signal_checkpoints_the_step_it_ends_and_the_resumed_run_is_exact
 
 
 def test_a_stop_signal_during_the_last_step_lets_the_run_finish(recordings, tmp_path, monkeypatch):
-    real_noise = trainer_module.window_noise
-
-    def signalled_during_the_last_step(batch, seed, step, *args, validation=False):
-        if step == 2 and not validation:
-            signal.raise_signal(signal.SIGTERM)
-        return real_noise(batch, seed, step, *args, validation=validation)
-
-    monkeypatch.setattr(trainer_module, "window_noise", signalled_during_the_last_step)
+    sigterm_during_step(monkeypatch, 2)  # the last
     with StopRequest(announce=False) as stop:
         result = train(config(recordings, tmp_path / "run", max_steps=3, checkpoint_every=0), stop=stop)
     assert result.step == 3 and (tmp_path / "run" / "summary.json").is_file()
