@@ -198,17 +198,17 @@ def _present(checkpoint: Path, *names: str) -> None:
     """Files a checkpoint must hold, checked by name first: safetensors reports a missing or
     unreadable file without naming it."""
     for name in names:
-        file = checkpoint / name
-        if not file.is_file():
+        if not (checkpoint / name).is_file():
             raise DataError(f"checkpoint {checkpoint.name} is incomplete: {name} is missing", file=str(checkpoint),
                             hint=DAMAGED_HINT)
+    for file in [*(checkpoint / name for name in names), *checkpoint.glob("rng_rank*.safetensors")]:
         if not os.access(file, os.R_OK):
-            raise DataError(f"checkpoint {checkpoint.name} cannot be read (Permission denied: {file})",
-                            file=str(checkpoint), hint="give the user running this read permission")
-    rng = [f for f in checkpoint.glob("rng_rank*.safetensors") if not os.access(f, os.R_OK)]
-    if rng:
-        raise DataError(f"checkpoint {checkpoint.name} cannot be read (Permission denied: {rng[0]})",
-                        file=str(checkpoint), hint="give the user running this read permission")
+            raise _not_permitted(checkpoint, file)
+
+
+def _not_permitted(checkpoint: Path, file) -> DataError:
+    return DataError(f"checkpoint {checkpoint.name} cannot be read (Permission denied: {file})", file=str(checkpoint),
+                     hint="give the user running this read permission")
 
 
 @contextlib.contextmanager
@@ -219,8 +219,7 @@ def _readable(checkpoint: Path):
     try:
         yield
     except PermissionError as err:
-        raise DataError(f"checkpoint {checkpoint.name} cannot be read ({err.strerror}: {err.filename})",
-                        file=str(checkpoint), hint="give the user running this read permission") from None
+        raise _not_permitted(checkpoint, err.filename) from None
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError,
             SafetensorError) as err:
         raise DataError(f"checkpoint {checkpoint.name} cannot be read ({type(err).__name__}: {user_message(err)})",

@@ -8,7 +8,6 @@ CPU or on eight GPUs.
 from __future__ import annotations
 
 import collections.abc
-import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..data.config import DataConfig, auto_means_null
 from ..data.errors import DataError, invalid_setting
 from ..model.presets import PRESETS
+from .checkpoints import STEP_DIR
 
 LORA_COMPONENTS = {
     # DiT attention projections (self- and cross-attention blocks).
@@ -224,7 +224,7 @@ def run_config_file(run_dir: str | Path) -> Path:
     was deleted, the copy in the newest checkpoint)."""
     if not str(run_dir).strip():
         raise DataError("the run folder name is empty", hint="give the --output folder of a training run")
-    if Path(run_dir).parent.name == "checkpoints" and re.fullmatch(r"step_\d{6,}", Path(run_dir).name):
+    if Path(run_dir).parent.name == "checkpoints" and STEP_DIR.fullmatch(Path(run_dir).name):
         raise DataError("a checkpoint folder, not a run folder", file=str(run_dir),
                         hint=f"give the run folder, {Path(run_dir).parent.parent}: --resume goes on from its newest "
                              f"checkpoint, and export --checkpoint {Path(run_dir).name} takes this one")

@@ -289,6 +289,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                             f"{progress.train_windows}", file=config.data.dataset_name,
                             hint="resume on the data the run trained on (it may have moved: --data gives its path); "
                                  "start a new run for other data")
+        progress.train_windows = train_set.num_windows  # counted from now on in a run older than the count
         if progress.step >= config.max_steps:
             raise DataError(f"the run has trained {progress.step} steps and max_steps is {config.max_steps}: "
                             "nothing to train", file=str(run_dir),
