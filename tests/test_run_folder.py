@@ -11,10 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from nitrogen_finetuner.cli import main
+from nitrogen_finetuner.data.episodes import split_episodes
 from nitrogen_finetuner.files import FILE_MODE
 from nitrogen_finetuner.model.checkpoint import save_checkpoint
 from nitrogen_finetuner.model.presets import build_preset
@@ -22,7 +25,7 @@ from nitrogen_finetuner.training import trainer as trainer_module
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
 from nitrogen_finetuner.training.trainer import train
 from recordings import write_nitrogen_parquet
-from runs import config, logged
+from runs import config, final_weights, logged
 
 FAST = ["--set", "num_workers=0", "--set", "batch_size=4", "--set", "checkpoint_every=2", "--set", "val_every=0"]
 
@@ -387,3 +390,47 @@ def test_a_prediction_horizon_beyond_the_position_tables_is_one_line_and_leaves_
     assert f"prediction_horizon {limit + 1} is more action steps than the base model's position tables hold " \
            f"({limit})" in one_error_line(capsys)
     assert not run_dir.exists()
+
+
+def recordings_with_a_corrupt_frame(root: Path, episode: int, row: int) -> Path:
+    """Three NitroGen-format episodes; one frame of one of them is a truncated PNG."""
+    for i in range(3):
+        path = write_nitrogen_parquet(root / f"episode_{i}.parquet", n=24, start=10 * i)
+        if i == episode:
+            table = pq.read_table(path).to_pydict()
+            table["image"][row]["bytes"] = table["image"][row]["bytes"][:40]
+            pq.write_table(pa.table(table), path)
+    return root
+
+
+def test_a_bad_frame_met_in_training_saves_the_steps_done_and_the_resume_is_exact(tmp_path, capsys):
+    data = recordings_with_a_corrupt_frame(tmp_path / "data", episode=1, row=2)
+    steps = ["--max-steps", "19", "--set", "val_fraction=0", *FAST, "--set", "checkpoint_every=100",
+             "--set", "export_at_end=false"]
+    run_dir, straight = tmp_path / "run", tmp_path / "straight"
+    assert main(["train", "--data", str(data), "--output", str(run_dir), *steps]) == 2
+    message = one_error_line(capsys)
+    saved = checkpoint_dirs(run_dir)
+    assert len(saved) == 1 and 0 < int(saved[0].name.removeprefix("step_")) < 19
+    assert "episode_1.parquet, row 2, column 'image': cannot decode the image" in message
+    assert (f"the checkpoint of step {int(saved[0].name.removeprefix('step_'))} is saved: then continue with  "
+            f"nitrogen-finetune train --resume {run_dir}") in message
+    assert main(["train", "--resume", str(run_dir), "--skip-bad-rows", *steps]) == 0
+    assert main(["train", "--data", str(data), "--output", str(straight), "--skip-bad-rows", *steps]) == 0
+    resumed, uninterrupted = final_weights(run_dir), final_weights(straight)
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
+
+
+def test_a_bad_frame_met_in_validation_saves_the_step_it_validates(tmp_path, capsys):
+    held_out = split_episodes(["a", "b", "c"], 0.34, 0)[1][0]
+    data = recordings_with_a_corrupt_frame(tmp_path / "data", episode=held_out, row=0)
+    run_dir = tmp_path / "run"
+    flags = ["--data", str(data), "--output", str(run_dir), "--max-steps", "4", *FAST,
+             "--set", "val_fraction=0.34", "--set", "val_every=2", "--set", "checkpoint_every=100"]
+    assert main(["train", *flags]) == 2
+    assert "the checkpoint of step 2 is saved: then continue with" in one_error_line(capsys)
+    assert [d.name for d in checkpoint_dirs(run_dir)] == ["step_000002"]
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "last"), "--max-steps", "2", *FAST,
+                 "--set", "val_fraction=0.34", "--set", "checkpoint_every=100"]) == 2  # the final validation
+    assert f"the checkpoint of step 2 is saved: `nitrogen-finetune export {tmp_path / 'last'} OUT.pt` writes its model" \
+        in one_error_line(capsys)

@@ -168,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_override(item) for item in args.set)
     for flag, key in (("base", "base"), ("data", "data.dataset_name"), ("output", "output"),
-                      ("max_steps", "max_steps"), ("method", "method")):
+                      ("max_steps", "max_steps"), ("method", "method"), ("skip_bad_rows", "data.skip_bad_rows")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     config_file = args.config
@@ -400,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int)
     train.add_argument("--method", choices=("lora", "full"))
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    train.add_argument("--skip-bad-rows", action="store_true", default=None,
+                       help="count bad rows instead of stopping at the first (data.skip_bad_rows)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config key, dotted (repeatable): --set lora.rank=8 --set data.augment=true")
     train.add_argument("--print-config", action="store_true",

@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -385,9 +386,12 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             progress.best_step, progress.best_val_loss = progress.step, val_loss
 
     def validate_and_log() -> Optional[float]:
-        val_loss = validate()
-        if val_loss is not None:
-            logger.scalars(progress.step, {"val/loss": val_loss, **sampled_metrics()})
+        try:
+            val_loss = validate()
+            if val_loss is not None:
+                logger.scalars(progress.step, {"val/loss": val_loss, **sampled_metrics()})
+        except DataError as err:
+            raise saved_before(err) from err
         note_best(val_loss)
         return val_loss
 
@@ -401,6 +405,22 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     def save_unless_saved() -> None:
         if checkpoint_dirs(run_dir)[-1:] != [checkpoint_dir(run_dir, progress.step)]:
             save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
+
+    def saved_before(err: DataError) -> DataError:
+        """A bad row met while training (frames are decoded as they are read): one process saves
+        the steps done, so fixing the row costs none of them. Several processes stop as they are:
+        the others wait in a collective that a save would need too."""
+        if world > 1 or progress.step == 0:
+            return err
+        read_steps(everything=True)  # a loss that is not a number still stops without saving
+        save_unless_saved()
+        logger.close()
+        accelerator.end_training()
+        if progress.step < config.max_steps:
+            go_on = f"then continue with  nitrogen-finetune train --resume {shlex.quote(str(run_dir))}"
+        else:
+            go_on = f"`nitrogen-finetune export {shlex.quote(str(run_dir))} OUT.pt` writes its model"
+        return DataError(f"{user_message(err)}; the checkpoint of step {progress.step} is saved: {go_on}")
 
     def read_steps(everything: bool) -> float:
         """Take the losses and stop votes that the GPU has sent back (all of them, or all but the
@@ -429,10 +449,14 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     with bar:  # closed on the way out, so an error message starts its own line
         while progress.step < config.max_steps:
             started = time.perf_counter()
-            step_batches = []
-            for _ in range(accumulation):
-                progress.epoch, progress.batches_in_epoch, batch = next(batches)
-                step_batches.append(batch)
+            step_batches, position = [], (progress.epoch, progress.batches_in_epoch)
+            try:
+                for _ in range(accumulation):
+                    progress.epoch, progress.batches_in_epoch, batch = next(batches)
+                    step_batches.append(batch)
+            except DataError as err:
+                progress.epoch, progress.batches_in_epoch = position  # where this step's batches begin
+                raise saved_before(err) from err
             # Normalise by the masked-in values of the whole global batch (all micro-batches, all
             # processes): the loss of a step is the same however the batch is split.
             local_count = sum(float(b["actions_mask"].sum()) for b in step_batches)
