@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nitrogen_finetuner.cli import main
-from recordings import image_structs, nitrogen_rows, write_nitrogen_parquet
+from recordings import image_structs, nitrogen_rows, write_frames_folder, write_nitrogen_parquet
 
 
 class Result:
@@ -206,6 +206,33 @@ def test_unreachable_hub_dataset_is_one_line(tmp_path, capsys, monkeypatch):
                                   "cannot load it as a dataset id")
     for local in ("recordngs/", "./nobody/data", "runs/a/b"):  # not user/name: a mistyped path, never the hub
         assert_one_line_error(inspect(local, tmp_path, capsys=capsys), f"{local}: no such file or folder")
+    (tmp_path / "recordings").mkdir()  # user/name beside a local folder "user": a mistyped path too
+    assert_one_line_error(inspect("recordings/my-game", tmp_path, capsys=capsys),
+                          "recordings/my-game: no such file or folder (recordings is a local folder: check the name")
+
+
+def test_an_empty_data_path_is_refused_not_read_as_the_current_folder(tmp_path, capsys, monkeypatch):
+    write_nitrogen_parquet(tmp_path / "e0.parquet", n=24)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "", "--print-config"]) == 2
+    assert capsys.readouterr().err.strip() == ("nitrogen-finetune: error: invalid setting data.dataset_name: the data "
+                                                "path is empty: give the recordings' file, folder or hub id")
+
+
+def test_a_folder_mixing_parquet_files_and_actions_tables_is_refused(tmp_path, capsys):
+    write_nitrogen_parquet(tmp_path / "data" / "e0.parquet", n=24)
+    write_frames_folder(tmp_path / "data" / "more", 24)
+    assert_one_line_error(inspect(tmp_path / "data", tmp_path, capsys=capsys),
+                          f"{tmp_path / 'data'}: the folder holds parquet files and also actions tables "
+                          "(more/actions.csv): which are the recordings?")
+
+
+def test_two_actions_tables_listing_the_same_frames_are_refused(tmp_path, capsys):
+    folder = write_frames_folder(tmp_path / "data", 24)
+    (folder / "copy.csv").write_text((folder / "actions.csv").read_text())
+    assert_one_line_error(inspect(folder, tmp_path, capsys=capsys),
+                          f"{folder / 'copy.csv'}, row 0, column 'image': the frame frames/00000.png is listed by "
+                          f"{folder / 'actions.csv'} too: the dataset would hold it twice")
 
 
 def test_a_subfolder_that_cannot_be_read_is_named_not_left_out(tmp_path, capsys):

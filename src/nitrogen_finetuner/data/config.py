@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def auto_means_null(model: type[BaseModel], values):
@@ -49,3 +49,10 @@ class DataConfig(BaseModel):
     )
 
     _auto = model_validator(mode="before")(classmethod(auto_means_null))
+
+    @field_validator("dataset_name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():  # an unset shell variable: it would read the current folder
+            raise ValueError("the data path is empty: give the recordings' file, folder or hub id")
+        return value

@@ -13,6 +13,7 @@ a DataLoader worker needs them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..actions.processor import ColumnBinding, UniversalVectorProcessor, as_number
 from .errors import DataError
-from .sources import Source
+from .sources import Source, TableSource
 
 EPISODE_COLUMNS = ("episode_id", "episode_index", "episode", "recording_id", "recording", "session_id")
 IMAGE_COLUMNS = ("image", "frame", "observation.image", "image_path", "frame_path", "file_name", "filename", "path")
@@ -222,6 +223,7 @@ def build_index(
         files.append(_BoundSource(image_col, episode_col, frame_col, action_columns, binding,
                                   binding.trigger_scale_shown(triggers, source.name)))
     _agree_trigger_scales(files)
+    _check_tables_list_each_frame_once(sources, [f.image_column for f in files])
 
     episodes, bad_total, gaps = [], 0, 0
     for s, (source, (_, episode_col, frame_col, _, binding, _)) in enumerate(zip(sources, files)):
@@ -267,6 +269,25 @@ def _agree_trigger_scales(files: list[_BoundSource]) -> None:
     for f in files:
         f.binding.trigger_scales = {column: next(iter(scales[slot])) for column, (slot, scale) in f.trigger_scales.items()
                                     if scale is None and len(scales.get(slot, ())) == 1}
+
+
+def _check_tables_list_each_frame_once(sources: list[Source], image_columns: list[str]) -> None:
+    """Two actions tables (CSV/JSONL) that list the same frame file would train on it twice, and
+    could put one copy in validation: a second table written over the same frames, say."""
+    tables = [(s, c) for s, c in zip(sources, image_columns) if type(s) is TableSource]
+    if len(tables) < 2:
+        return
+    listed: dict[str, str] = {}  # frame file -> the table that lists it first
+    for source, column in tables:
+        for row, value in enumerate(source.table.column(column).to_pylist()):
+            if not isinstance(value, str):
+                continue
+            frame = os.path.normpath(os.path.join(source.base_dir or "", value))
+            first = listed.setdefault(frame, source.name)
+            if first != source.name:
+                raise DataError(f"the frame {value} is listed by {first} too: the dataset would hold it twice",
+                                file=source.name, row=row, column=column,
+                                hint="keep one table per recording: move or delete the other")
 
 
 def _check_mapping(processor: UniversalVectorProcessor, sources: list[Source]) -> None:

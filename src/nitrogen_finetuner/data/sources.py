@@ -219,9 +219,14 @@ def open_sources(dataset_name: str, split: str = "train") -> list[Source]:
             return _load_from_disk(path, split)
         files = _files_below(path)
         parquet = [p for p in files if p.suffix.lower() == ".parquet"]
+        tables = [p for p in files if p.suffix.lower() in TABLE_SUFFIXES]
+        if parquet and tables:
+            raise DataError(f"the folder holds parquet files and also actions tables "
+                            f"({', '.join(str(p.relative_to(path)) for p in tables[:3])}): which are the recordings?",
+                            file=str(path), hint="keep one kind in the folder (move the others out), "
+                                                 "or give one file as the data")
         if parquet:
             return [ParquetSource(p) for p in parquet]
-        tables = [p for p in files if p.suffix.lower() in TABLE_SUFFIXES]
         if tables:
             return [TableSource(str(p), _read_table(p), p.parent) for p in tables]
         raise DataError("no recordings found: expected .parquet files, a save_to_disk folder, or frames with an "
@@ -229,4 +234,8 @@ def open_sources(dataset_name: str, split: str = "train") -> list[Source]:
     if not HUB_ID.fullmatch(dataset_name):
         raise DataError("no such file or folder", file=dataset_name,
                         hint="give a local path, or a Hugging Face dataset id such as user/name")
+    if path.parent.is_dir():  # `recordings/my-game` beside a folder `recordings`: a mistyped path
+        raise DataError("no such file or folder", file=dataset_name,
+                        hint=f"{path.parent} is a local folder: check the name (for the hub dataset of that "
+                             "id, run from another folder)")
     return load_hub_dataset(dataset_name, split)
