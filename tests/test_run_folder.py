@@ -101,6 +101,25 @@ def test_a_second_training_into_a_run_folder_in_use_is_refused(recordings, tmp_p
         holder.wait()
 
 
+def test_an_export_while_the_run_trains_toward_its_first_checkpoint_says_so(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2))
+    shutil.rmtree(run_dir / "checkpoints")  # as a run that has started and not yet saved
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert main(["export", str(run_dir), str(tmp_path / "out.pt")]) == 2
+        assert "the run is training and has written no checkpoint yet" in one_error_line(capsys)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "released\n"
+        assert main(["export", str(run_dir), str(tmp_path / "out.pt")]) == 2
+        assert "the run has no checkpoint to export" in one_error_line(capsys)
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+
+
 def test_export_takes_the_runs_own_checkpoints_by_name_or_folder_and_no_other_runs(recordings, tmp_path, capsys):
     run_dir, other = tmp_path / "run", tmp_path / "other"
     train(config(recordings, run_dir, max_steps=4))

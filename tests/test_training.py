@@ -527,11 +527,18 @@ def test_a_resume_applies_a_new_learning_rate_and_weight_decay_from_its_step_on(
 
 def test_a_run_on_one_recording_says_it_has_no_validation(tmp_path, capsys):
     write_nitrogen_parquet(tmp_path / "data" / "episode.parquet", n=24)
-    train(config(tmp_path / "data", tmp_path / "run", max_steps=1))
+    train(config(tmp_path / "data", tmp_path / "run", max_steps=1, method="full", **{"lora.rank": 8}))
     printed = capsys.readouterr().out
     assert "no validation: it holds out whole recordings, and the data is one recording (1 episode(s))" in printed
     assert "note        base tiny: random weights, not NitroGen's (--base ng.pt fine-tunes the released model)" \
         in printed
+    assert "note        the lora settings are not used: method is full" in printed
+
+
+def test_keep_best_without_validation_is_refused(tmp_path):
+    with pytest.raises(DataError, match="keep_best keeps the checkpoint of the lowest validation loss, and "
+                                        "val_fraction 0 holds out nothing"):
+        config(tmp_path, tmp_path / "run", keep_best=True, val_fraction=0)
 
 
 def test_a_new_run_builds_its_preset_base_afresh_over_a_stale_base_pt(recordings, tmp_path):

@@ -131,6 +131,9 @@ class TrainConfig(_Section):
         unknown = [t for t in self.lora.targets if t not in LORA_COMPONENTS]
         if unknown:
             raise ValueError(f"unknown LoRA target {unknown[0]!r}; targets are: {', '.join(LORA_COMPONENTS)}")
+        if self.keep_best and not self.val_fraction:
+            raise ValueError("keep_best keeps the checkpoint of the lowest validation loss, and val_fraction 0 "
+                             "holds out nothing to validate on: set val_fraction above 0, or keep_best to false")
         if self.fsdp and self.method != "full":
             raise ValueError("fsdp shards full fine-tuning: set method to full "
                              "(LoRA trains few enough weights for DDP)")

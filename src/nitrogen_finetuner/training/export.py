@@ -22,6 +22,7 @@ from .adapters import load_trainable_state, prepare_trainable
 from .base import load_base
 from .checkpoints import checkpoint_dir, checkpoint_dirs, load_weights, read_progress
 from .config import resolve_config, run_config_file
+from .run_lock import training_now
 
 
 def export_run(
@@ -39,6 +40,9 @@ def export_run(
         config = config.model_copy(update={"base": base_file})
     _check_output(out, run_dir, config.base, force)
     found = checkpoint_dirs(run_dir)
+    if checkpoint is None and not found and training_now(run_dir):
+        raise DataError("the run is training and has written no checkpoint yet", file=str(run_dir),
+                        hint="export once it has written one (checkpoint_every) or has ended")
     if checkpoint is None and not found:
         raise DataError("the run has no checkpoint to export", file=str(run_dir),
                         hint="it stopped before its first checkpoint: train it again, or with --resume once it has one")

@@ -42,3 +42,19 @@ class RunFolderLock:
         self.file.close()  # closing releases the lock
         if error_type is not None and self.created and [p.name for p in self.run_dir.iterdir()] == [".lock"]:
             shutil.rmtree(self.run_dir)  # a run that could not start leaves no empty folder behind
+
+
+def training_now(run_dir: Path) -> bool:
+    """Whether a training holds the run folder's lock (a run from before the lock file never does).
+    For other processes only: closing a file drops the POSIX locks its own process holds on it."""
+    lock = Path(run_dir) / ".lock"
+    if not lock.is_file():
+        return False
+    with open(lock, "a") as file:
+        try:
+            fcntl.lockf(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EAGAIN):
+                return True
+            raise
+    return False  # closing released the lock just taken

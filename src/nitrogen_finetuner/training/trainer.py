@@ -49,7 +49,7 @@ from .bf16_weights import Bf16Weights
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
                           set_rng_state)
 from .compiling import compile_layers, eager
-from .config import (TrainConfig, changed_kept_setting, changed_schedule, dump_config, resolve_config,
+from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_schedule, dump_config, resolve_config,
                      with_absolute_paths)
 from .run_lock import RunFolderLock
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
@@ -312,6 +312,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                  precision_label(precision, config.fsdp, config.bf16_weights))
     if config.base in PRESETS:
         logger.note(f"base {config.base}: random weights, not NitroGen's (--base ng.pt fine-tunes the released model)")
+    if config.method == "full" and config.lora != LoraConfig():
+        logger.note("the lora settings are not used: method is full")
     if config.val_fraction and not val_episodes:
         logger.note("no validation: it holds out whole recordings, and the data is one recording "
                     f"({len(data.index.episodes)} episode(s))")
