@@ -247,3 +247,17 @@ def test_a_subfolder_that_cannot_be_read_is_named_not_left_out(tmp_path, capsys)
         assert capsys.readouterr().err.startswith(f"nitrogen-finetune: error: {locked}: Permission denied")
     finally:
         locked.chmod(0o755)
+
+
+def test_a_table_written_with_semicolons_or_windows_paths_says_so(tmp_path, capsys):
+    folder = write_frames_folder(tmp_path / "semicolons", 24)
+    table = folder / "actions.csv"
+    table.write_text(table.read_text().replace(",", ";"))
+    assert_one_line_error(inspect(folder, tmp_path, capsys=capsys),
+                          "no image column", "(its values are separated by ';': write the table with commas)")
+    folder = write_frames_folder(tmp_path / "windows", 24)
+    table = folder / "actions.csv"
+    table.write_text(table.read_text().replace("frames/", "frames\\"))
+    assert_one_line_error(inspect(folder, tmp_path, capsys=capsys),
+                          "row 0, column 'image': image file", "does not exist; a Windows path? write its folders "
+                                                               "with / instead of \\")

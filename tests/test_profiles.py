@@ -423,7 +423,8 @@ GOOD = {"A": np.array([True] * 4), "LT": np.array([0, 10, 255, 0]), "Left X": np
         "j_right": objects([[0.0, 0.0]] * 4)}
 BAD_CASES = [
     ("A", np.array([True, None, False, True], dtype=object), 1, "missing value"),
-    ("A", np.array([1.0, 0.0, np.inf, 1.0]), 2, "NaN or infinite"),
+    ("A", np.array([1.0, 0.0, np.inf, 1.0]), 2, "value inf is infinite"),
+    ("A", np.array([1.0, np.nan, 0.0, 1.0]), 1, r"missing value \(NaN or an empty cell\)"),
     ("A", np.array([0, 1, 2, 1]), 2, "button value 2 is not 0/1"),
     ("LT", np.array([0, 300, 255, 0]), 1, "trigger value 300"),
     ("LT", np.array([0, 2.5, 255, 0]), 1, "trigger value 2.5"),

@@ -619,6 +619,7 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
 @pytest.mark.parametrize("config_text, settings, expected", [
     (None, ["lora.targets=[dit_attention"], "--set lora.targets: '[dit_attention' is not a valid YAML value ("),
     ("lora: 5\n", ["lora.rank=4"], "lora is 5, not a section of keys, so lora.rank cannot be set"),
+    ("lora: 5\n", [], "lora is a section of settings, not a value (give its keys, such as lora.rank)"),
     ("data: [1, 2]\n", [], "data is [1, 2], not a section of keys, so data.dataset_name cannot be set"),
     ("lora: [dit_attention\n", [], "not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
     (b"\xff\xfe\x00binary", [], "not a UTF-8 text file"),

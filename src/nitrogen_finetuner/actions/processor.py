@@ -445,8 +445,10 @@ class ColumnBinding:
             wrong = valid & (values != 0) & (values != 1)
             pressed = values == 1
             check = ("button value {value} is not 0/1 or true/false", _HINT_BUTTON)
+        not_a_number = ~missing & np.isnan(values)  # a CSV's empty cell in a column of numbers
         problems = [(missing, "missing value (null)", _HINT_NULL),
-                    (infinite, "value {value} is NaN or infinite", _HINT_NULL), (wrong, *check)]
+                    (not_a_number, "missing value (NaN or an empty cell)", _HINT_NULL),
+                    (infinite & ~not_a_number, "value {value} is infinite", _HINT_NULL), (wrong, *check)]
         ok = valid & ~wrong
         return _Decoded(np.where(ok & pressed, target.factor, 0.0)[:, None], problems)
 

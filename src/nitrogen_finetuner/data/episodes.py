@@ -209,8 +209,10 @@ def build_index(
         columns = source.column_names()
         image_col = _find_image_column(source, columns, image_column)
         if image_col is None:
+            one_column_of_semicolons = len(columns) == 1 and ";" in columns[0]
             raise DataError(f"no image column (columns: {', '.join(columns)})", file=source.name,
-                            hint="name it with image_column")
+                            hint="its values are separated by ';': write the table with commas"
+                            if one_column_of_semicolons else "name it with image_column")
         episode_col = _find_column(columns, episode_column, EPISODE_COLUMNS, "episode", source.name)
         if source.num_rows() == 0:
             raise DataError("the file has no rows", file=source.name, hint="remove it or record some gameplay")

@@ -50,6 +50,10 @@ def invalid_setting(err: ValidationError, file: Optional[str] = None, model: Opt
         return DataError(f"unknown setting {where}", file=file,
                          hint=f"did you mean {'.'.join([*map(str, first['loc'][:-1]), close[0]])}?" if close
                          else (f"settings here: {', '.join(known)}" if known else None))
+    if first["type"] == "model_type" and model and first["loc"]:  # `data: recordings/` for `data: {dataset_name: ...}`
+        keys = _keys_at(model, first["loc"])
+        return DataError(f"{where} is a section of settings, not a value", file=file,
+                         hint=f"give its keys, such as {where}.{keys[0]}" if keys else None)
     if first["type"] == "missing":
         return DataError(f"setting {where} is required", file=file,
                          hint="give --data PATH, or data.dataset_name in the config" if where.startswith("data") else None)
