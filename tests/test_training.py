@@ -502,10 +502,31 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
     files_after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
                    if p.is_file() and "tensorboard" not in p.parts and p.name != "metrics.jsonl"}
     assert files_after == files_before  # config.yaml included: a failed resume changes nothing
+    (run_dir / "config.yaml").unlink()  # lost: the newest checkpoint's copy stands in, and is checked alike
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--set", "seed=5"]) == 2
+    assert "seed is 5 now, but the run trained with 0" in capsys.readouterr().err
     (tmp_path / "ng.pt").rename(tmp_path / "copy.pt")  # the same weights under another name will do
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--base", str(tmp_path / "copy.pt"),
-                 "--set", "num_workers=0"]) == 0
+                 "--set", "num_workers=0", "--set", "ema_decay=0.9"]) == 0
     assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.step == 4
+    assert "resumed from checkpoints/step_000002 (step 2) with max_steps 4 (was 2), ema_decay 0.9 (was null)" \
+        in capsys.readouterr().out
+
+
+def test_a_resume_under_block_sharding_keeps_its_workers(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2, **{"data.shard": "blocks"}))
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--set", "num_workers=1"]) == 2
+    assert ("num_workers is 1 now, but the run trained with 0 (a run resumes with the order it reads the data in, "
+            "which with data.shard blocks depends on the workers; start a new run to change it)") \
+        in capsys.readouterr().err
+
+
+def test_the_logged_learning_rate_is_the_one_each_step_used_and_a_long_warmup_is_noted(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=3, warmup_steps=4, learning_rate=1e-3))
+    assert logged(run_dir, "train/lr") == pytest.approx([2.5e-4, 5e-4, 7.5e-4])
+    assert "warmup_steps 4 > max_steps 3: the learning rate never reaches learning_rate 0.001" in capsys.readouterr().out
 
 
 def test_a_resume_applies_a_new_learning_rate_and_weight_decay_from_its_step_on(recordings, tmp_path, capsys):
@@ -517,8 +538,8 @@ def test_a_resume_applies_a_new_learning_rate_and_weight_decay_from_its_step_on(
     resumed = config(moved, run_dir, max_steps=4, warmup_steps=0, min_learning_rate_ratio=1.0, learning_rate=5e-4,
                      weight_decay=0.1, **{"data.skip_bad_rows": True})  # a bad frame met mid-run: skip and go on
     train(resumed, resume=True)
-    assert "resumed from checkpoints/step_000002 (step 2) with learning_rate 0.0005 (was 0.0001), weight_decay 0.1 " \
-           "(was 0.0)" in capsys.readouterr().out
+    assert ("resumed from checkpoints/step_000002 (step 2) with data.skip_bad_rows true (was false), max_steps 4 "
+            "(was 2), learning_rate 0.0005 (was 0.0001), weight_decay 0.1 (was 0.0)\n") in capsys.readouterr().out
     assert logged(run_dir, "train/lr") == pytest.approx([1e-4, 1e-4, 5e-4, 5e-4])
     optimizer = torch.load(checkpoint_dirs(run_dir)[-1] / "optimizer.pt", weights_only=True)["optimizer"]
     assert [(g["lr"], g["weight_decay"]) for g in optimizer["param_groups"]] == [(5e-4, 0.1)]
@@ -631,6 +652,13 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     (None, ["lora={rank: 4, rank: 8}"], "not a valid YAML value (the key 'rank' is given twice at line 1, column 11)"),
     (None, ['output=" "'], "invalid setting output: the run folder name is empty"),
     (None, ["lora.rnak=8"], "unknown setting lora.rnak (did you mean lora.rank?)"),
+    (None, ["learning_rate=1e39"], "invalid setting learning_rate: Input should be less than or equal to 1"),
+    (None, ["weight_decay=.inf"], "invalid setting weight_decay: Input should be a finite number"),
+    (None, ["seed=-1"], "invalid setting seed: Input should be greater than or equal to 0"),
+    (None, ["lora.targets=[]"], "lora.targets is empty: LoRA needs a component to adapt"),
+    (None, ["lora.rank=100000"], "invalid setting lora.rank: Input should be less than or equal to 1024"),
+    (None, ["data.action_shift=9223372036854775807"], "invalid setting data.action_shift: Input should be less"),
+    (None, ["keep_last=0"], "keep_last: 0 would keep no checkpoint to resume or export from"),
     ("max_stepz: 3\n", [], "run.yaml: unknown setting max_stepz (did you mean max_steps?)"),
 ])
 def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text, settings, expected):

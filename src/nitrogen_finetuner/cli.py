@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--base", help="official-format checkpoint, or a preset (tiny, released) with random weights")
     train.add_argument("--data", help="dataset path or hub id (data.dataset_name)")
     train.add_argument("--output", help="run folder")
-    train.add_argument("--max-steps", type=int)
+    train.add_argument("--max-steps", type=int, help="optimizer steps to train (max_steps)")
     train.add_argument("--method", choices=("lora", "full"))
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
     train.add_argument("--skip-bad-rows", action="store_true", default=None,

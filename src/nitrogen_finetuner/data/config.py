@@ -19,7 +19,8 @@ def auto_means_null(model: type[BaseModel], values):
 class DataConfig(BaseModel):
     """How recordings become training windows. Unset values come from the checkpoint."""
 
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # `--set output=2024` is a name
+    # `--set output=2024` is a name; inf and nan are no setting's value
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False)
 
     dataset_name: str = Field(description="local parquet file or folder, save_to_disk folder, frames folder, or hub id")
     split: str = Field("train", description="split of a hub or save_to_disk dataset")
@@ -32,8 +33,8 @@ class DataConfig(BaseModel):
     )
     analog_deadzone: float = Field(0.05, ge=0.0, lt=1.0, description="|stick| below this becomes 0")
     trigger_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="analog trigger above this is a press")
-    prediction_horizon: Optional[int] = Field(None, ge=1, description="action rows per window (checkpoint's horizon)")
-    action_shift: Optional[int] = Field(None, ge=0, description="rows between a frame and its first action")
+    prediction_horizon: Optional[int] = Field(None, ge=1, le=100_000, description="action rows per window (checkpoint's horizon)")
+    action_shift: Optional[int] = Field(None, ge=0, le=100_000, description="rows between a frame and its first action")
     episode_column: Optional[str] = Field(None, description="column whose values split files into episodes")
     image_column: Optional[str] = Field(None, description="column holding the frames (auto: image, frame, ...)")
     frame_column: Optional[str] = Field(None, description="column whose numbers order each episode's rows "

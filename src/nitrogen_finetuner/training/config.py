@@ -8,6 +8,7 @@ CPU or on eight GPUs.
 from __future__ import annotations
 
 import collections.abc
+import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -34,13 +35,14 @@ LORA_COMPONENTS = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # `--set output=2024` is a name
+    # `--set output=2024` is a name; inf and nan are no setting's value
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False)
 
     _auto = model_validator(mode="before")(classmethod(auto_means_null))
 
 
 class LoraConfig(_Section):
-    rank: int = Field(16, ge=1)
+    rank: int = Field(16, ge=1, le=1024)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     targets: list[str] = Field(
@@ -72,11 +74,11 @@ class TrainConfig(_Section):
     data: DataConfig
     output: str = Field("runs/nitrogen", description="the run folder")
     method: Literal["lora", "full"] = "lora"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     max_steps: int = Field(200, ge=1)
     batch_size: int = Field(16, ge=1, description="global batch per optimizer step")
     micro_batch_size: Optional[int] = Field(None, ge=1, description="per process and forward pass")
-    learning_rate: float = Field(1e-4, gt=0)
+    learning_rate: float = Field(1e-4, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(10, ge=0)
     min_learning_rate_ratio: float = Field(0.1, ge=0, le=1)
@@ -103,11 +105,11 @@ class TrainConfig(_Section):
     val_batches: Optional[int] = Field(None, ge=1)
     val_chunks: int = Field(32, ge=0, description="chunks sampled per validation for button F1 and stick MAE")
     checkpoint_every: int = Field(100, ge=0)
-    keep_last: int = Field(3, ge=1)
+    keep_last: int = Field(3, description="checkpoints kept (the newest at least)")
     keep_best: bool = Field(False, description="also keep the checkpoint with the lowest validation loss "
                             "(of the steps that both validate and checkpoint)")
     log_every: int = Field(10, ge=1)
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0, le=256)
     export_at_end: bool = True
     wandb: bool = False
     wandb_project: str = "nitrogen-finetuner"
@@ -121,6 +123,14 @@ class TrainConfig(_Section):
             raise ValueError("the run folder name is empty: give the folder to train into")
         return value
 
+    @field_validator("keep_last")
+    @classmethod
+    def _keeps_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value} would keep no checkpoint to resume or export from: keep 1 or more "
+                             "(checkpoint_every 0 writes only the final one)")
+        return value
+
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _yaml_no(cls, value):
@@ -128,6 +138,9 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
+        if self.method == "lora" and not self.lora.targets:
+            raise ValueError(f"lora.targets is empty: LoRA needs a component to adapt ({', '.join(LORA_COMPONENTS)}); "
+                             "method full trains them all")
         unknown = [t for t in self.lora.targets if t not in LORA_COMPONENTS]
         if unknown:
             raise ValueError(f"unknown LoRA target {unknown[0]!r}; targets are: {', '.join(LORA_COMPONENTS)}")
@@ -254,10 +267,6 @@ KEPT_ON_RESUME = {
     "data": "the windows it reads and their order",
 }
 MOVABLE_ON_RESUME = {"data.dataset_name", "data.skip_bad_rows"}  # a bad frame met mid-run: skip it and go on
-# Applied from the step a run resumes at, with a note.
-SCHEDULE = ("learning_rate", "weight_decay", "warmup_steps", "min_learning_rate_ratio", "max_steps")
-
-
 def changed_kept_setting(saved: TrainConfig, config: TrainConfig) -> Optional[tuple[str, Any, Any, str]]:
     """The first setting a resumed run keeps (``KEPT_ON_RESUME``) that differs between the two
     configs, as (dotted key, saved value, new value, what it decides); None when they agree."""
@@ -269,13 +278,28 @@ def changed_kept_setting(saved: TrainConfig, config: TrainConfig) -> Optional[tu
                     return f"{key}.{sub}", old[key][sub], new[key][sub], decides
         elif old[key] != new[key]:
             return key, old[key], new[key], decides
+    if config.data.shard == "blocks" and saved.num_workers != config.num_workers:
+        return ("num_workers", saved.num_workers, config.num_workers,
+                "the order it reads the data in, which with data.shard blocks depends on the workers")
     return None
 
 
-def changed_schedule(saved: TrainConfig, config: TrainConfig) -> list[str]:
-    """The optimizer and schedule settings a resume changes, as "key value (was value)"."""
-    return [f"{key} {getattr(config, key)} (was {getattr(saved, key)})" for key in SCHEDULE
-            if getattr(config, key) != getattr(saved, key)]
+def changed_settings(saved: TrainConfig, config: TrainConfig) -> list[str]:
+    """The settings a resume changes, as "key value (was value)" (paths left out: the run's data
+    and base may move)."""
+    old, new = _dotted(saved.model_dump(mode="json")), _dotted(config.model_dump(mode="json"))
+    return [f"{key} {json.dumps(value)} (was {json.dumps(old.get(key))})" for key, value in new.items()
+            if key not in ("base", "output", "data.dataset_name") and value != old.get(key)]
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "mapping":
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -49,8 +49,8 @@ from .bf16_weights import Bf16Weights
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
                           set_rng_state)
 from .compiling import compile_layers, eager
-from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_schedule, dump_config, resolve_config,
-                     with_absolute_paths)
+from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_settings, dump_config, resolve_config,
+                     run_config_file, with_absolute_paths)
 from .run_lock import RunFolderLock
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
                        shard_optimizer_state)
@@ -198,16 +198,16 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if finished and not resume:  # a finished run whose checkpoints were deleted to free the disk
         raise DataError(f"the run folder holds a finished run ({', '.join(finished)})", file=str(run_dir),
                         hint="choose another --output")
-    schedule_changes = []
-    if resume and (run_dir / "config.yaml").is_file():  # every process: they all stop alike
-        saved = resolve_config(run_dir / "config.yaml")
+    resume_changes = []
+    if resume:  # every process: they all stop alike
+        saved = resolve_config(run_config_file(run_dir))  # the newest checkpoint's copy, if config.yaml was lost
         changed = changed_kept_setting(saved, config)
         if changed:
             key, before, now, decides = changed
             raise DataError(f"{key} is {json.dumps(now)} now, but the run trained with {json.dumps(before)}",
                             file=str(run_dir / "config.yaml"),
                             hint=f"a run resumes with {decides}; start a new run to change it")
-        schedule_changes = changed_schedule(saved, config)
+        resume_changes = changed_settings(saved, config)
     accelerator.wait_for_everyone()
 
     micro = config.micro_batch_size or max(1, config.batch_size // world)
@@ -312,6 +312,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                  precision_label(precision, config.fsdp, config.bf16_weights))
     if config.base in PRESETS:
         logger.note(f"base {config.base}: random weights, not NitroGen's (--base ng.pt fine-tunes the released model)")
+    if config.warmup_steps > config.max_steps:
+        logger.note(f"warmup_steps {config.warmup_steps} > max_steps {config.max_steps}: the learning rate never "
+                    f"reaches learning_rate {config.learning_rate:g}")
     if config.method == "full" and config.lora != LoraConfig():
         logger.note("the lora settings are not used: method is full")
     if config.val_fraction and not val_episodes:
@@ -319,7 +322,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                     f"({len(data.index.episodes)} episode(s))")
     if resume:
         logger.note(f"resumed from {checkpoint_dirs(run_dir)[-1].relative_to(run_dir)} (step {progress.step})"
-                    + (f" with {', '.join(schedule_changes)}" if schedule_changes else ""))
+                    + (f" with {', '.join(resume_changes)}" if resume_changes else ""))
     if config.compile:
         logger.note("compile: the first step compiles each kind of transformer layer (a minute or so)")
     if config.fsdp and world == 1:
@@ -472,6 +475,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             if bf16_weights:
                 bf16_weights.gradients_to_master()
             grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm else None
+            learning_rate = optimizer.param_groups[0]["lr"]  # this step's; the scheduler then sets the next's
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -493,11 +497,11 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             seconds = timed_seconds / timed_steps
             samples_per_s = config.batch_size / seconds
             if losses:
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{learning_rate:.2e}",
                                 samples_s=f"{samples_per_s:.3g}", refresh=False)
             bar.update(1)
             if logs:
-                scalars = {"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0],
+                scalars = {"train/loss": losses[-1], "train/lr": learning_rate,
                            "train/samples_per_s": samples_per_s, "train/ms_per_step": seconds * 1000}
                 if peak:
                     scalars["train/mfu"] = samples_per_s * sample_flops / (peak * world)
