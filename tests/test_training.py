@@ -660,6 +660,7 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     (None, ["data.action_shift=9223372036854775807"], "invalid setting data.action_shift: Input should be less"),
     (None, ["keep_last=0"], "keep_last: 0 would keep no checkpoint to resume or export from"),
     ("max_stepz: 3\n", [], "run.yaml: unknown setting max_stepz (did you mean max_steps?)"),
+    ("max_steps: 1e3\n", [], "run.yaml: invalid setting max_steps: '1e3' is not written as a whole number (write 1000)"),
 ])
 def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text, settings, expected):
     args = ["train", "--data", str(recordings), "--print-config"]

@@ -58,6 +58,10 @@ def invalid_setting(err: ValidationError, file: Optional[str] = None, model: Opt
         return DataError(f"setting {where} is required", file=file,
                          hint="give --data PATH, or data.dataset_name in the config" if where.startswith("data") else None)
     message = first["msg"].removeprefix("Value error, ")
+    whole = _whole_number(first.get("input")) if first["type"] == "int_parsing" else None
+    if whole is not None:  # YAML reads `1e3` as text
+        return DataError(f"invalid setting {where}: {first['input']!r} is not written as a whole number", file=file,
+                         hint=f"write {whole}")
     return DataError(f"invalid setting {where}: {message}" if where else f"invalid config: {message}", file=file)
 
 
@@ -70,3 +74,12 @@ def _keys_at(model: type[BaseModel], path: tuple) -> list[str]:
             return []
         model = section
     return list(model.model_fields)
+
+
+def _whole_number(text) -> Optional[int]:
+    """``1e3`` -> 1000: a whole number in float notation, else None."""
+    try:
+        number = float(text)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return int(number) if number.is_integer() else None
