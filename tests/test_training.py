@@ -193,8 +193,8 @@ def test_step_readout_hands_back_a_step_late_unless_asked_for_everything():
 
 
 def test_a_diverged_run_stops_with_one_line_and_saves_nothing_after_it(recordings, tmp_path):
-    settings = dict(method="full", max_steps=6, learning_rate=1e6, warmup_steps=0, checkpoint_every=1,
-                    export_at_end=True)
+    settings = dict(method="full", max_steps=6, learning_rate=1.0, weight_decay=1e30, warmup_steps=0,
+                    checkpoint_every=1, export_at_end=True)
     with pytest.raises(DataError, match=r"the training loss is nan at step (\d): training diverged") as error:
         train(config(recordings, tmp_path / "run", **settings))
     step = int(re.search(r"at step (\d)", str(error.value)).group(1))
