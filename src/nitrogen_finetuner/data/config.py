@@ -33,7 +33,8 @@ class DataConfig(BaseModel):
     )
     analog_deadzone: float = Field(0.05, ge=0.0, lt=1.0, description="|stick| below this becomes 0")
     trigger_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="analog trigger above this is a press")
-    prediction_horizon: Optional[int] = Field(None, ge=1, le=100_000, description="action rows per window (checkpoint's horizon)")
+    prediction_horizon: Optional[int] = Field(None, ge=1, le=100_000,
+                                              description="action rows per window (checkpoint's horizon)")
     action_shift: Optional[int] = Field(None, ge=0, le=100_000, description="rows between a frame and its first action")
     episode_column: Optional[str] = Field(None, description="column whose values split files into episodes")
     image_column: Optional[str] = Field(None, description="column holding the frames (auto: image, frame, ...)")

@@ -267,6 +267,8 @@ KEPT_ON_RESUME = {
     "data": "the windows it reads and their order",
 }
 MOVABLE_ON_RESUME = {"data.dataset_name", "data.skip_bad_rows"}  # a bad frame met mid-run: skip it and go on
+
+
 def changed_kept_setting(saved: TrainConfig, config: TrainConfig) -> Optional[tuple[str, Any, Any, str]]:
     """The first setting a resumed run keeps (``KEPT_ON_RESUME``) that differs between the two
     configs, as (dotted key, saved value, new value, what it decides); None when they agree."""
