@@ -773,8 +773,33 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(recordings,
     step = load_training_state(checkpoint).progress.step
     assert {p.name for p in checkpoint.glob("rng_rank*")} == {"rng_rank0.safetensors", "rng_rank1.safetensors"}
     assert len(checkpoint_dirs(run_dir)) == 1 and step >= 3
-    assert (f"stopped by SIGTERM after step {step}; its checkpoint is saved: continue with  your launcher "
-            f"(torchrun, accelerate launch) running  -m nitrogen_finetuner.cli train --resume {run_dir}") in err
+    assert (f"stopped by SIGTERM after step {step}; its checkpoint is saved: continue with  torchrun --nproc_per_node "
+            f"2 -m nitrogen_finetuner.cli train --resume {run_dir}  (or accelerate launch with the same processes)") in err
+
+
+RANK_1_ELSEWHERE = """
+import os, sys
+from nitrogen_finetuner.cli import main
+if os.environ["RANK"] == "1":  # as if on another machine, whose disk holds another runs/ folder
+    os.chdir(sys.argv[1])
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_processes_that_do_not_share_the_run_folder_stop_before_training(recordings, tmp_path):
+    (tmp_path / "here").mkdir()
+    (tmp_path / "there").mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "--no-python", sys.executable, "-c", RANK_1_ELSEWHERE, str(tmp_path / "there"),
+               "train", "--data", str(recordings), "--output", "runs/a", "--max-steps", "4",
+               "--set", "num_workers=0", "--set", "batch_size=4", "--set", "val_every=0"]
+    done = subprocess.run(command, cwd=tmp_path / "here", capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert "1 of 2 processes do not see this run folder (on several machines, --output must be a folder they " \
+           "all share" in done.stderr
+    assert not (tmp_path / "here" / "runs" / "a" / "checkpoints").exists()
 
 
 @pytest.mark.slow

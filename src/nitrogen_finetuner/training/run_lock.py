@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import secrets
 import shutil
+import time
 from pathlib import Path
 
+import torch
+from accelerate.utils import broadcast
+
 from ..data.errors import DataError
+from ..files import write_text_atomic
 
 
 class RunFolderLock:
@@ -58,3 +64,30 @@ def training_now(run_dir: Path) -> bool:
                 return True
             raise
     return False  # closing released the lock just taken
+
+
+def check_shared(run_dir: Path, accelerator) -> None:
+    """Every process writes into the run folder (its random state, with each checkpoint), so on
+    several machines it must be one shared folder: a run whose processes do not all see the same
+    folder stops now, not at its first checkpoint. They look for a file of a name new to every run
+    (a folder of the same path left on each machine would pass a test for a file it holds, and a
+    network file system may remember for a while that an old name was absent)."""
+    if accelerator.num_processes == 1:
+        return
+    device, main = accelerator.device, accelerator.is_main_process
+    token = broadcast(torch.tensor([secrets.randbits(62) if main else 0], device=device), from_process=0)
+    marker = Path(run_dir) / f".shared-{int(token):x}"
+    if main:
+        write_text_atomic(marker, "")
+    accelerator.wait_for_everyone()
+    deadline = time.monotonic() + 5
+    while not marker.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen = int(accelerator.reduce(torch.tensor([float(marker.is_file())], device=device), "sum"))
+    accelerator.wait_for_everyone()
+    if main:
+        marker.unlink(missing_ok=True)
+    if seen < accelerator.num_processes:
+        raise DataError(f"{accelerator.num_processes - seen} of {accelerator.num_processes} processes do not see "
+                        "this run folder", file=str(run_dir),
+                        hint="on several machines, --output must be a folder they all share (a network file system)")

@@ -30,8 +30,15 @@ class TrainingStopped(Exception):
 
     def __str__(self) -> str:
         resume = f"train --resume {shlex.quote(str(self.run_dir))}"
-        how = f"nitrogen-finetune {resume}" if self.processes == 1 else \
-            f"your launcher (torchrun, accelerate launch) running  -m nitrogen_finetuner.cli {resume}"
+        if self.processes == 1:
+            how = f"nitrogen-finetune {resume}"
+        else:  # any number of processes may resume it; the same launch is the obvious one
+            per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", self.processes))
+            machines = self.processes // per_machine
+            how = (f"torchrun --nproc_per_node {per_machine} -m nitrogen_finetuner.cli {resume}"
+                   + (f"  (on each of the {machines} machines, with their --nnodes, --node_rank and address "
+                      "options; or accelerate launch with the same processes)" if machines > 1
+                      else "  (or accelerate launch with the same processes)"))
         return (f"stopped by {signal.Signals(self.signal_number).name} after step {self.step}; "
                 f"its checkpoint is saved: continue with  {how}")
 

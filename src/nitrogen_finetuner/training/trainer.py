@@ -51,7 +51,7 @@ from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint
 from .compiling import compile_layers, eager
 from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_settings, dump_config, resolve_config,
                      run_config_file, with_absolute_paths)
-from .run_lock import RunFolderLock
+from .run_lock import RunFolderLock, check_shared
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
                        shard_optimizer_state)
 from .stop_signals import StopRequest, TrainingStopped
@@ -298,6 +298,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                                  "writes its model")
     if accelerator.is_main_process:  # only now: a resume that fails to start leaves the run's config as it was
         write_text_atomic(run_dir / "config.yaml", dump_config(config))
+    check_shared(run_dir, accelerator)
 
     writer = CheckpointWriter(run_dir, config.keep_last, rank, accelerator.wait_for_everyone)
     logger = RunLogger(run_dir, config, accelerator.is_main_process, resumed_at=progress.step if resume else None)
