@@ -83,6 +83,21 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tm
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
+@pytest.mark.parametrize("shard", ["windows", "blocks"])
+def test_a_resume_at_a_step_that_two_workers_do_not_divide_is_exact(recordings, tmp_path, shard, monkeypatch):
+    """The loader's workers take turns; a resume after 3 batches must not swap the next two."""
+    settings = dict(max_steps=5, checkpoint_every=3, num_workers=2, **{"data.shard": shard})
+    straight = train(config(recordings, tmp_path / "straight", **settings))
+    killed_after_saving(monkeypatch, 3)
+    with pytest.raises(Killed):
+        train(config(recordings, tmp_path / "resumed", **settings))
+    monkeypatch.undo()
+    resumed = train(config(recordings, tmp_path / "resumed", **settings), resume=True)
+    assert resumed.losses == straight.losses[3:]
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def sigterm_during_step(monkeypatch, signalled_step: int) -> None:
     """SIGTERM arrives while the trainer draws the noise of step ``signalled_step`` (0-based)."""
     real_noise = trainer_module.window_noise

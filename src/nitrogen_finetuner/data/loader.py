@@ -138,7 +138,11 @@ class WindowDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        workers, position = (info.num_workers, info.id) if info else (1, 0)
+        # The DataLoader takes one batch from each worker in turn, worker 0 first. After a resume
+        # that skipped some batches, worker 0 must give the batch that comes next: each worker
+        # plays the part of the worker that gave this turn's batch in the uninterrupted epoch.
+        worker = (position + self.skip_batches) % workers
         if self.shard == "windows":
             rng = np.random.default_rng([self.seed, self.epoch])
             stream = self._candidates(self._block_order(), rng)
