@@ -528,13 +528,18 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
         in capsys.readouterr().out
 
 
-def test_a_resume_under_block_sharding_keeps_its_workers(recordings, tmp_path, capsys):
+def test_a_resume_under_block_sharding_keeps_its_workers_and_processes(recordings, tmp_path, capsys):
     run_dir = tmp_path / "run"
     train(config(recordings, run_dir, max_steps=2, **{"data.shard": "blocks"}))
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--set", "num_workers=1"]) == 2
     assert ("num_workers is 1 now, but the run trained with 0 (a run resumes with the order it reads the data in, "
             "which with data.shard blocks depends on the workers; start a new run to change it)") \
         in capsys.readouterr().err
+    progress = checkpoint_dirs(run_dir)[-1] / "progress.json"  # as if two processes had trained it
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "processes": 2}))
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4"]) == 2
+    assert ("the run trained with 2 process(es), and this resume has 1: with data.shard blocks the order it reads "
+            "the data in depends on them (resume with 2 process(es))") in capsys.readouterr().err
 
 
 def test_the_logged_learning_rate_is_the_one_each_step_used_and_a_long_warmup_is_noted(recordings, tmp_path, capsys):

@@ -43,6 +43,7 @@ class Progress:
     best_step: Optional[int] = None  # the checkpoint with the lowest validation loss (keep_best)
     best_val_loss: Optional[float] = None
     train_windows: Optional[int] = None  # windows of the training episodes: a resume checks it reads the same data
+    processes: Optional[int] = None  # under data.shard blocks the data order depends on them
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -261,7 +261,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         module, optimizer = accelerator.prepare(module, optimizer)
     ema = EMA(master, config.ema_decay) if config.ema_decay else None
 
-    progress = Progress(windows_per_batch=micro * world, train_windows=train_set.num_windows)
+    progress = Progress(windows_per_batch=micro * world, train_windows=train_set.num_windows, processes=world)
     if resume:
         latest = checkpoint_dirs(run_dir)
         if not latest:
@@ -290,7 +290,12 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                             f"{progress.train_windows}", file=config.data.dataset_name,
                             hint="resume on the data the run trained on (it may have moved: --data gives its path); "
                                  "start a new run for other data")
+        if config.data.shard == "blocks" and progress.processes not in (None, world):
+            raise DataError(f"the run trained with {progress.processes} process(es), and this resume has {world}: with "
+                            "data.shard blocks the order it reads the data in depends on them", file=str(run_dir),
+                            hint=f"resume with {progress.processes} process(es)")
         progress.train_windows = train_set.num_windows  # counted from now on in a run older than the count
+        progress.processes = world
         if progress.step >= config.max_steps:
             raise DataError(f"the run has trained {progress.step} steps and max_steps is {config.max_steps}: "
                             "nothing to train", file=str(run_dir),
