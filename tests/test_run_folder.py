@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from nitrogen_finetuner.model.presets import build_preset
 from nitrogen_finetuner.training import trainer as trainer_module
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
 from nitrogen_finetuner.training.trainer import train
-from recordings import write_nitrogen_parquet
+from recordings import write_frames_folder, write_nitrogen_parquet
 from runs import config, final_weights, logged
 
 FAST = ["--set", "num_workers=0", "--set", "batch_size=4", "--set", "checkpoint_every=2", "--set", "val_every=0"]
@@ -453,3 +454,16 @@ def test_a_bad_frame_met_in_validation_saves_the_step_it_validates(tmp_path, cap
                  "--set", "val_fraction=0.34", "--set", "checkpoint_every=100"]) == 2  # the final validation
     assert f"the checkpoint of step 2 is saved: `nitrogen-finetune export {tmp_path / 'last'} OUT.pt` writes its model" \
         in one_error_line(capsys)
+
+
+def test_skipped_bad_frames_may_empty_a_micro_batch_but_not_a_whole_step(tmp_path, capsys):
+    data = recordings_with_a_corrupt_frame(tmp_path / "data", episode=1, row=2)
+    flags = [*FAST, "--set", "val_fraction=0", "--set", "micro_batch_size=1", "--set", "export_at_end=false",
+             "--skip-bad-rows"]
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "run"), "--max-steps", "19", *flags]) == 0
+    assert all(map(math.isfinite, logged(tmp_path / "run", "train/loss")))
+    folder = write_frames_folder(tmp_path / "gone", 24)
+    shutil.rmtree(folder / "frames")  # every frame is missing
+    capsys.readouterr()
+    assert main(["train", "--data", str(folder), "--output", str(tmp_path / "none"), "--max-steps", "4", *flags]) == 2
+    assert "step 1 had no window to train on: skip_bad_rows left out every frame of its batch" in one_error_line(capsys)

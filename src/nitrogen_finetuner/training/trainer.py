@@ -437,7 +437,13 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         """Take the losses and stop votes that the GPU has sent back (all of them, or all but the
         newest step's); a loss that is not a number stops the run before anything saves it."""
         votes = 0.0
-        for step, (loss, step_votes) in readout.take(everything):
+        for step, (loss, step_votes, counted) in readout.take(everything):
+            if not counted:
+                logger.close()
+                accelerator.end_training()
+                raise DataError(f"step {step} had no window to train on: skip_bad_rows left out every frame of its "
+                                "batch", hint=f"check the frames: nitrogen-finetune data inspect "
+                                f"{shlex.quote(config.data.dataset_name)} --skip-bad-rows")
             losses.append(loss)
             votes += step_votes
             if not math.isfinite(loss) and accelerator.scaler is None:  # fp16's scaler skips such steps itself
@@ -471,9 +477,12 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             # Normalise by the masked-in values of the whole global batch (all micro-batches, all
             # processes): the loss of a step is the same however the batch is split.
             local_count = sum(float(b["actions_mask"].sum()) for b in step_batches)
-            total = accelerator.reduce(torch.full((), local_count, device=device), "sum").clamp(min=1.0)
+            counted = accelerator.reduce(torch.full((), local_count, device=device), "sum")
+            total = counted.clamp(min=1.0)
             step_squared = torch.zeros((), device=device)
             for i, batch in enumerate(step_batches):
+                if not len(batch["episode"]):  # skip_bad_rows left it no window; every process runs every pass
+                    batch = padding_window(batch)
                 with gradient_sync(i == accumulation - 1):
                     squared, _ = forward_terms(batch, progress.step)
                     accelerator.backward(squared * world / total)
@@ -494,7 +503,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             # Summing each process's stop vote with the loss costs no extra collective.
             vote = torch.full((), float(stop is not None and stop.requested), device=device)
             summed = accelerator.reduce(torch.stack([step_squared, vote]), "sum")
-            readout.push(torch.stack([summed[0] / total, summed[1]]))
+            readout.push(torch.stack([summed[0] / total, summed[1], counted]))
             logs = progress.step % config.log_every == 0 or progress.step == config.max_steps
             validates = config.val_every and progress.step % config.val_every == 0
             saves = config.checkpoint_every and progress.step % config.checkpoint_every == 0
