@@ -450,10 +450,17 @@ def test_a_bad_frame_met_in_validation_saves_the_step_it_validates(tmp_path, cap
     assert main(["train", *flags]) == 2
     assert "the checkpoint of step 2 is saved: then continue with" in one_error_line(capsys)
     assert [d.name for d in checkpoint_dirs(run_dir)] == ["step_000002"]
-    assert main(["train", "--data", str(data), "--output", str(tmp_path / "last"), "--max-steps", "2", *FAST,
+    last = tmp_path / "last"
+    assert main(["train", "--data", str(data), "--output", str(last), "--max-steps", "2", *FAST,
                  "--set", "val_fraction=0.34", "--set", "checkpoint_every=100"]) == 2  # the final validation
-    assert f"the checkpoint of step 2 is saved: `nitrogen-finetune export {tmp_path / 'last'} OUT.pt` writes its model" \
-        in one_error_line(capsys)
+    assert (f"the checkpoint of step 2 is saved: then finish the run with  nitrogen-finetune train --resume {last}  "
+            "(or export its model now)") in one_error_line(capsys)
+    assert not (last / "model.pt").exists()
+    assert main(["train", "--resume", str(last), "--skip-bad-rows"]) == 0  # validates, then writes the model
+    assert (last / "model.pt").is_file() and [row["step"] for row in map(json.loads, (last / "metrics.jsonl")
+                                              .read_text().splitlines()) if "val/loss" in row] == [2]
+    assert main(["train", "--resume", str(last)]) == 2  # finished now: nothing to train
+    assert "nothing to train" in one_error_line(capsys)
 
 
 def test_skipped_bad_frames_may_empty_a_micro_batch_but_not_a_whole_step(tmp_path, capsys):

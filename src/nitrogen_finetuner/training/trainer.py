@@ -296,7 +296,10 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                             hint=f"resume with {progress.processes} process(es)")
         progress.train_windows = train_set.num_windows  # counted from now on in a run older than the count
         progress.processes = world
-        if progress.step >= config.max_steps:
+        # A run that trained all its steps but did not finish (its final validation met a bad frame,
+        # say) resumes to finish: validation, weights and model.
+        finished = (run_dir / "summary.json").is_file()
+        if progress.step > config.max_steps or progress.step == config.max_steps and finished:
             raise DataError(f"the run has trained {progress.step} steps and max_steps is {config.max_steps}: "
                             "nothing to train", file=str(run_dir),
                             hint=f"raise --max-steps to train on; `nitrogen-finetune export {run_dir} OUT.pt` "
@@ -397,6 +400,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             progress.best_step, progress.best_val_loss = progress.step, val_loss
 
     def validate_and_log() -> Optional[float]:
+        nonlocal validated_step
         try:
             val_loss = validate()
             if val_loss is not None:
@@ -404,6 +408,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         except DataError as err:
             raise saved_before(err) from err
         note_best(val_loss)
+        validated_step = progress.step
         return val_loss
 
     def gradient_sync(last_micro_batch: bool):
@@ -427,10 +432,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         save_unless_saved()
         logger.close()
         accelerator.end_training()
-        if progress.step < config.max_steps:
-            go_on = f"then continue with  nitrogen-finetune train --resume {shlex.quote(str(run_dir))}"
-        else:
-            go_on = f"`nitrogen-finetune export {shlex.quote(str(run_dir))} OUT.pt` writes its model"
+        resume = f"nitrogen-finetune train --resume {shlex.quote(str(run_dir))}"
+        go_on = f"then continue with  {resume}" if progress.step < config.max_steps else \
+            f"then finish the run with  {resume}  (or export its model now)"
         return DataError(f"{user_message(err)}; the checkpoint of step {progress.step} is saved: {go_on}")
 
     def read_steps(everything: bool) -> float:
@@ -455,6 +459,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     # ------------------------------------------------------------------------- the update step
     module.train()
     losses, val_loss = [], None
+    validated_step: Optional[int] = None
     readout = StepReadout(progress.step)
     interactive = sys.stderr.isatty()  # in logs and CI, a line every 30 s instead of every step
     bar = tqdm(total=config.max_steps, initial=progress.step, disable=not accelerator.is_main_process,
@@ -545,7 +550,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     # ----------------------------------------------------------------------------- finish
     if stop is not None:
         stop.steps_done()
-    if val_set is not None and (not config.val_every or progress.step % config.val_every):
+    if val_set is not None and validated_step != progress.step:  # unless the last step validated
         val_loss = validate_and_log()
     save_unless_saved()
     exported = None
