@@ -259,5 +259,10 @@ def test_a_table_written_with_semicolons_or_windows_paths_says_so(tmp_path, caps
     table = folder / "actions.csv"
     table.write_text(table.read_text().replace("frames/", "frames\\"))
     assert_one_line_error(inspect(folder, tmp_path, capsys=capsys),
-                          "row 0, column 'image': image file", "does not exist; a Windows path? write its folders "
-                                                               "with / instead of \\")
+                          "row 0, column 'image': image file", "does not exist; a Windows path? write it with / "
+                                                               "(relative to the table)")
+    folder = write_frames_folder(tmp_path / "decimal_commas", 24)  # as spreadsheets write in many countries
+    table = folder / "actions.csv"
+    table.write_text(table.read_text().replace(",", ";").replace(".", ","))
+    assert_one_line_error(inspect(folder, tmp_path, capsys=capsys), "cannot parse the actions table",
+                          "(its values are separated by ';': write the table with commas)")

@@ -209,10 +209,11 @@ def build_index(
         columns = source.column_names()
         image_col = _find_image_column(source, columns, image_column)
         if image_col is None:
-            one_column_of_semicolons = len(columns) == 1 and ";" in columns[0]
+            separator = next((name for sign, name in ((";", "';'"), ("\t", "tabs")) if sign in columns[0]), None) \
+                if len(columns) == 1 else None
             raise DataError(f"no image column (columns: {', '.join(columns)})", file=source.name,
-                            hint="its values are separated by ';': write the table with commas"
-                            if one_column_of_semicolons else "name it with image_column")
+                            hint=f"its values are separated by {separator}: write the table with commas"
+                            if separator else "name it with image_column")
         episode_col = _find_column(columns, episode_column, EPISODE_COLUMNS, "episode", source.name)
         if source.num_rows() == 0:
             raise DataError("the file has no rows", file=source.name, hint="remove it or record some gameplay")
@@ -284,7 +285,7 @@ def _check_tables_list_each_frame_once(sources: list[Source], image_columns: lis
         for row, value in enumerate(source.table.column(column).to_pylist()):
             if not isinstance(value, str):
                 continue
-            frame = os.path.normpath(os.path.join(source.base_dir or "", value))
+            frame = os.path.abspath(os.path.join(source.base_dir or "", value))
             first = listed.setdefault(frame, source.name)
             if first != source.name:
                 raise DataError(f"the frame {value} is listed by {first} too: the dataset would hold it twice",

@@ -82,4 +82,4 @@ def _whole_number(text) -> Optional[int]:
         number = float(text)
     except (TypeError, ValueError, OverflowError):
         return None
-    return int(number) if number.is_integer() else None
+    return int(number) if number.is_integer() and abs(number) < 2**63 else None

@@ -50,7 +50,7 @@ def decode_image(value: Any, base_dir: Optional[Path] = None) -> Image.Image:
             if not path.is_absolute() and base_dir is not None:
                 path = base_dir / path
             if not path.is_file():
-                windows = "; a Windows path? write its folders with / instead of \\" if "\\" in value else ""
+                windows = "; a Windows path? write it with / (relative to the table)" if "\\" in value else ""
                 raise ImageDecodeError(f"image file {path} does not exist{windows}")
             image = Image.open(path)
         else:

@@ -158,7 +158,12 @@ def _read_table(path: Path) -> pa.Table:
             return pyarrow.csv.read_csv(path)
         return pyarrow.json.read_json(path)
     except pa.ArrowInvalid as err:
-        raise DataError(f"cannot parse the actions table ({str(err).splitlines()[0][:150]})", file=str(path)) from None
+        header = path.open(encoding="utf-8", errors="replace").readline()
+        separator = next((name for sign, name in ((";", "';'"), ("\t", "tabs")) if sign in header and "," not in header),
+                         None) if path.suffix.lower() == ".csv" else None
+        raise DataError(f"cannot parse the actions table ({str(err).splitlines()[0][:150]})", file=str(path),
+                        hint=f"its values are separated by {separator}: write the table with commas" if separator
+                        else None) from None
 
 
 def _datasets_sources(dataset, base_dir: Optional[Path]) -> list[Source]:
