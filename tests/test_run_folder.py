@@ -474,3 +474,14 @@ def test_skipped_bad_frames_may_empty_a_micro_batch_but_not_a_whole_step(tmp_pat
     capsys.readouterr()
     assert main(["train", "--data", str(folder), "--output", str(tmp_path / "none"), "--max-steps", "4", *flags]) == 2
     assert "step 1 had no window to train on: skip_bad_rows left out every frame of its batch" in one_error_line(capsys)
+
+
+def test_a_resume_after_the_data_moved_asks_for_its_new_path(recordings, tmp_path, capsys):
+    data, run_dir = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(recordings, data)
+    assert main(["train", "--data", str(data), "--output", str(run_dir), "--max-steps", "2", *FAST]) == 0
+    data.rename(tmp_path / "moved")
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4"]) == 2
+    assert one_error_line(capsys) == (f"nitrogen-finetune: error: {data}: the data the run trained on is no longer "
+                                      "there (if it moved, give its new path with --data)")
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--data", str(tmp_path / "moved")]) == 0

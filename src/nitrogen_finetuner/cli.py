@@ -190,6 +190,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = {**DEMO_SETTINGS, "output": next_demo_folder(), "data.dataset_name": str(demo_folder()),
                      **overrides}
     config = resolve_config(config_file, overrides)
+    trained_on = Path(config.data.dataset_name)
+    if args.resume and "data.dataset_name" not in overrides and trained_on.is_absolute() and not trained_on.exists():
+        raise DataError("the data the run trained on is no longer there", file=str(trained_on),
+                        hint="if it moved, give its new path with --data")
     if args.resume and not demo:  # a demo run resumed: its games' evaluation still ends it
         from .games.recorder import demo_folder  # noqa: PLC0415
 
