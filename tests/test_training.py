@@ -681,6 +681,7 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     (None, ["keep_last=0"], "keep_last: 0 would keep no checkpoint to resume or export from"),
     ("max_stepz: 3\n", [], "run.yaml: unknown setting max_stepz (did you mean max_steps?)"),
     ("max_steps: 1e3\n", [], "run.yaml: invalid setting max_steps: '1e3' is not written as a whole number (write 1000)"),
+    ("learning_rate: 1.0e-3\n", ["learning_rate=abc"], "nitrogen-finetune: error: invalid setting learning_rate"),
 ])
 def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text, settings, expected):
     args = ["train", "--data", str(recordings), "--print-config"]
@@ -861,3 +862,9 @@ def test_bf16_fsdp_follows_a_bf16_autocast_run_in_one_process_with_the_same_loss
     float32 = train(config(recordings, tmp_path / "float32", mixed_precision="no", method="full", max_steps=3,
                            dropout=0.0)).losses
     assert float32 != autocast
+
+
+def test_a_micro_batch_that_does_not_divide_the_batch_says_what_to_set(recordings, tmp_path):
+    with pytest.raises(DataError, match=r"batch_size 4 is not a multiple of micro_batch_size 3 x 1 processes \(set "
+                                        r"micro_batch_size \(--set micro_batch_size=N\) so that N x 1 divides 4"):
+        train(config(recordings, tmp_path / "run", micro_batch_size=3, max_steps=1))

@@ -41,8 +41,7 @@ def user_message(err: BaseException) -> str:
 def invalid_setting(err: ValidationError, file: Optional[str] = None, model: Optional[type[BaseModel]] = None) -> DataError:
     """pydantic's first complaint about a config, as one line naming the setting: an unknown key
     first (a misspelling explains the rest), with the closest known key of ``model`` as the hint."""
-    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
+    first = first_complaint(err)
     where = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         known = _keys_at(model, first["loc"][:-1]) if model else []
@@ -63,6 +62,11 @@ def invalid_setting(err: ValidationError, file: Optional[str] = None, model: Opt
         return DataError(f"invalid setting {where}: {first['input']!r} is not written as a whole number", file=file,
                          hint=f"write {whole}")
     return DataError(f"invalid setting {where}: {message}" if where else f"invalid config: {message}", file=file)
+
+
+def first_complaint(err: ValidationError) -> dict:
+    """The complaint to report: an unknown key first (a misspelling explains the rest)."""
+    return sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
 
 
 def _keys_at(model: type[BaseModel], path: tuple) -> list[str]:

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..data.config import DataConfig, auto_means_null
-from ..data.errors import DataError, invalid_setting
+from ..data.errors import DataError, first_complaint, invalid_setting
 from ..model.presets import PRESETS
 from .checkpoints import STEP_DIR
 
@@ -220,7 +220,10 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as err:
-        raise invalid_setting(err, file=str(file) if file else None, model=TrainConfig) from None
+        key = ".".join(map(str, first_complaint(err)["loc"]))
+        from_command_line = key and any(f"{key}.".startswith(f"{given}.") for given in overrides or {})
+        raise invalid_setting(err, file=str(file) if file and not from_command_line else None,
+                              model=TrainConfig) from None
 
 
 def with_absolute_paths(config: TrainConfig) -> TrainConfig:

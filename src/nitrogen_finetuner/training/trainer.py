@@ -211,9 +211,13 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     accelerator.wait_for_everyone()
 
     micro = config.micro_batch_size or max(1, config.batch_size // world)
+    if config.batch_size % (micro * world) and config.micro_batch_size is None:
+        raise DataError(f"batch_size {config.batch_size} does not split evenly over {world} processes",
+                        hint=f"set batch_size to a multiple of {world}")
     if config.batch_size % (micro * world):
         raise DataError(f"batch_size {config.batch_size} is not a multiple of micro_batch_size {micro} "
-                        f"x {world} processes")
+                        f"x {world} processes", hint="set micro_batch_size (--set micro_batch_size=N) so that N x "
+                        f"{world} divides {config.batch_size}, or null to split batch_size by itself")
     accumulation = config.batch_size // (micro * world)
 
     base = load_base(config.base, run_dir, config.seed, new_run=not resume)
@@ -282,7 +286,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             set_rng_state(state.rng)
         else:  # more processes than the run had, or a file lost
             print(f"note        checkpoint {latest[-1].name} holds no random state for process {rank}: its dropout "
-                  "draws start afresh, so this resume is not bit for bit")
+                  "draws start afresh, so with dropout on this resume is not bit for bit")
         progress = state.progress
         continue_data_position(progress, micro * world, run_dir)
         if progress.train_windows not in (None, train_set.num_windows):  # None: a checkpoint before the count
