@@ -36,7 +36,7 @@ def prepared(path, **config):
 def unbatch(batches):
     for batch in batches:
         for i in range(len(batch["actions"])):
-            yield {k: v[i] for k, v in batch.items()}
+            yield {k: v[i] for k, v in batch.items() if k != "skipped_bad_frames"}  # a count per batch
 
 
 def all_windows(data, **kwargs):

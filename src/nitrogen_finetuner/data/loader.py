@@ -186,6 +186,7 @@ class WindowDataset(IterableDataset):
             "actions_mask": np.stack(masks) if masks else np.zeros((0, self.spec.horizon, dim), bool),
             "episode": np.array([c.episode for c in kept], np.int64),
             "frame": np.array([c.frame for c in kept], np.int64),
+            "skipped_bad_frames": np.array(len(batch) - len(kept), np.int64),  # left out by skip_bad_rows
         }
 
 

@@ -445,7 +445,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         """Take the losses and stop votes that the GPU has sent back (all of them, or all but the
         newest step's); a loss that is not a number stops the run before anything saves it."""
         votes = 0.0
-        for step, (loss, step_votes, counted) in readout.take(everything):
+        for step, (loss, step_votes, counted, skipped) in readout.take(everything):
+            progress.skipped_bad_frames += int(skipped)
             if not counted:
                 logger.close()
                 accelerator.end_training()
@@ -511,8 +512,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
 
             # Summing each process's stop vote with the loss costs no extra collective.
             vote = torch.full((), float(stop is not None and stop.requested), device=device)
-            summed = accelerator.reduce(torch.stack([step_squared, vote]), "sum")
-            readout.push(torch.stack([summed[0] / total, summed[1], counted]))
+            skipped = torch.full((), float(sum(int(b["skipped_bad_frames"]) for b in step_batches)), device=device)
+            summed = accelerator.reduce(torch.stack([step_squared, vote, skipped]), "sum")
+            readout.push(torch.stack([summed[0] / total, summed[1], counted, summed[2]]))
             logs = progress.step % config.log_every == 0 or progress.step == config.max_steps
             validates = config.val_every and progress.step % config.val_every == 0
             saves = config.checkpoint_every and progress.step % config.checkpoint_every == 0
@@ -529,6 +531,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                            "train/samples_per_s": samples_per_s, "train/ms_per_step": seconds * 1000}
                 if peak:
                     scalars["train/mfu"] = samples_per_s * sample_flops / (peak * world)
+                if progress.skipped_bad_frames:
+                    scalars["train/skipped_bad_frames"] = progress.skipped_bad_frames
                 if grad_norm is not None:  # before clipping; under FSDP, the whole model's
                     scalars["train/grad_norm"] = float(full_tensor(grad_norm))
                 logger.scalars(progress.step, scalars)
@@ -699,8 +703,10 @@ class RunLogger:
         summary = {"step": progress.step, "final_train_loss": losses[-1] if losses else None, "val_loss": val_loss,
                    "exported": str(exported) if exported else None,
                    "best_checkpoint": str(checkpoint_dir(self.run_dir, best)) if best else None,
-                   "best_val_loss": progress.best_val_loss}
+                   "best_val_loss": progress.best_val_loss, "skipped_bad_frames": progress.skipped_bad_frames}
         write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if progress.skipped_bad_frames:
+            self.note(f"{progress.skipped_bad_frames} bad frame(s) left out of training (skip_bad_rows)")
         self.close()
 
     def close(self) -> None:
