@@ -441,6 +441,21 @@ def test_a_bad_frame_met_in_training_saves_the_steps_done_and_the_resume_is_exac
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
 
 
+def test_a_validation_whose_every_frame_is_skipped_has_no_loss(tmp_path):
+    held_out = split_episodes(["a", "b", "c"], 0.34, 0)[1][0]
+    data = recordings_with_a_corrupt_frame(tmp_path / "data", episode=held_out, row=0)
+    path = data / f"episode_{held_out}.parquet"
+    table = pq.read_table(path).to_pydict()
+    for image in table["image"]:  # every frame of the held-out recording
+        image["bytes"] = image["bytes"][:40]
+    pq.write_table(pa.table(table), path)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--output", str(run_dir), "--max-steps", "2", *FAST,
+                 "--set", "val_fraction=0.34", "--skip-bad-rows"]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["val_loss"] is None
+    assert logged(run_dir, "val/loss") == []
+
+
 def test_a_bad_frame_met_in_validation_saves_the_step_it_validates(tmp_path, capsys):
     held_out = split_episodes(["a", "b", "c"], 0.34, 0)[1][0]
     data = recordings_with_a_corrupt_frame(tmp_path / "data", episode=held_out, row=0)

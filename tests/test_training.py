@@ -868,3 +868,10 @@ def test_a_micro_batch_that_does_not_divide_the_batch_says_what_to_set(recording
     with pytest.raises(DataError, match=r"batch_size 4 is not a multiple of micro_batch_size 3 x 1 processes \(set "
                                         r"micro_batch_size \(--set micro_batch_size=N\) so that N x 1 divides 4"):
         train(config(recordings, tmp_path / "run", micro_batch_size=3, max_steps=1))
+
+
+def test_block_sharding_refuses_data_with_fewer_blocks_than_readers(tmp_path):
+    write_nitrogen_parquet(tmp_path / "data" / "one.parquet", n=24, row_group_size=24)  # one block
+    with pytest.raises(DataError, match=r"data.shard blocks gives each of the 2 readers \(processes x workers\) "
+                                        r"blocks of its own, and the data has 1"):
+        train(config(tmp_path / "data", tmp_path / "run", max_steps=1, num_workers=2, **{"data.shard": "blocks"}))

@@ -209,6 +209,9 @@ def make_loader(dataset: WindowDataset, num_workers: int = 0) -> torch.utils.dat
 
 
 def _leave_ctrl_c_to_the_main_process(_worker_id: int) -> None:
-    """Ctrl-C reaches every process of the terminal's group; a worker that died of it would fail the
-    main process's next batch, where training wants to finish its step and save a checkpoint."""
+    """Ctrl-C reaches every process of the terminal's group, and torchrun or a cluster sends SIGTERM
+    to the whole group; a worker that died of either would fail the main process's next batch,
+    where training wants to finish its step and save a checkpoint. The main process ends its
+    workers itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -220,6 +220,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                         f"{world} divides {config.batch_size}, or null to split batch_size by itself")
     accumulation = config.batch_size // (micro * world)
 
+    check_shared(run_dir, accelerator)  # before anything is written into it
     base = load_base(config.base, run_dir, config.seed, new_run=not resume)
     model_cfg = base.model.config
     data = prepare_data(config.data, base.model_inputs(config.data.prediction_horizon))
@@ -239,6 +240,11 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if train_set.batches_per_epoch() < 1:
         raise DataError(f"the training episodes hold {train_set.num_windows} windows, fewer than one global "
                         f"batch of {micro * world}", file=config.data.dataset_name, hint="lower batch_size")
+    readers = world * max(1, config.num_workers)
+    if config.data.shard == "blocks" and len(train_set.blocks) < readers:  # one would read nothing, and wait
+        raise DataError(f"data.shard blocks gives each of the {readers} readers (processes x workers) blocks of its "
+                        f"own, and the data has {len(train_set.blocks)}", file=config.data.dataset_name,
+                        hint="use data.shard windows (the default), or fewer processes or num_workers")
 
     if config.dropout is not None:
         set_dropout(base.model, config.dropout)
@@ -310,7 +316,6 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                                  "writes its model")
     if accelerator.is_main_process:  # only now: a resume that fails to start leaves the run's config as it was
         write_text_atomic(run_dir / "config.yaml", dump_config(config))
-    check_shared(run_dir, accelerator)
 
     writer = CheckpointWriter(run_dir, config.keep_last, rank, accelerator.wait_for_everyone)
     logger = RunLogger(run_dir, config, accelerator.is_main_process, resumed_at=progress.step if resume else None)
@@ -363,15 +368,13 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             for i, batch in enumerate(one_pass(val_set, config.num_workers)):
                 if config.val_batches and i >= config.val_batches:
                     break
-                if not len(batch["episode"]):
-                    if not config.fsdp:
-                        continue
-                    batch = padding_window(batch)  # FSDP runs every forward on all processes together
+                if not len(batch["episode"]):  # every process runs every forward (FSDP gathers, DDP syncs)
+                    batch = padding_window(batch)
                 squared, count = forward_terms(batch, 0, validation=True)
                 totals += torch.stack([squared.float(), count.float()])
         module.train()
         totals = accelerator.reduce(totals, "sum")
-        return float(totals[0] / totals[1].clamp(min=1))
+        return float(totals[0] / totals[1]) if totals[1] else None  # skip_bad_rows may leave out every frame
 
     def sampled_metrics() -> dict[str, float]:
         """Button F1 and stick MAE of chunks sampled as a player would (the main process; under
