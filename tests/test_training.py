@@ -60,6 +60,15 @@ def killed_after_saving(monkeypatch, step: int) -> None:
     monkeypatch.setattr(checkpoints_module.CheckpointWriter, "save", save_then_die)
 
 
+def killed_then_resumed(recordings, run_dir: Path, settings: dict, step: int, monkeypatch):
+    """A run killed right after writing the checkpoint of ``step``, then resumed to its end."""
+    killed_after_saving(monkeypatch, step)
+    with pytest.raises(Killed):
+        train(config(recordings, run_dir, **settings))
+    monkeypatch.undo()
+    return train(config(recordings, run_dir, **settings), resume=True)
+
+
 @pytest.mark.parametrize("setup", [{"method": "lora"}, {"method": "full"}, {"method": "full", "fsdp": True},
                                    {"method": "full", "bf16_weights": True}, {"method": "lora", "bf16_weights": True}],
                          ids=["lora", "full", "fsdp", "bf16_weights", "lora_bf16_weights"])
@@ -69,11 +78,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tm
     again = train(config(recordings, tmp_path / "again", **settings))
     assert straight.losses == again.losses  # same seed, same loss curve on CPU
 
-    killed_after_saving(monkeypatch, 2)
-    with pytest.raises(Killed):
-        train(config(recordings, tmp_path / "resumed", **settings))
-    monkeypatch.undo()
-    resumed = train(config(recordings, tmp_path / "resumed", **settings), resume=True)
+    resumed = killed_then_resumed(recordings, tmp_path / "resumed", settings, 2, monkeypatch)
     assert resumed.losses == straight.losses[2:]
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
@@ -88,11 +93,7 @@ def test_a_resume_at_a_step_that_two_workers_do_not_divide_is_exact(recordings, 
     """The loader's workers take turns; a resume after 3 batches must not swap the next two."""
     settings = dict(max_steps=5, checkpoint_every=3, num_workers=2, **{"data.shard": shard})
     straight = train(config(recordings, tmp_path / "straight", **settings))
-    killed_after_saving(monkeypatch, 3)
-    with pytest.raises(Killed):
-        train(config(recordings, tmp_path / "resumed", **settings))
-    monkeypatch.undo()
-    resumed = train(config(recordings, tmp_path / "resumed", **settings), resume=True)
+    resumed = killed_then_resumed(recordings, tmp_path / "resumed", settings, 3, monkeypatch)
     assert resumed.losses == straight.losses[3:]
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
