@@ -20,6 +20,7 @@ them in. Everything depends only on the seed and the epoch.
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Iterator, NamedTuple, Optional, Sequence
 
@@ -211,7 +212,8 @@ def make_loader(dataset: WindowDataset, num_workers: int = 0) -> torch.utils.dat
 def _leave_ctrl_c_to_the_main_process(_worker_id: int) -> None:
     """Ctrl-C reaches every process of the terminal's group, and torchrun or a cluster sends SIGTERM
     to the whole group; a worker that died of either would fail the main process's next batch,
-    where training wants to finish its step and save a checkpoint. The main process ends its
-    workers itself."""
+    where training wants to finish its step and save a checkpoint. So the worker leaves the group:
+    the main process ends it (with SIGTERM, which must still work), and it ends by itself when the
+    main process dies."""
+    os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
