@@ -21,7 +21,7 @@ import numpy as np
 
 from ..actions.processor import ColumnBinding, UniversalVectorProcessor, as_number
 from .errors import DataError
-from .sources import Source, TableSource
+from .sources import Source, TableSource, other_separator_hint
 
 EPISODE_COLUMNS = ("episode_id", "episode_index", "episode", "recording_id", "recording", "session_id")
 IMAGE_COLUMNS = ("image", "frame", "observation.image", "image_path", "frame_path", "file_name", "filename", "path")
@@ -209,11 +209,9 @@ def build_index(
         columns = source.column_names()
         image_col = _find_image_column(source, columns, image_column)
         if image_col is None:
-            separator = next((name for sign, name in ((";", "';'"), ("\t", "tabs")) if sign in columns[0]), None) \
-                if len(columns) == 1 else None
+            separator = other_separator_hint(columns[0]) if len(columns) == 1 else None
             raise DataError(f"no image column (columns: {', '.join(columns)})", file=source.name,
-                            hint=f"its values are separated by {separator}: write the table with commas"
-                            if separator else "name it with image_column")
+                            hint=separator or "name it with image_column")
         episode_col = _find_column(columns, episode_column, EPISODE_COLUMNS, "episode", source.name)
         if source.num_rows() == 0:
             raise DataError("the file has no rows", file=source.name, hint="remove it or record some gameplay")

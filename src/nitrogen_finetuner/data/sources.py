@@ -158,12 +158,18 @@ def _read_table(path: Path) -> pa.Table:
             return pyarrow.csv.read_csv(path)
         return pyarrow.json.read_json(path)
     except pa.ArrowInvalid as err:
-        header = path.open(encoding="utf-8", errors="replace").readline()
-        separator = next((name for sign, name in ((";", "';'"), ("\t", "tabs")) if sign in header and "," not in header),
-                         None) if path.suffix.lower() == ".csv" else None
+        header = path.open(encoding="utf-8", errors="replace").readline() if path.suffix.lower() == ".csv" else ""
         raise DataError(f"cannot parse the actions table ({str(err).splitlines()[0][:150]})", file=str(path),
-                        hint=f"its values are separated by {separator}: write the table with commas" if separator
-                        else None) from None
+                        hint=other_separator_hint(header)) from None
+
+
+def other_separator_hint(header: str) -> Optional[str]:
+    """What to do about a CSV header written with semicolons or tabs (as spreadsheets in many
+    countries write them), or None."""
+    if "," in header:
+        return None
+    separator = next((name for sign, name in ((";", "';'"), ("\t", "tabs")) if sign in header), None)
+    return f"its values are separated by {separator}: write the table with commas" if separator else None
 
 
 def _datasets_sources(dataset, base_dir: Optional[Path]) -> list[Source]:

@@ -308,8 +308,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         progress.processes = world
         # A run that trained all its steps but did not finish (its final validation met a bad frame,
         # say) resumes to finish: validation, weights and model.
-        finished = (run_dir / "summary.json").is_file()
-        if progress.step > config.max_steps or progress.step == config.max_steps and finished:
+        ended = (run_dir / "summary.json").is_file()
+        if progress.step > config.max_steps or progress.step == config.max_steps and ended:
             raise DataError(f"the run has trained {progress.step} steps and max_steps is {config.max_steps}: "
                             "nothing to train", file=str(run_dir),
                             hint=f"raise --max-steps to train on; `nitrogen-finetune export {run_dir} OUT.pt` "
@@ -429,6 +429,11 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         if checkpoint_dirs(run_dir)[-1:] != [checkpoint_dir(run_dir, progress.step)]:
             save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
 
+    def end_early() -> None:
+        """Close the logs and the processes' group before the run stops with an error or a signal."""
+        logger.close()
+        accelerator.end_training()
+
     def saved_before(err: DataError) -> DataError:
         """A bad row met while training (frames are decoded as they are read): one process saves
         the steps done, so fixing the row costs none of them. Several processes stop as they are:
@@ -437,8 +442,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             return err
         read_steps(everything=True)  # a loss that is not a number still stops without saving
         save_unless_saved()
-        logger.close()
-        accelerator.end_training()
+        end_early()
         resume = f"nitrogen-finetune train --resume {shlex.quote(str(run_dir))}"
         go_on = f"then continue with  {resume}" if progress.step < config.max_steps else \
             f"then finish the run with  {resume}  (or export its model now)"
@@ -451,16 +455,14 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         for step, (loss, step_votes, counted, skipped) in readout.take(everything):
             progress.skipped_bad_frames += int(skipped)
             if not counted:
-                logger.close()
-                accelerator.end_training()
+                end_early()
                 raise DataError(f"step {step} had no window to train on: skip_bad_rows left out every frame of its "
                                 "batch", hint=f"check the frames: nitrogen-finetune data inspect "
                                 f"{shlex.quote(config.data.dataset_name)} --skip-bad-rows")
             losses.append(loss)
             votes += step_votes
             if not math.isfinite(loss) and accelerator.scaler is None:  # fp16's scaler skips such steps itself
-                logger.close()
-                accelerator.end_training()
+                end_early()
                 raise diverged(loss, step, run_dir)
         return votes
 
@@ -553,8 +555,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if stopped:
         read_steps(everything=True)
         save_unless_saved()
-        logger.close()
-        accelerator.end_training()
+        end_early()
         # A process stopped by another's vote reports SIGTERM, what launchers send to stop workers.
         raise TrainingStopped(run_dir, progress.step, stop.signal_number or signal.SIGTERM, world)
 
