@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -27,3 +29,11 @@ def logged(run_dir: Path, name: str) -> list[float]:
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(checkpoint_dirs(run_dir)[-1] / "weights.safetensors"))
+
+
+def train_in_a_process(*argv: str, env: dict, launcher: tuple[str, ...] = ()) -> None:
+    """``nitrogen-finetune train ARGV`` in a process of its own (under ``launcher``, e.g. torchrun's);
+    a failure shows the end of what the run printed, not only its exit status."""
+    done = subprocess.run([sys.executable, *launcher, "-m", "nitrogen_finetuner.cli", "train", *argv], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -26,7 +26,7 @@ from nitrogen_finetuner.training import trainer as trainer_module
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
 from nitrogen_finetuner.training.trainer import train
 from recordings import write_frames_folder, write_nitrogen_parquet
-from runs import config, final_weights, logged
+from runs import config, final_weights, logged, train_in_a_process
 
 FAST = ["--set", "num_workers=0", "--set", "batch_size=4", "--set", "checkpoint_every=2", "--set", "val_every=0"]
 
@@ -316,15 +316,11 @@ def test_episodes_too_short_for_a_window_say_so(tmp_path, capsys):
 def test_fp16_loss_scale_state_is_checkpointed_and_resumed(recordings, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "false"}
     # A constant learning rate: the 4-step run and the 2 + 2-step run take the same steps.
-    common = [sys.executable, "-m", "nitrogen_finetuner.cli", "train", *FAST, "--set", "mixed_precision=fp16",
-              "--set", "warmup_steps=0", "--set", "min_learning_rate_ratio=1.0", "--data", str(recordings)]
-
-    def run(*flags: str) -> None:
-        subprocess.run([*common, *flags], check=True, env=env, capture_output=True, timeout=300)
-
-    run("--output", str(tmp_path / "straight"), "--max-steps", "4")
-    run("--output", str(tmp_path / "resumed"), "--max-steps", "2")
-    run("--resume", str(tmp_path / "resumed"), "--max-steps", "4")
+    common = [*FAST, "--set", "mixed_precision=fp16", "--set", "warmup_steps=0", "--set", "min_learning_rate_ratio=1.0",
+              "--data", str(recordings)]
+    train_in_a_process(*common, "--output", str(tmp_path / "straight"), "--max-steps", "4", env=env)
+    train_in_a_process(*common, "--output", str(tmp_path / "resumed"), "--max-steps", "2", env=env)
+    train_in_a_process(*common, "--resume", str(tmp_path / "resumed"), "--max-steps", "4", env=env)
     scalers = [torch.load(checkpoint_dirs(tmp_path / name)[-1] / "optimizer.pt", weights_only=True)["scaler"]
                for name in ("straight", "resumed")]
     assert scalers[0] is not None and scalers[0] == scalers[1]  # the scale and its growth tracker go on

@@ -38,7 +38,7 @@ from nitrogen_finetuner.training.config import resolve_config
 from nitrogen_finetuner.training.stop_signals import StopRequest, TrainingStopped
 from nitrogen_finetuner.training.trainer import StepReadout, train
 from recordings import png_bytes, write_nitrogen_parquet
-from runs import config, final_weights, logged
+from runs import config, final_weights, logged, train_in_a_process
 
 shutil_usage = type(shutil.disk_usage("/"))
 
@@ -733,10 +733,9 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(recordings, 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def trained(name: str, processes: int, *settings: str) -> Path:
-        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-        subprocess.run([sys.executable, *(launcher if processes > 1 else []), "-m", "nitrogen_finetuner.cli", "train",
-                        "--output", str(tmp_path / name), *common, *settings],
-                       check=True, env=env, capture_output=True, timeout=300)
+        launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes))
+        train_in_a_process("--output", str(tmp_path / name), *common, *settings, env=env,
+                           launcher=launcher if processes > 1 else ())
         return tmp_path / name
 
     float32 = trained("one", 1)
