@@ -1,5 +1,5 @@
-"""GPU checks (skipped without CUDA; run them on a GPU machine): exactness on the device,
-and the captured CUDA-graph sampler against the plain one."""
+"""GPU checks (skipped without CUDA; run them on a GPU machine): exactness on the device, the
+captured CUDA-graph sampler against the plain one, and training with CUDA graphs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import torch
 from conftest import golden
 from golden.cases import CASES, make_images, make_noise
 from nitrogen_finetuner import load_policy
+from nitrogen_finetuner.training.trainer import train
+from runs import config, final_weights, logged
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -68,3 +70,19 @@ def test_a_steps_loss_travels_back_without_making_the_cpu_wait():
             torch.cuda.set_sync_debug_mode(0)
     assert readout.take(everything=False) == [(1, [0.0, 0.0]), (2, [1.0, 0.0])]
     assert readout.take(everything=True) == [(3, [2.0, 0.0])]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_cuda_graphs_train_what_the_compiled_layers_train_and_resume(recordings, tmp_path, monkeypatch, method):
+    """``cuda_graphs`` replays the compiled layers' kernels: the same losses and weights as
+    ``compile`` alone, through a checkpoint and a resume (no dropout, so no random draws differ)."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "false")
+    settings = {"method": method, "dropout": 0.0, "lora.dropout": 0.0, "compile": True, "bf16_weights": True,
+                "checkpoint_every": 2}
+    train(config(recordings, tmp_path / "compiled", max_steps=4, **settings))
+    train(config(recordings, tmp_path / "graphs", max_steps=2, cuda_graphs=True, **settings))
+    train(config(recordings, tmp_path / "graphs", max_steps=4, cuda_graphs=True, **settings), resume=True)
+    np.testing.assert_allclose(logged(tmp_path / "graphs", "train/loss"), logged(tmp_path / "compiled", "train/loss"),
+                               rtol=1e-3, atol=0)
+    a, b = final_weights(tmp_path / "compiled"), final_weights(tmp_path / "graphs")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4

@@ -266,6 +266,26 @@ def test_bf16_weights_with_fsdp_or_fp16_is_a_clear_error(recordings, tmp_path, s
         config(recordings, tmp_path / "run", **setting)
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({}, "cuda_graphs replays the compiled layers: set compile to true as well"),
+    ({"compile": True, "method": "full", "fsdp": True}, "cuda_graphs does not run with fsdp"),
+    ({"compile": True, "activation_checkpointing": True}, "cuda_graphs does not run with activation_checkpointing"),
+    ({"compile": True, "micro_batch_size": 2}, "micro_batch_size 2 accumulates gradients over 4 windows"),
+])
+def test_cuda_graphs_with_a_setting_that_replays_a_layer_twice_is_a_clear_error(recordings, tmp_path, setting,
+                                                                                   message):
+    with pytest.raises(DataError, match=message):
+        config(recordings, tmp_path / "run", cuda_graphs=True, **setting)
+
+
+def test_cuda_graphs_on_the_cpu_is_one_line_and_leaves_no_run(recordings, tmp_path, capsys):
+    argv = ["train", "--data", str(recordings), "--output", str(tmp_path / "run"), "--set", "compile=true",
+            "--set", "cuda_graphs=true"]
+    assert main(argv) == 2
+    assert "cuda_graphs needs a GPU" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_lora_trains_adapters_and_the_action_head_only(recordings, tmp_path):
     cfg = config(recordings, tmp_path / "run", max_steps=1)
     base = load_base(cfg.base, tmp_path, cfg.seed, new_run=False)

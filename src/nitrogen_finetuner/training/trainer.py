@@ -176,6 +176,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if precision == "fp16" and not on_gpu:
         raise DataError("mixed_precision fp16 needs a GPU: on the CPU it would silently train in fp32",
                         hint="set mixed_precision to bf16 or no")
+    if config.cuda_graphs and not on_gpu:
+        raise DataError("cuda_graphs needs a GPU: CUDA graphs replay GPU kernels", hint="set cuda_graphs to false")
     # Accelerate keeps the first precision of a process and refuses another: forget it, so one
     # process (the Python API, a notebook) can train again with another precision.
     AcceleratorState._reset_state()
@@ -219,6 +221,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                         f"x {world} processes", hint="set micro_batch_size (--set micro_batch_size=N) so that N x "
                         f"{world} divides {config.batch_size}, or null to split batch_size by itself")
     accumulation = config.batch_size // (micro * world)
+    if config.cuda_graphs and world > 1:
+        raise DataError(f"cuda_graphs runs in one process, and this run has {world}",
+                        hint="set cuda_graphs to false to train on several GPUs")
 
     check_shared(run_dir, accelerator)  # before anything is written into it
     base = load_base(config.base, run_dir, config.seed, new_run=not resume)
@@ -258,7 +263,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if not resume and accelerator.is_main_process:  # only now: a run that cannot start leaves no base behind
         record_base(base, config.base, config.seed, run_dir)
     if config.compile:
-        compile_layers(base_model(module))
+        compile_layers(base_model(module), "reduce-overhead" if config.cuda_graphs else None)
     if config.fsdp:
         shard_model(module, device, precision)
     params = [p for p in master.parameters() if p.requires_grad]
@@ -499,6 +504,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                 if not len(batch["episode"]):  # skip_bad_rows left it no window; every process runs every pass
                     batch = padding_window(batch)
                 with gradient_sync(i == accumulation - 1):
+                    if config.cuda_graphs:  # the last step's graph outputs and gradients are spent
+                        torch.compiler.cudagraph_mark_step_begin()
                     squared, _ = forward_terms(batch, progress.step)
                     accelerator.backward(squared * world / total)
                 step_squared += squared.detach().float()
