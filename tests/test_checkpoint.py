@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from golden.cases import make_images, make_noise
 from nitrogen_finetuner import files, load_policy
 from nitrogen_finetuner.cli import main
+from nitrogen_finetuner.training.config import resolve_config
 from nitrogen_finetuner.model import checkpoint as checkpoint_module
 from nitrogen_finetuner.model.checkpoint import EXTRA_KEY, CheckpointError, read_checkpoint, save_checkpoint
 from nitrogen_finetuner.model.presets import build_preset
@@ -67,6 +68,12 @@ def test_wrong_contents_are_explained(tmp_path, case_checkpoints):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="model_cfg.action_horizon"):
         load_policy(path, verbose=False)
+    for key in ("action_horizon", "num_inference_timesteps"):  # passed, and broke predict later
+        ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
+        ckpt["ckpt_config"]["model_cfg"][key] = 0
+        torch.save(ckpt, path)
+        with pytest.raises(CheckpointError, match=f"model_cfg.{key}: Input should be greater than or equal to 1"):
+            load_policy(path, verbose=False)
     ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
     ckpt["model"]["action_decoder.layer2.b"] = torch.zeros(7)
     torch.save(ckpt, path)
@@ -155,6 +162,25 @@ def test_cli_user_errors_are_one_line_with_status_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"nitrogen-finetune: error: {missing}: no such checkpoint file"
     assert "Traceback" not in result.stderr
+
+
+def test_the_python_api_takes_what_a_notebook_passes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["init", str(tmp_path / "tiny.pt")]) == 0
+    policy = load_policy("~/tiny.pt", dtype="bfloat16", verbose=False)
+    assert next(policy.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype: a floating-point torch dtype"):
+        load_policy(tmp_path / "tiny.pt", dtype="int8", verbose=False)
+    config = resolve_config(overrides={"data.dataset_name": tmp_path / "data", "output": tmp_path / "run"})
+    assert (config.data.dataset_name, config.output) == (str(tmp_path / "data"), str(tmp_path / "run"))
+
+
+def test_a_seed_too_large_for_64_bits_is_an_argument_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["init", str(tmp_path / "i.pt"), "--seed", str(2**64)])
+    assert stop.value.code == 2
+    assert f"argument --seed: {2**64} is too large: at most {2**63 - 1}" in capsys.readouterr().err
+    assert not (tmp_path / "i.pt").exists()
 
 
 def test_a_folder_where_a_file_or_a_run_belongs_is_named(tmp_path, capsys):

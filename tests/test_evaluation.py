@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import os
 import shutil
 from pathlib import Path
@@ -126,6 +127,17 @@ def test_eval_command_writes_report_and_figures(tiny_checkpoint, tmp_path, capsy
             assert image.format == "PNG"
     assert main(argv) == 0
     assert json.loads((out / "report.json").read_text()) == report  # a rerun gives the same numbers
+
+
+def test_the_button_order_check_says_when_no_button_is_pressed(tiny_checkpoint, tmp_path, capsys):
+    for i in range(2):  # every button column all False
+        write_nitrogen_parquet(tmp_path / "data" / f"e{i}.parquet", n=40, start=10 * i, extra={"south": [False] * 40})
+    argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "data"),
+            "--output", str(tmp_path / "eval"), "--check-button-order"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the figure of an all-NaN agreement warned
+        assert main(argv) == 0
+    assert "no labelled button is pressed in this data: nothing to check the order by" in capsys.readouterr().out
 
 
 def write_video(path: Path, frames: int = 40) -> Path:

@@ -36,7 +36,7 @@ from nitrogen_finetuner.training.base import fingerprint, load_base
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
 from nitrogen_finetuner.training.config import resolve_config
 from nitrogen_finetuner.training.stop_signals import StopRequest, TrainingStopped
-from nitrogen_finetuner.training.trainer import StepReadout, train
+from nitrogen_finetuner.training.trainer import StepReadout, cpu_threads, train
 from recordings import png_bytes, write_nitrogen_parquet
 from runs import config, final_weights, logged, train_in_a_process
 
@@ -284,6 +284,18 @@ def test_cuda_graphs_on_the_cpu_is_one_line_and_leaves_no_run(recordings, tmp_pa
     assert main(argv) == 2
     assert "cuda_graphs needs a GPU" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cpu_run_leaves_a_core_to_each_data_worker_and_gives_the_caller_its_settings_back(recordings, tmp_path,
+                                                                                          monkeypatch, capsys):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    torch.set_num_threads(1)
+    train(config(recordings, tmp_path / "run", max_steps=1, num_workers=1))
+    assert "note        3 compute thread(s) on the CPU, leaving 1 core(s) to the data workers" in capsys.readouterr().out
+    assert torch.get_num_threads() == 1 and not torch.are_deterministic_algorithms_enabled()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's count stands
+    assert cpu_threads(num_workers=1) is None
 
 
 def test_lora_trains_adapters_and_the_action_head_only(recordings, tmp_path):

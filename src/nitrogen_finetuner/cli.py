@@ -51,7 +51,7 @@ def path_error(err: OSError) -> str:
 
 
 def _count(minimum: int):
-    """An argparse type: a whole number >= minimum."""
+    """An argparse type: a whole number >= minimum that fits a 64-bit integer (seeds do)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -59,6 +59,8 @@ def _count(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        if value >= 2**63:
+            raise argparse.ArgumentTypeError(f"{value} is too large: at most {2**63 - 1}")
         return value
     return parse
 

@@ -194,6 +194,11 @@ def load_policy(
     """
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():  # say so before a long load
         raise ValueError(f"device {device!r}: PyTorch sees no CUDA GPU on this machine (use device='cpu')")
+    if isinstance(dtype, str):  # "bfloat16", as configs and command lines write it
+        dtype = getattr(torch, dtype, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError("dtype: a floating-point torch dtype, such as torch.float32 or torch.bfloat16")
+    path = Path(path).expanduser()
     loaded: LoadedCheckpoint = load_checkpoint(path, trust_pickle=trust_pickle)
     cfg = loaded.config
     try:

@@ -86,7 +86,8 @@ def horizon_errors(reports: dict[str, dict], path: Path) -> Path:
 
 def agreement_heatmap(matrix: np.ndarray, slots: list[str], labels: list[str], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(1 + 0.45 * len(labels), 1 + 0.35 * len(slots)))
-    image = ax.imshow(matrix, cmap="viridis", vmin=-1 if np.nanmin(matrix) < 0 else 0, vmax=1, aspect="auto")
+    image = ax.imshow(matrix, cmap="viridis", vmin=-1 if (matrix[np.isfinite(matrix)] < 0).any() else 0, vmax=1,
+                      aspect="auto")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(slots)), slots, fontsize=7)
     ax.set_xlabel("labelled button")

@@ -244,10 +244,15 @@ def format_table(report: dict, output: Path) -> str:
             f"{_fmt(report['checkpoints'][label]['buttons']['per_button'].get(b, {}).get('f1')):>{width + 2}}"
             for label in labels))
     for label, check in report.get("button_order_check", {}).items():
-        wrong = {k: v["best_slot"] for k, v in check["best_slot_per_label"].items() if not v["matches_assumed_order"]}
-        lines.append(f"button order ({label}, {check['button_order']}): "
-                     + ("every labelled button agrees best with its own slot" if not wrong
-                        else "agrees best elsewhere: " + ", ".join(f"{k}->{v}" for k, v in wrong.items())))
+        checked = check["best_slot_per_label"]
+        wrong = {k: v["best_slot"] for k, v in checked.items() if not v["matches_assumed_order"]}
+        unpressed = [name for name in check["labelled_buttons"] if name not in checked]
+        verdict = ("no labelled button is pressed in this data: nothing to check the order by" if not checked
+                   else "agrees best elsewhere: " + ", ".join(f"{k}->{v}" for k, v in wrong.items()) if wrong
+                   else "every pressed button agrees best with its own slot")
+        lines.append(f"button order ({label}, {check['button_order']}): {verdict}"
+                     + (f" ({len(unpressed)} labelled button(s) never pressed, not checked)" if checked and unpressed
+                        else ""))
     lines.append(f"written      {output / 'report.json'}, f1.png, horizon.png, traces_*.png"
                  + (", button_order_*.png" if report.get("button_order_check") else ""))
     return "\n".join(lines)

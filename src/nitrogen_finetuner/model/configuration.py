@@ -66,13 +66,13 @@ class NitroGenConfig(_Config):
     vl_self_attention_cfg: VLMixerConfig
     hidden_size: int = 1024
     max_seq_len: int = 1024
-    action_dim: int
-    action_horizon: int
+    action_dim: int = Field(ge=1)
+    action_horizon: int = Field(ge=1)
     noise_beta_alpha: float = 1.5
     noise_beta_beta: float = 1.0
     noise_s: float = 0.999
     num_timestep_buckets: int = 1000
-    num_inference_timesteps: int
+    num_inference_timesteps: int = Field(ge=1)
     max_num_embodiments: int = 1
     vision_encoder_name: str = "google/siglip-large-patch16-256"
     vision_hidden_size: int = 768

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections.abc
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -236,6 +237,7 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
         if not isinstance(tree, dict):
             raise DataError("the config must be a mapping of keys to values", file=str(path))
     for key, value in (overrides or {}).items():
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value  # a notebook's pathlib.Path
         _set_dotted(tree, key, value, Path(file) if file else None)
     try:
         return TrainConfig.model_validate(tree)

@@ -162,8 +162,24 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
 
     The run folder is locked while it trains: a second training into it would mix the two runs'
     checkpoints, base and logs without a word."""
-    with RunFolderLock(Path(config.output), int(os.environ.get("RANK", "0")) == 0):
-        return _train(config, resume, stop)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        with RunFolderLock(Path(config.output), int(os.environ.get("RANK", "0")) == 0):
+            return _train(config, resume, stop)
+    finally:  # the caller's process (a notebook) gets its settings back
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def cpu_threads(num_workers: int) -> Optional[int]:
+    """Compute threads for a run on the CPU that leave a core to each data worker, unless
+    ``OMP_NUM_THREADS`` says how many: threads that outnumber the free cores wait on each other
+    (on 2 busy cores, default threads made a small model's steps many times slower)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - num_workers)
 
 
 def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> TrainResult:
@@ -187,6 +203,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         raise DataError("accelerate's own FSDP wrapping is not used here",
                         hint="launch without it (accelerate launch --multi_gpu, or torchrun) and set fsdp: true")
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    threads = cpu_threads(config.num_workers) if not on_gpu else None
+    if threads:
+        torch.set_num_threads(threads)
     # Gradients of the per-embodiment gathers accumulate in parallel; deterministic kernels make
     # the same seed give the same weights bit for bit (and exact resume possible).
     torch.use_deterministic_algorithms(
@@ -348,6 +367,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                     + (f" with {', '.join(resume_changes)}" if resume_changes else ""))
     if config.compile:
         logger.note("compile: the first step compiles each kind of transformer layer (a minute or so)")
+    if threads and config.num_workers:
+        logger.note(f"{threads} compute thread(s) on the CPU, leaving {config.num_workers} core(s) to the data "
+                    "workers (OMP_NUM_THREADS sets the count)")
     if config.fsdp and world == 1:
         logger.note("fsdp in one process shards nothing and trains slower than without it (one H100: "
                     "0.84x eager, 0.54x compiled); it is for several GPUs")
