@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import warnings
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -490,3 +490,16 @@ def test_eval_of_held_out_episodes_takes_the_split_of_the_run_beside_the_checkpo
     with pytest.raises(DataError, match="reads the split of the run beside the checkpoint .*unknown setting colour"):
         held_out_split([str(tmp_path / "folder" / "model.pt")])
     assert held_out_split([str(tmp_path / "folder" / "model.pt")], 0.2, 1) == Split(0.2, 1, given=("val_fraction", "seed"))
+
+
+def test_an_exported_copy_far_from_its_run_keeps_the_runs_held_out_split(recordings, tmp_path):
+    from nitrogen_finetuner.evaluation.report import Split, held_out_split
+    from nitrogen_finetuner.training.trainer import train
+    from runs import config
+
+    train(config(recordings, tmp_path / "run", max_steps=1, val_fraction=0.5, seed=7, export_at_end=True))
+    copy = tmp_path / "shared" / "my-game.pt"  # the README's export, handed on without its run folder
+    assert main(["export", str(tmp_path / "run"), str(copy)]) == 0
+    assert held_out_split([str(copy)]) == Split(0.5, 7, runs=(str(copy),), run_data=(str(recordings),))
+    assert held_out_split([str(copy)], seed=1) == Split(0.5, 1, runs=(str(copy),), given=("seed",),
+                                                        run_data=(str(recordings),))

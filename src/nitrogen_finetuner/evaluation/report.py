@@ -10,11 +10,13 @@ for frames that do not decode (``--skip-bad-rows``).
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 from ..data.config import DataConfig
 from ..data.episodes import split_episodes
@@ -92,28 +94,48 @@ def _same_dataset(a: str, b: str) -> bool:
     return first.resolve() == second.resolve() if first.exists() and second.exists() else a == b
 
 
+def recorded_split(path: str) -> Optional[dict]:
+    """The held-out split an exported checkpoint records (``val_fraction``, ``seed``, ``data``),
+    read without loading its weights; None for a checkpoint without one, or one that does not load
+    (loading it for the evaluation names the problem)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
+        return None
+    record = ckpt.get("nitrogen_finetuner") if isinstance(ckpt, dict) else None
+    held_out = record.get("held_out") if isinstance(record, dict) else None
+    return held_out if isinstance(held_out, dict) and {"val_fraction", "seed", "data"} <= held_out.keys() else None
+
+
 def held_out_split(checkpoints: Sequence[str], val_fraction: Optional[float] = None,
                    seed: Optional[int] = None) -> Split:
     """The split of ``--episodes val``: the caller's values where given; else the run's, when a
     checkpoint's folder holds the ``config.yaml`` of the run that wrote it (a run's exported
-    ``model.pt``); else 0.1 and 0. Checkpoints of runs that held out different episodes are refused."""
+    ``model.pt``) or the checkpoint records it (``export`` writes it); else 0.1 and 0. Checkpoints
+    of runs that held out different episodes are refused."""
     given = tuple(key for key, value in (("val_fraction", val_fraction), ("seed", seed)) if value is not None)
     found: dict[str, tuple[float, int]] = {}
     run_data: dict[str, str] = {}
     if len(given) < 2:
         for path in checkpoints:
             config_file = Path(path).parent / "config.yaml"
-            if not config_file.is_file() or str(config_file.parent) in found:
+            if str(config_file.parent) in found:
                 continue
-            try:
-                config = resolve_config(config_file)
-            except DataError as err:
-                raise DataError(f"--episodes val reads the split of the run beside the checkpoint {path}, and "
-                                f"{user_message(err)}", hint="pass --val-fraction and --seed to choose the split") from None
-            run = str(config_file.parent)
-            found[run] = (config.val_fraction if val_fraction is None else val_fraction,
-                          config.seed if seed is None else seed)
-            run_data[run] = config.data.dataset_name
+            if config_file.is_file():
+                try:
+                    config = resolve_config(config_file)
+                except DataError as err:
+                    raise DataError(f"--episodes val reads the split of the run beside the checkpoint {path}, and "
+                                    f"{user_message(err)}", hint="pass --val-fraction and --seed to choose the split") from None
+                run, record = str(config_file.parent), {"val_fraction": config.val_fraction, "seed": config.seed,
+                                                        "data": config.data.dataset_name}
+            else:
+                run, record = str(path), recorded_split(path)
+                if record is None:
+                    continue
+            found[run] = (record["val_fraction"] if val_fraction is None else val_fraction,
+                          record["seed"] if seed is None else seed)
+            run_data[run] = record["data"]
     splits = set(found.values())
     if len(splits) > 1:
         listing = "; ".join(f"{run}: val_fraction {vf:g}, seed {sd}" for run, (vf, sd) in found.items())
