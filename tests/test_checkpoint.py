@@ -68,6 +68,22 @@ def test_wrong_contents_are_explained(tmp_path, case_checkpoints):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="model_cfg.action_horizon"):
         load_policy(path, verbose=False)
+    for entry, value, message in [  # files from other tools: each was a traceback
+        ("step", "abc", "its 'step' entry is 'abc', not a whole number"),
+        ("nitrogen_finetuner", "garbage", "its 'nitrogen_finetuner' entry is not one this tool writes"),
+        ("nitrogen_finetuner", {"action_layout": {}}, "its 'nitrogen_finetuner' entry is not one this tool writes"),
+        ("model", [1, 2], "its 'model' entry is not a state dict of parameter names and tensors"),
+    ]:
+        ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
+        ckpt[entry] = value
+        torch.save(ckpt, path)
+        with pytest.raises(CheckpointError, match=message):
+            load_policy(path, verbose=False)
+    ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
+    ckpt["model"] = {k: v.int() for k, v in ckpt["model"].items()}
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="holds torch.int32 numbers, not floating point"):
+        load_policy(path, verbose=False)
     for key in ("action_horizon", "num_inference_timesteps"):  # passed, and broke predict later
         ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
         ckpt["ckpt_config"]["model_cfg"][key] = 0

@@ -148,17 +148,24 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Load
     """Read, validate and build the model of an official-format checkpoint (on CPU)."""
     ckpt = read_checkpoint(path, trust_pickle)
     config = parse_config(ckpt["ckpt_config"], f"{path}: ckpt_config")
-    state_dict = ckpt["model"]
+    state_dict, extra, step, epoch = _entries(ckpt, path)
     if not any(k.startswith(VISION_PREFIX) for k in state_dict):
         raise CheckpointError(f"{path}: the state dict holds no vision_encoder.* weights")
-    extra = ckpt.get(EXTRA_KEY) or {}
-    with torch.device("meta"):
-        model = build_model(config, state_dict, extra.get("vision_tower"))
-    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    try:
+        with torch.device("meta"):
+            model = build_model(config, state_dict, extra.get("vision_tower"))
+    except (ValueError, TypeError, KeyError) as err:  # a vision_tower record that does not fit the weights
+        raise CheckpointError(f"{path}: its {EXTRA_KEY} record does not fit its weights ({err})") from None
+    expected = model.state_dict()
+    shapes = {name: tuple(t.shape) for name, t in expected.items()}
     wrong = next((k for k, v in state_dict.items() if k in shapes and tuple(v.shape) != shapes[k]), None)
     if wrong is not None:
         raise CheckpointError(f"{path}: weights do not match the architecture in its ckpt_config ({wrong} is "
                               f"{tuple(state_dict[wrong].shape)}, the config makes it {shapes[wrong]})")
+    wrong = next((k for k, v in state_dict.items()
+                  if k in expected and expected[k].is_floating_point() and not v.is_floating_point()), None)
+    if wrong is not None:
+        raise CheckpointError(f"{path}: weight {wrong} holds {state_dict[wrong].dtype} numbers, not floating point")
     result = model.load_state_dict(state_dict, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
@@ -174,9 +181,30 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Load
         raw_config=ckpt["ckpt_config"],
         preprocessor=ImagePreprocessor.for_tower(tower, model.vision_encoder.config),
         extra=extra,
-        step=int(ckpt.get("step", 0) or 0),
-        epoch=int(ckpt.get("epoch", 0) or 0),
+        step=step,
+        epoch=epoch,
     )
+
+
+def _entries(ckpt: dict, path) -> tuple[dict, dict, int, int]:
+    """The state dict, our record, step and epoch, each checked for the type the official code
+    and this tool write (a file written by another tool may hold anything there)."""
+    state_dict, extra = ckpt["model"], ckpt.get(EXTRA_KEY) or {}
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise CheckpointError(f"{path}: its 'model' entry is not a state dict of parameter names and tensors")
+    layout = extra.get("action_layout") if isinstance(extra, dict) else None
+    if not isinstance(extra, dict) or layout is not None and not (
+            isinstance(layout, dict) and isinstance(layout.get("buttons"), (list, tuple))):
+        raise CheckpointError(f"{path}: its '{EXTRA_KEY}' entry is not one this tool writes (export the run again, "
+                              f"or delete the entry to load the weights with the default layout)")
+    counts = []
+    for key in ("step", "epoch"):
+        value = ckpt.get(key, 0) or 0
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CheckpointError(f"{path}: its '{key}' entry is {value!r}, not a whole number")
+        counts.append(value)
+    return state_dict, extra, *counts
 
 
 def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
