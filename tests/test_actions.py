@@ -65,6 +65,8 @@ def test_other_action_dims_take_their_buttons_from_configuration():
     assert layout.action_dim == 9 and layout.slot_names[4] == "UP"
     with pytest.raises(LayoutError, match="action_dim is 9"):
         ActionLayout.resolve(9, old_layout=False, buttons=["A", "B"])
+    with pytest.raises(LayoutError, match="every button needs a name"):  # `--buttons A,B,SELECT,START,`
+        ActionLayout.resolve(9, old_layout=False, buttons=["A", "B", "SELECT", "START", ""])
 
 
 def test_button_orders_are_named_settings():

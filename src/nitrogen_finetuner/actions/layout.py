@@ -46,6 +46,9 @@ class ActionLayout:
     def __post_init__(self):
         if len(set(self.buttons)) != len(self.buttons):
             raise LayoutError(f"button names repeat: {list(self.buttons)}")
+        if not all(isinstance(name, str) and name.strip() for name in self.buttons):
+            raise LayoutError(f"every button needs a name (a trailing comma in --buttons leaves one empty): "
+                              f"{list(self.buttons)}")
         slots = (STICK_SLOTS + self.buttons) if self.old_layout else (self.buttons + STICK_SLOTS)
         object.__setattr__(self, "slot_names", slots)
 
