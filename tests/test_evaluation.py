@@ -129,6 +129,28 @@ def test_eval_command_writes_report_and_figures(tiny_checkpoint, tmp_path, capsy
     assert json.loads((out / "report.json").read_text()) == report  # a rerun gives the same numbers
 
 
+def test_the_button_order_check_scores_each_button_on_the_rows_that_label_it():
+    """Two consoles' recordings label different buttons: requiring every label on a row kept none."""
+    from types import SimpleNamespace
+
+    from nitrogen_finetuner.actions import ActionLayout
+    from nitrogen_finetuner.evaluation.open_loop import Chunks
+    from nitrogen_finetuner.evaluation.report import button_order_check
+
+    layout = ActionLayout.resolve(25, old_layout=False)
+    south, east = layout.buttons.index("SOUTH"), layout.buttons.index("EAST")
+    rng = np.random.default_rng(0)
+    true = np.zeros((40, 1, 25))
+    true[:, 0, south], true[:, 0, east] = rng.random(40) > 0.5, rng.random(40) > 0.5
+    mask = np.zeros_like(true, dtype=bool)
+    mask[:20, 0, south] = mask[20:, 0, east] = True  # the first console labels SOUTH, the second EAST
+    predicted = true * 0.8 + 0.1 * rng.random(true.shape)
+    chunks = Chunks(np.zeros(40, int), np.arange(40), predicted, true, mask)
+    check = button_order_check(chunks, SimpleNamespace(layout=layout))
+    assert check["labelled_buttons"] == ["EAST", "SOUTH"]
+    assert {k: v["best_slot"] for k, v in check["best_slot_per_label"].items()} == {"EAST": "EAST", "SOUTH": "SOUTH"}
+
+
 def test_the_button_order_check_says_when_no_button_is_pressed(tiny_checkpoint, tmp_path, capsys):
     for i in range(2):  # every button column all False
         write_nitrogen_parquet(tmp_path / "data" / f"e{i}.parquet", n=40, start=10 * i, extra={"south": [False] * 40})

@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--checkpoint", required=True, help="an official-format checkpoint, such as a run's model.pt")
     play.add_argument("--game", required=True, help="runner or collector")
     play.add_argument("--episodes", type=_count(1), default=10, help="games to play (default: 10)")
-    play.add_argument("--seed", type=_count(0), default=10_000, help="first game seed (recordings use 0, 1, ...)")
+    play.add_argument("--seed", type=_count(0), default=10_000, help="first game seed (default 10000; recordings use 0, 1, ...)")
     play.add_argument("--output", default=".", help="folder for the GIF of the first episode (default: here; "
                       "replaces the game's GIF there)")
     play.add_argument("--replan-every", type=int, help="query the policy every N steps (default: once per "

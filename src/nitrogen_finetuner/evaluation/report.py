@@ -30,14 +30,16 @@ from .open_loop import Chunks, predict_chunks, score_chunks
 
 
 def button_order_check(chunks: Chunks, policy) -> dict:
-    """Agreement of every predicted button slot with every labelled button on the same rows."""
+    """Agreement of every predicted button slot with every labelled button, each button over the
+    rows that label it (data from several consoles labels different buttons on different rows)."""
     layout = policy.layout
     mask = chunks.mask[..., layout.button_slice].reshape(-1, layout.n_buttons)
     labelled = [i for i in range(layout.n_buttons) if mask[:, i].any()]
-    rows = mask[:, labelled].all(axis=1)
-    scores = chunks.predicted[..., layout.button_slice].reshape(-1, layout.n_buttons)[rows]
-    labels = chunks.true[..., layout.button_slice].reshape(-1, layout.n_buttons)[rows][:, labelled]
-    agreement = slot_agreement(scores, labels)
+    scores = chunks.predicted[..., layout.button_slice].reshape(-1, layout.n_buttons)
+    true = chunks.true[..., layout.button_slice].reshape(-1, layout.n_buttons)
+    columns = [slot_agreement(scores[mask[:, i]], true[mask[:, i]][:, [i]]) for i in labelled]
+    agreement = {key: np.concatenate([c[key] for c in columns], axis=1) if columns else np.empty((layout.n_buttons, 0))
+                 for key in ("correlation", "best_f1")}
     names = [layout.buttons[i] for i in labelled]
     best = {}
     for j, name in enumerate(names):
