@@ -10,18 +10,17 @@ for frames that do not decode (``--skip-bad-rows``).
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from ..data.config import DataConfig
 from ..data.episodes import split_episodes
 from ..data.errors import DataError, user_message
 from ..data.pipeline import ModelInputs, prepare_data
+from ..model.checkpoint import read_record
 from ..policy import load_policy, require_finite_actions
 from ..training.config import resolve_config
 from . import plots
@@ -97,15 +96,9 @@ def _same_dataset(a: str, b: str) -> bool:
 
 
 def recorded_split(path: str) -> Optional[dict]:
-    """The held-out split an exported checkpoint records (``val_fraction``, ``seed``, ``data``),
-    read without loading its weights; None for a checkpoint without one, or one that does not load
-    (loading it for the evaluation names the problem)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
-        return None
-    record = ckpt.get("nitrogen_finetuner") if isinstance(ckpt, dict) else None
-    held_out = record.get("held_out") if isinstance(record, dict) else None
+    """The held-out split an exported checkpoint records (``val_fraction``, ``seed``, ``data``), or
+    None for a checkpoint without one."""
+    held_out = read_record(path).get("held_out")
     return held_out if isinstance(held_out, dict) and {"val_fraction", "seed", "data"} <= held_out.keys() else None
 
 

@@ -186,6 +186,18 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Load
     )
 
 
+def read_record(path: str | os.PathLike) -> dict:
+    """The ``nitrogen_finetuner`` record of a checkpoint file, read without loading its weights
+    (they are memory-mapped, not read); empty for a file without one or that does not load here
+    (loading it in full names the problem)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError):
+        return {}
+    record = ckpt.get(EXTRA_KEY) if isinstance(ckpt, dict) else None
+    return record if isinstance(record, dict) else {}
+
+
 def _entries(ckpt: dict, path) -> tuple[dict, dict, int, int]:
     """The state dict, our record, step and epoch, each checked for the type the official code
     and this tool write (a file written by another tool may hold anything there)."""
