@@ -72,6 +72,7 @@ def test_wrong_contents_are_explained(tmp_path, case_checkpoints):
         ("step", "abc", "its 'step' entry is 'abc', not a whole number"),
         ("nitrogen_finetuner", "garbage", "its 'nitrogen_finetuner' entry is not one this tool writes"),
         ("nitrogen_finetuner", {"action_layout": {}}, "its 'nitrogen_finetuner' entry is not one this tool writes"),
+        ("nitrogen_finetuner", {"image_fit": "zoom"}, "its 'nitrogen_finetuner' entry is not one this tool writes"),
         ("model", [1, 2], "its 'model' entry is not a state dict of parameter names and tensors"),
     ]:
         ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])

@@ -160,9 +160,12 @@ def test_press_rates_count_only_the_files_that_can_press(tmp_path, capsys):
     write_nitrogen_parquet(tmp_path / "a.parquet", n=8)  # SOUTH on even rows
     no_south = {k: v for k, v in nitrogen_rows(8).items() if k != "south"}
     pq.write_table(pa.table({"image": image_structs(8), **no_south}), tmp_path / "b.parquet")
-    assert inspect(tmp_path, tmp_path, "--profile", "nitrogen", capsys=capsys).returncode == 0
+    result = inspect(tmp_path, tmp_path, "--profile", "nitrogen", "--image-fit", "crop", capsys=capsys)
+    assert result.returncode == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["button_press_rate"]["SOUTH"] == 0.5  # not 8 presses over 16 rows, half of which cannot press
+    assert report["frame_size"] == [40, 30] and "frames       40x30 (the first); image_fit crop makes them square" \
+        in result.stdout
 
 
 def test_a_value_that_is_no_number_is_a_bad_row(tmp_path, capsys):

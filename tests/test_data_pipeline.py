@@ -17,10 +17,11 @@ from nitrogen_finetuner.actions.layout import ActionLayout
 from nitrogen_finetuner.data.config import DataConfig
 from nitrogen_finetuner.data.episodes import split_episodes
 from nitrogen_finetuner.data.errors import DataError
-from nitrogen_finetuner.data.images import FrameTransform, ImageDecodeError, decode_image, fit_square
+from nitrogen_finetuner.data.images import FrameTransform, ImageDecodeError, decode_image
 from nitrogen_finetuner.data.loader import make_loader
 from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
 from nitrogen_finetuner.data.sources import _datasets_sources
+from nitrogen_finetuner.model.vision import fit_square
 from recordings import frame, frame_index, image_structs, nitrogen_rows, png_bytes, write_frames_folder, write_nitrogen_parquet
 
 LAYOUT = ActionLayout.resolve(25, old_layout=False)

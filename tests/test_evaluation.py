@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from nitrogen_finetuner import load_policy
@@ -356,6 +357,9 @@ def test_predict_refuses_a_checkpoint_whose_actions_are_not_finite(tiny_checkpoi
     assert main(["rollout", "--checkpoint", str(broken), "--game", "runner", "--episodes", "1", "--output",
                  str(tmp_path / "games")]) == 2  # and no game played with NaN actions
     assert message in failure(capsys) and not list(tmp_path.glob("games/*.gif"))
+    with pytest.raises(DataError) as err:  # the API too: no NaN sent to a gamepad
+        load_policy(broken, verbose=False).predict(np.zeros((8, 8, 3), np.uint8))
+    assert message in str(err.value)
 
 
 def test_an_overlay_that_cannot_be_written_is_named_before_any_work(tiny_checkpoint, tmp_path, capsys):
@@ -449,6 +453,24 @@ def test_eval_names_the_profile_and_the_columns_no_mapping_reads(tiny_checkpoint
     assert report["profiles"] == {"tiny": "xbox (scored on 11/25 slots)"}
     assert report["unused_columns"] == unused.split(", ")
     assert report["checkpoints"]["tiny"]["sticks"]["mean_mae"] is None  # what the unused line explains
+
+
+def test_eval_makes_frames_square_as_each_checkpoint_is_played(tiny_checkpoint, tmp_path):
+    """Frames are 40x30 solid colours: padding adds black borders, cropping keeps only the colour."""
+    for i in range(2):
+        write_nitrogen_parquet(tmp_path / "data" / f"e{i}.parquet", n=24, start=10 * i)
+    cropped = tmp_path / "cropped.pt"
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt.setdefault("nitrogen_finetuner", {})["image_fit"] = "crop"  # as a run with data.image_fit crop exports
+    torch.save(ckpt, cropped)
+
+    def scores(*flags) -> dict:
+        assert main(["eval", "--checkpoint", str(cropped), "--data", str(tmp_path / "data"),
+                     "--output", str(tmp_path / "eval"), "--max-chunks", "2", *flags]) == 0
+        return json.loads((tmp_path / "eval" / "report.json").read_text())["checkpoints"]["cropped"]
+
+    assert scores() == scores("--image-fit", "crop")
+    assert scores() != scores("--image-fit", "pad")
 
 
 def fake_run(tiny_checkpoint: Path, folder: Path, data: Path, **settings) -> Path:

@@ -124,6 +124,13 @@ def test_predict_accepts_pil_images_and_draws_noise_when_none(case_checkpoints):
     grey = Image.fromarray(np.full(frame.shape[:2], 32768, np.uint16))
     mid_grey = Image.new("RGB", grey.size, (128, 128, 128))
     assert policy.preprocessor.resize(grey).tolist() == policy.preprocessor.resize(mid_grey).tolist()
+    # Grey and RGBA arrays as PIL reads them, not refused while the same PIL image is accepted
+    pixels = np.random.RandomState(0).randint(0, 256, (20, 30), dtype=np.uint8)
+    as_pil = policy.preprocessor.resize(Image.fromarray(pixels))
+    assert np.array_equal(policy.preprocessor.resize(pixels), as_pil)
+    assert np.array_equal(policy.preprocessor.resize(pixels[..., None]), as_pil)
+    assert np.array_equal(policy.preprocessor.resize(np.dstack([pixels] * 3 + [pixels // 2])),
+                          policy.preprocessor.resize(np.dstack([pixels] * 3)))
     for wrong, error, message in [
         (torch.from_numpy(frame), TypeError, "numpy array or a PIL image, got Tensor"),
         (frame.tolist(), TypeError, "got list"),

@@ -357,6 +357,22 @@ def test_merged_export_predicts_like_the_adapter_model(recordings, tmp_path, cap
     assert (merged - load_policy(tmp_path / "run" / "base.pt", verbose=False).model.sample_actions(pixels, noise)).abs().max() > 1e-3
 
 
+def test_a_fine_tuned_model_plays_frames_made_square_as_it_trained_on_them(recordings, tmp_path, capsys):
+    """The recordings' frames are 40x30: the run says how it makes them square, the export records
+    it, and the policy fits a frame the same way before the vision tower's resize."""
+    run = train(config(recordings, tmp_path / "run", max_steps=1, export_at_end=True, **{"data.image_fit": "crop"}))
+    assert "note        frames are 40x30: image_fit crop makes them square" in capsys.readouterr().out
+    assert torch.load(run.exported, weights_only=True)["nitrogen_finetuner"]["image_fit"] == "crop"
+    policy = load_policy(run.exported, verbose=False)
+    assert "frames          not square: cropped square first (image_fit crop" in policy.summary()
+    wide = np.random.RandomState(0).randint(0, 256, (30, 40, 3), dtype=np.uint8)
+    centre = np.ascontiguousarray(wide[:, 5:35])
+    assert np.array_equal(policy.preprocessor.resize(wide), policy.preprocessor.resize(centre))
+    base = load_policy(tmp_path / "run" / "base.pt", verbose=False)  # no record: stretched, as the official player
+    assert base.preprocessor.fit == "stretch" and "frames  " not in base.summary()
+    assert not np.array_equal(base.preprocessor.resize(wide), policy.preprocessor.resize(wide))
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_every_file_of_a_run_gets_the_umask_permissions(recordings, tmp_path, method):
     """safetensors and mkstemp create owner-only files: a model exported by a container running

@@ -240,7 +240,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         raise DataError(f"--replan-every {args.replan_every} is outside 1..{policy.horizon}",
                         file=args.checkpoint, hint=f"the checkpoint predicts {policy.horizon} actions per chunk")
     gif = Path(args.output) / f"rollout_{args.game}.gif"
-    result = rollout(args.game, lambda seed: policy_player(policy, seed, args.replan_every, args.checkpoint),
+    result = rollout(args.game, lambda seed: policy_player(policy, seed, args.replan_every),
                      range(args.seed, args.seed + args.episodes), gif=gif)
     print(f"{args.game}: success {result.success_rate:.0%} over {result.episodes} episode(s), "
           f"mean return {result.mean_return:.1f}; first episode: {gif}")
@@ -288,7 +288,7 @@ def _data_config(args: argparse.Namespace, dataset: str):
             dataset_name=dataset, split=args.split, profile=args.profile, mapping=_mapping(args.map),
             stick_range=args.stick_range, analog_deadzone=args.analog_deadzone,
             trigger_threshold=args.trigger_threshold, episode_column=args.episode_column,
-            image_column=args.image_column, frame_column=args.frame_column, image_fit=args.image_fit,
+            image_column=args.image_column, frame_column=args.frame_column, image_fit=args.image_fit or "pad",
             skip_bad_rows=args.skip_bad_rows,
         )
     except ValidationError as err:
@@ -302,7 +302,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint, _data_config(args, args.data), Path(args.output), episodes=args.episodes,
         val_fraction=args.val_fraction, seed=args.seed, button_order=args.button_order,
         check_button_order=args.check_button_order, limit=args.max_chunks, device=args.device,
-        trust_pickle=args.trust_pickle, buttons=_buttons(args),
+        trust_pickle=args.trust_pickle, buttons=_buttons(args), image_fit=args.image_fit,
     )
     print(text)
     return 0
@@ -317,10 +317,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_outputs(args.inputs, args.checkpoint, output, overlay, args.force)
     policy = _load(args, args.checkpoint)
     if output is None:
-        predict_files(policy, args.inputs, sys.stdout, args.seed, overlay, args.checkpoint)
+        predict_files(policy, args.inputs, sys.stdout, args.seed, overlay)
         return 0
     with replaced_when_done(output) as partial, open(partial, "w") as sink:
-        lines = predict_files(policy, args.inputs, sink, args.seed, overlay, args.checkpoint)
+        lines = predict_files(policy, args.inputs, sink, args.seed, overlay)
     print(f"wrote {lines} line(s) to {output}" + (f" and {overlay}" if overlay else ""))
     return 0
 
@@ -354,7 +354,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column")
     parser.add_argument("--frame-column", help="column that orders each episode's rows (default: frame_index "
                         "when there is one; none: file order)")
-    parser.add_argument("--image-fit", default="pad", choices=("pad", "crop", "stretch"))
+    parser.add_argument("--image-fit", choices=("pad", "crop", "stretch"),
+                        help="how frames that are not square are made square (default: pad; eval: as each "
+                        "checkpoint is played, the fit it was fine-tuned with, stretch for the released model)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--skip-bad-rows", action="store_true", help="count bad rows instead of stopping at the first")
 

@@ -45,6 +45,7 @@ class NitroGenPolicy:
     step: int = 0
     epoch: int = 0
     extra: dict = field(default_factory=dict)  # what this tool recorded in the checkpoint
+    source: Optional[str] = None  # the file it was loaded from, which its errors name
 
     def __post_init__(self):
         self.processor = UniversalVectorProcessor(self.layout)
@@ -87,13 +88,15 @@ class NitroGenPolicy:
 
     def predict_batch(self, images: Sequence, noise: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
         """One action chunk per frame: ``raw`` (B, horizon, action_dim), ``j_left``/``j_right``
-        (B, horizon, 2) in [-1, 1], ``buttons`` (B, horizon, n_buttons) in {0, 1}."""
+        (B, horizon, 2) in [-1, 1], ``buttons`` (B, horizon, n_buttons) in {0, 1}. Actions that
+        are not finite numbers (broken weights) raise ``DataError`` rather than reach a game."""
         if isinstance(images, (np.ndarray, torch.Tensor, str, bytes)) or not isinstance(images, Sequence):
             raise TypeError(f"predict_batch takes a list of frames, got {type(images).__name__} "
                             "(for one frame, use predict)")
         if not images:
             raise ValueError("predict_batch needs at least one frame")
         raw = self.sample(self.preprocess(images), None if noise is None else torch.as_tensor(noise)).cpu()
+        require_finite_actions(raw.float().numpy(), self.source)
         decoded = self.processor.unpack(raw)
         return {"raw": raw.numpy(), **{k: v.numpy() for k, v in decoded.items()}}
 
@@ -150,6 +153,9 @@ class NitroGenPolicy:
             *([f"  fine-tuned      {self.extra['method']} from {self.extra.get('fine_tuned_from', '?')}, "
                f"step {self.step} ({'EMA' if self.extra.get('weights') == 'ema' else 'trained, not EMA'} weights)"]
               if "method" in self.extra else []),
+            *([f"  frames          not square: {'padded' if self.preprocessor.fit == 'pad' else 'cropped'} square "
+               f"first (image_fit {self.preprocessor.fit}, as fine-tuned; the official player stretches them)"]
+              if self.preprocessor.fit != "stretch" else []),
         ])
 
 
@@ -208,7 +214,7 @@ def load_policy(
     loaded.model.to(device=device, dtype=dtype)
     policy = NitroGenPolicy(
         model=loaded.model, config=cfg, raw_config=loaded.raw_config, preprocessor=loaded.preprocessor,
-        layout=layout, step=loaded.step, epoch=loaded.epoch, extra=loaded.extra,
+        layout=layout, step=loaded.step, epoch=loaded.epoch, extra=loaded.extra, source=str(path),
     )
     if verbose:
         print(f"Loaded {path}\n{policy.summary()}", file=sys.stderr)

@@ -15,11 +15,8 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from ..model.vision import rgb_image
+from ..model.vision import fit_square, rgb_image
 from .errors import DataError
-
-IMAGE_FITS = ("pad", "crop", "stretch")
-
 
 class ImageDecodeError(ValueError):
     """The stored value is not an image we can read; the caller adds file, row and column."""
@@ -62,23 +59,6 @@ def decode_image(value: Any, base_dir: Optional[Path] = None) -> Image.Image:
         reason = re.sub(r" <[^<>]* at 0x[0-9a-f]+>", "", str(err))[:120]  # no "<_io.BytesIO object at 0x7f...>"
         raise ImageDecodeError(f"cannot decode the image ({type(err).__name__}: {reason})") from None
     return rgb_image(image)
-
-
-def fit_square(image: Image.Image, fit: str) -> Image.Image:
-    """Make a frame square: ``pad`` (centred, black borders: how the BizHawk converter stores
-    frames), ``crop`` (centre crop) or ``stretch`` (left to the resize, as the official player)."""
-    w, h = image.size
-    if w == h or fit == "stretch":
-        return image
-    side = max(w, h) if fit == "pad" else min(w, h)
-    if fit == "pad":
-        canvas = Image.new("RGB", (side, side))
-        canvas.paste(image, ((side - w) // 2, (side - h) // 2))
-        return canvas
-    if fit == "crop":
-        left, top = (w - side) // 2, (h - side) // 2
-        return image.crop((left, top, left + side, top + side))
-    raise ValueError(f"image_fit must be one of {IMAGE_FITS}, got {fit!r}")
 
 
 @dataclass(frozen=True)

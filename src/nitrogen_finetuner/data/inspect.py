@@ -66,6 +66,8 @@ def summarize(data: PreparedData) -> dict:
         "episodes": len(index.episodes),
         "frames": index.num_frames,
         "shortest_episode": min((len(e) for e in index.episodes), default=0),
+        "frame_size": data.frame_size(),
+        "image_fit": data.config.image_fit,
         "frame_gaps": index.frame_gaps,
         "profiles": sorted({b.describe() for b in index.bindings}),
         "unused_columns": index.all_unused_columns,
@@ -95,6 +97,10 @@ def format_report(report: dict) -> str:
         f"episodes     {report['episodes']} in {report['files']} file(s), {report['frames']} frames "
         f"(shortest episode {report['shortest_episode']})",
     ]
+    if report["frame_size"]:
+        width, height = report["frame_size"]
+        fitted = "" if width == height else f"; image_fit {report['image_fit']} makes them square"
+        lines.append(f"frames       {width}x{height} (the first){fitted}, then resized to the vision tower's input")
     if report["frame_gaps"]:
         lines.append(f"gaps         frame numbers skip in {report['frame_gaps']} place(s): the recordings are "
                      "cut there into episodes that windows never cross")

@@ -17,7 +17,7 @@ from ..policy import checkpoint_layout
 from ..actions.processor import UniversalVectorProcessor
 from .config import DataConfig
 from .episodes import DatasetIndex, build_index
-from .images import Augmentation, FrameTransform
+from .images import Augmentation, FrameTransform, ImageDecodeError, decode_image
 from .loader import WindowDataset
 from .sources import open_sources
 from .windows import WindowSpec
@@ -87,6 +87,18 @@ class PreparedData:
             shuffle_buffer=self.config.shuffle_buffer, skip_bad_rows=self.config.skip_bad_rows,
             rank=rank, world_size=world_size, shard=self.config.shard if train else "windows", drop_last=drop_last,
         )
+
+    def frame_size(self) -> Optional[tuple[int, int]]:
+        """Width and height of the first episode's first frame; None when there is none or it does
+        not decode (the loader reports a bad frame where it reads it)."""
+        if not self.index.episodes:
+            return None
+        episode = self.index.episodes[0]
+        source, column = self.index.sources[episode.source], self.index.image_columns[episode.source]
+        try:
+            return decode_image(source.read_value(column, int(episode.rows[0])), source.base_dir).size
+        except ImageDecodeError:
+            return None
 
 
 def prepare_data(config: DataConfig, model: ModelInputs) -> PreparedData:

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from ..data.errors import DataError
 from ..data.images import ImageDecodeError, decode_image
 from ..files import refuse_existing, replaced_when_done
-from ..policy import NitroGenPolicy, require_finite_actions
+from ..policy import NitroGenPolicy
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
 
@@ -42,11 +42,9 @@ def chunk_records(policy: NitroGenPolicy, out: dict) -> list[dict]:
     ]
 
 
-def _actions(policy: NitroGenPolicy, frame: np.ndarray, noise: torch.Tensor, checkpoint: Optional[str]) -> list[dict]:
-    """The frame's chunk as records; NaN or infinite actions stop here, as JSON has no such numbers."""
-    out = policy.predict(frame, noise=noise)
-    require_finite_actions(out["raw"], checkpoint)
-    return chunk_records(policy, out)
+def _actions(policy: NitroGenPolicy, frame: np.ndarray, noise: torch.Tensor) -> list[dict]:
+    """The frame's chunk as records (NaN or infinite actions stop in ``predict``: JSON has no such numbers)."""
+    return chunk_records(policy, policy.predict(frame, noise=noise))
 
 
 def _noise(policy: NitroGenPolicy, seed: int, contents: int, frame: int) -> torch.Tensor:
@@ -139,35 +137,35 @@ def check_outputs(inputs: list[str], checkpoint: str, output: Optional[Path], ov
 
 
 def predict_files(policy: NitroGenPolicy, paths: list[str], sink: TextIO, seed: int = 0,
-                  overlay: Optional[Path] = None, checkpoint: Optional[str] = None) -> int:
+                  overlay: Optional[Path] = None) -> int:
     """Write one JSON line per image or per video chunk; returns the number of lines. The overlay
-    replaces its file only once every input went well; ``checkpoint`` names the policy's file in errors."""
+    replaces its file only once every input went well."""
     check_inputs(paths, overlay)
     lines = 0
     with replaced_when_done(overlay) if overlay is not None else nullcontext() as drawn:
         for name in paths:
             path = Path(name)
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                lines += _predict_video(policy, path, sink, seed, checkpoint, drawn, overlay)
+                lines += _predict_video(policy, path, sink, seed, drawn, overlay)
                 continue
             try:
                 frame = np.asarray(decode_image(str(path)))
             except ImageDecodeError as err:
                 raise DataError(str(err), file=name, hint="give image or video files") from None
-            actions = _actions(policy, frame, _noise(policy, seed, _contents(path), 0), checkpoint)
+            actions = _actions(policy, frame, _noise(policy, seed, _contents(path), 0))
             sink.write(json.dumps({"source": name, "frame": 0, "actions": actions}) + "\n")
             lines += 1
     return lines
 
 
-def _predict_video(policy: NitroGenPolicy, path: Path, sink: TextIO, seed: int, checkpoint: Optional[str],
+def _predict_video(policy: NitroGenPolicy, path: Path, sink: TextIO, seed: int,
                    drawn: Optional[Path], overlay: Optional[Path]) -> int:
     """The video's chunks as lines, and its frames with their actions drawn into ``drawn``."""
     writer, lines, steps, contents = None, 0, [], _contents(path)
     try:
         for i, time_s, frame in _video_frames(path):
             if i % policy.horizon == 0:
-                steps = _actions(policy, frame, _noise(policy, seed, contents, i), checkpoint)
+                steps = _actions(policy, frame, _noise(policy, seed, contents, i))
                 sink.write(json.dumps({"source": str(path), "frame": i, "time_s": round(time_s, 4),
                                        "actions": steps}) + "\n")
                 lines += 1

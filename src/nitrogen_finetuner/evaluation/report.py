@@ -157,9 +157,12 @@ def run_eval(
     device: str = "cpu",
     trust_pickle: bool = False,
     buttons: Optional[Sequence[str]] = None,
+    image_fit: Optional[str] = None,
 ) -> tuple[dict, str]:
     """``seed`` seeds the start noise and, with ``episodes="val"``, the split; left None, they
-    (and ``val_fraction``) are the run's where a checkpoint's run config is found, else 0 (and 0.1)."""
+    (and ``val_fraction``) are the run's where a checkpoint's run config is found, else 0 (and 0.1).
+    ``image_fit`` left None fits each checkpoint's frames square as it is played (``data_config``'s
+    is not used)."""
     split = held_out_split(checkpoints, val_fraction, seed) if episodes == "val" else None
     seed = split.seed if split else (DEFAULT_SEED if seed is None else seed)
     reports, orders, files, chosen, names = {}, {}, {}, None, []
@@ -167,7 +170,8 @@ def run_eval(
     for path in checkpoints:
         policy = load_policy(path, device=device, button_order=button_order, buttons=buttons,
                              trust_pickle=trust_pickle, verbose=False)
-        data = prepare_data(data_config, ModelInputs.of_policy(policy))
+        fitted = data_config.model_copy(update={"image_fit": image_fit or policy.preprocessor.fit})
+        data = prepare_data(fitted, ModelInputs.of_policy(policy))
         every = list(range(len(data.index.episodes)))
         chosen = every if split is None else split_episodes(data.index.recordings, split.val_fraction, split.seed)[1]
         if not chosen:

@@ -14,18 +14,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..policy import NitroGenPolicy, require_finite_actions
+from ..policy import NitroGenPolicy
 from . import GAMES
 from .base import GamepadAction
 
 Player = Callable[[np.ndarray, int], GamepadAction]  # (frame, step) -> action
 
 
-def policy_player(policy: NitroGenPolicy, seed: int, replan_every: Optional[int] = None,
-                  checkpoint: Optional[str] = None) -> Player:
+def policy_player(policy: NitroGenPolicy, seed: int, replan_every: Optional[int] = None) -> Player:
     """Queries the policy every ``replan_every`` steps (default: the whole chunk, as the official
-    player does) and plays the chunk's actions in between; noise is seeded per (seed, step).
-    ``checkpoint`` names the policy's file when its actions are not numbers."""
+    player does) and plays the chunk's actions in between; noise is seeded per (seed, step)."""
     every = replan_every or policy.horizon
     if not 1 <= every <= policy.horizon:
         raise ValueError(f"replan_every must be between 1 and the horizon {policy.horizon}, got {every}")
@@ -36,7 +34,6 @@ def policy_player(policy: NitroGenPolicy, seed: int, replan_every: Optional[int]
             noise = torch.from_numpy(np.random.default_rng([seed, step]).standard_normal(
                 (policy.horizon, policy.action_dim)).astype(np.float32))
             out = policy.predict(frame, noise=noise)
-            require_finite_actions(out["raw"], checkpoint)
             chunk[:] = [
                 GamepadAction(
                     buttons=frozenset(policy.layout.buttons[i] for i in np.flatnonzero(out["buttons"][h] > 0.5)),

@@ -14,7 +14,7 @@ import os
 import pickle
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +25,7 @@ from ..files import apply_umask, no_space_left, tensor_bytes
 from .configuration import CheckpointConfig
 from .modeling import NitroGenModel
 from .vision import (
+    IMAGE_FITS,
     VISION_PREFIX,
     ImagePreprocessor,
     resolve_tower_config,
@@ -179,7 +180,9 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Load
         model=model.eval(),
         config=config,
         raw_config=ckpt["ckpt_config"],
-        preprocessor=ImagePreprocessor.for_tower(tower, model.vision_encoder.config),
+        # Frames are fitted square as the model was fine-tuned (the official player stretches them).
+        preprocessor=replace(ImagePreprocessor.for_tower(tower, model.vision_encoder.config),
+                             fit=extra.get("image_fit", "stretch")),
         extra=extra,
         step=step,
         epoch=epoch,
@@ -206,7 +209,8 @@ def _entries(ckpt: dict, path) -> tuple[dict, dict, int, int]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
         raise CheckpointError(f"{path}: its 'model' entry is not a state dict of parameter names and tensors")
     layout = extra.get("action_layout") if isinstance(extra, dict) else None
-    if not isinstance(extra, dict) or layout is not None and not (
+    fit = extra.get("image_fit", "stretch") if isinstance(extra, dict) else None
+    if not isinstance(extra, dict) or fit not in IMAGE_FITS or layout is not None and not (
             isinstance(layout, dict) and isinstance(layout.get("buttons"), (list, tuple))):
         raise CheckpointError(f"{path}: its '{EXTRA_KEY}' entry is not one this tool writes (export the run again, "
                               f"or delete the entry to load the weights with the default layout)")

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 VISION_PREFIX = "vision_encoder."
+IMAGE_FITS = ("pad", "crop", "stretch")  # how a frame is made square; see fit_square
 
 # The one number a state dict cannot show is the head count. Known SigLIP/SigLIP2 towers by name;
 # any other tower falls back to 64-wide heads.
@@ -137,13 +138,15 @@ class ImagePreprocessor:
     """The SigLIP image processor: stretch to ``size`` x ``size`` (bicubic), scale to [-1, 1].
 
     Matches ``SiglipImageProcessor`` (the processor the official player uses) to float rounding,
-    without its per-call overhead.
+    without its per-call overhead. ``fit`` other than ``stretch`` first pads or crops a frame that
+    is not square, as a model fine-tuned with that ``data.image_fit`` saw its frames.
     """
 
     size: int
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     resample: int = Image.Resampling.BICUBIC
+    fit: str = "stretch"
 
     @classmethod
     def for_tower(cls, name: str, config: SiglipVisionConfig) -> "ImagePreprocessor":
@@ -161,16 +164,19 @@ class ImagePreprocessor:
         return cls(size=config.image_size)
 
     def resize(self, image: np.ndarray | Image.Image) -> np.ndarray:
-        """An RGB uint8 array or PIL image to a ``size`` x ``size`` x 3 uint8 array."""
+        """A uint8 array (HxWx3 RGB; HxW or HxWx1 grey, HxWx4 RGBA as PIL reads them) or a PIL
+        image to a ``size`` x ``size`` x 3 RGB uint8 array."""
         if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"expected an RGB uint8 HxWx3 image, got {image.dtype} array of shape {image.shape}")
-            image = Image.fromarray(image)
+            channels = image.shape[2] if image.ndim == 3 else 1 if image.ndim == 2 else 0
+            if image.dtype != np.uint8 or channels not in (1, 3, 4):
+                raise ValueError(f"expected an RGB uint8 HxWx3 image (or HxW grey, HxWx4 RGBA), got {image.dtype} "
+                                 f"array of shape {image.shape}")
+            image = Image.fromarray(image.reshape(image.shape[:2]) if channels == 1 else image)
         elif not isinstance(image, Image.Image):
             raise TypeError(f"expected an RGB uint8 HxWx3 numpy array or a PIL image, got {type(image).__name__}")
         if 0 in image.size:
             raise ValueError(f"the image is empty ({image.size[0]}x{image.size[1]})")
-        image = rgb_image(image)
+        image = fit_square(rgb_image(image), self.fit)
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), resample=self.resample, reducing_gap=None)
         return np.asarray(image)
@@ -186,6 +192,23 @@ class ImagePreprocessor:
     def __call__(self, images: list) -> torch.Tensor:
         """A list of frames to (B, 3, size, size) float32 pixel values."""
         return self.normalize(torch.from_numpy(np.stack([self.resize(im) for im in images])))
+
+
+def fit_square(image: Image.Image, fit: str) -> Image.Image:
+    """Make a frame square: ``pad`` (centred, black borders: how the BizHawk converter stores
+    frames), ``crop`` (centre crop) or ``stretch`` (left to the resize, as the official player)."""
+    w, h = image.size
+    if w == h or fit == "stretch":
+        return image
+    side = max(w, h) if fit == "pad" else min(w, h)
+    if fit == "pad":
+        canvas = Image.new("RGB", (side, side))
+        canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+        return canvas
+    if fit == "crop":
+        left, top = (w - side) // 2, (h - side) // 2
+        return image.crop((left, top, left + side, top + side))
+    raise ValueError(f"image_fit must be one of {IMAGE_FITS}, got {fit!r}")
 
 
 def rgb_image(image: Image.Image) -> Image.Image:

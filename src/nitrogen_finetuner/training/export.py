@@ -78,6 +78,7 @@ def export_run(
         "method": config.method,
         "weights": "ema" if weights is state.ema else "final",
         "data_action_shift": shift if shift is not None else base.model_inputs().action_shift,
+        "image_fit": config.data.image_fit,  # how frames were made square: the policy plays with the same
         # The episodes the run held out, for `eval --episodes val` on a copy far from the run folder.
         "held_out": {"val_fraction": config.val_fraction, "seed": config.seed, "data": config.data.dataset_name},
     }

@@ -359,6 +359,11 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                     f"reaches learning_rate {config.learning_rate:g}")
     if config.method == "full" and config.lora != LoraConfig():
         logger.note("the lora settings are not used: method is full")
+    frame_size = data.frame_size()
+    if frame_size and frame_size[0] != frame_size[1] and config.data.image_fit != "stretch":
+        logger.note(f"frames are {frame_size[0]}x{frame_size[1]}: image_fit {config.data.image_fit} makes them square, "
+                    "and the exported model records it for predict and rollout; the official player stretches the "
+                    "screen instead (data.image_fit: stretch trains on frames as it shows them)")
     if config.val_fraction and not val_episodes:
         logger.note("no validation: it holds out whole recordings, and the data is one recording "
                     f"({len(data.index.episodes)} episode(s))")
