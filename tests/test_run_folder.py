@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import math
 import os
@@ -348,6 +349,13 @@ def test_a_run_that_cannot_start_leaves_no_folder_and_no_base_behind(recordings,
     assert main(["train", "--data", str(recordings), "--output", str(tmp_path / "frozen"), *FAST, *frozen]) == 2
     assert "LoRA target 'dit_attention' is frozen" in capsys.readouterr().err
     assert not (tmp_path / "frozen").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_asking_for_wandb_without_it_installed_is_refused_before_the_run_starts(recordings, tmp_path, capsys):
+    assert main(["train", "--data", str(recordings), "--output", str(tmp_path / "run"), *FAST, "--set", "wandb=true"]) == 2
+    assert "wandb is true, and the wandb package is not installed (pip install wandb" in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_folder_recovers_from_a_deleted_config_and_a_damaged_preset_base(recordings, tmp_path, capsys):

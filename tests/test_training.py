@@ -728,6 +728,11 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     (None, ["lora.rank=100000"], "invalid setting lora.rank: Input should be less than or equal to 1024"),
     (None, ["data.action_shift=9223372036854775807"], "invalid setting data.action_shift: Input should be less"),
     (None, ["keep_last=0"], "keep_last: 0 would keep no checkpoint to resume or export from"),
+    (None, ["lora.targets=dit_attention"], "invalid setting lora.targets: 'dit_attention' is one value, and "
+     "lora.targets is a list (write it in brackets: lora.targets=[dit_attention] on the command line"),
+    (None, ["output="], "invalid setting output: it is empty (give output a value)"),
+    (None, ["data.profile=atari"], "invalid setting data.profile: unknown console profile 'atari' (use auto or one of"),
+    (None, ["data.stick_range={j_left: int12}"], "invalid setting data.stick_range: unknown stick_range 'int12'"),
     ("max_stepz: 3\n", [], "run.yaml: unknown setting max_stepz (did you mean max_steps?)"),
     ("max_steps: 1e3\n", [], "run.yaml: invalid setting max_steps: '1e3' is not written as a whole number (write 1000)"),
     ("learning_rate: 1.0e-3\n", ["learning_rate=abc"], "nitrogen-finetune: error: invalid setting learning_rate"),

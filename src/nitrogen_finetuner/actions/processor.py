@@ -487,6 +487,25 @@ def _concat(parts: list[Array]) -> Array:
     return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=-1)
 
 
+def checked_profile(profile: Union[str, ConsoleProfile]) -> Union[str, ConsoleProfile]:
+    """A profile name in lower case, known to ``PROFILES`` or "auto"; a ``ConsoleProfile`` as given."""
+    if not isinstance(profile, str):
+        return profile
+    if profile.lower() != "auto" and profile.lower() not in PROFILES:
+        raise DataError(f"unknown console profile {profile.lower()!r}", hint=f"use auto or one of {', '.join(PROFILES)}")
+    return profile.lower()
+
+
+def checked_stick_range(stick_range: Union[str, Mapping[str, str]]) -> Union[str, dict[str, str]]:
+    """A stick range name (or column -> name) in lower case, each known to ``STICK_RANGES`` or "auto"."""
+    lowered = ({k: v.lower() for k, v in stick_range.items()} if isinstance(stick_range, Mapping)
+               else stick_range.lower())
+    for name in lowered.values() if isinstance(lowered, dict) else [lowered]:
+        if name != "auto" and name not in STICK_RANGES:
+            raise DataError(f"unknown stick_range {name!r}", hint=f"use auto or one of {', '.join(STICK_RANGES)}")
+    return lowered
+
+
 class UniversalVectorProcessor:
     """Packs gamepad state into the model's action vectors and unpacks predictions; binds
     recording columns to the layout's slots.
@@ -503,18 +522,8 @@ class UniversalVectorProcessor:
                  stick_range: Union[str, Mapping[str, str]] = "auto",
                  analog_deadzone: float = 0.05, trigger_threshold: float = 0.5):
         self.layout = layout
-        if isinstance(profile, str):
-            profile = profile.lower()
-        if isinstance(profile, str) and profile != "auto" and profile not in PROFILES:
-            raise DataError(f"unknown console profile {profile!r}", hint=f"use auto or one of {', '.join(PROFILES)}")
-        self.profile = profile
-        stick_range = ({k: v.lower() for k, v in stick_range.items()} if isinstance(stick_range, Mapping)
-                       else stick_range.lower())
-        ranges = stick_range.values() if isinstance(stick_range, Mapping) else [stick_range]
-        for name in ranges:
-            if name != "auto" and name not in STICK_RANGES:
-                raise DataError(f"unknown stick_range {name!r}", hint=f"use auto or one of {', '.join(STICK_RANGES)}")
-        self.stick_range = stick_range
+        self.profile = checked_profile(profile)
+        self.stick_range = checked_stick_range(stick_range)
         for label, value in (("analog_deadzone", analog_deadzone), ("trigger_threshold", trigger_threshold)):
             if not 0.0 <= value < 1.0:
                 raise DataError(f"{label} is {value}", hint="give a value in [0, 1)")

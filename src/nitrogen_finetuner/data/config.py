@@ -6,6 +6,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..actions.processor import checked_profile, checked_stick_range
+
 
 def auto_means_null(model: type[BaseModel], values):
     """``auto`` (or ``all``) for a setting whose default is null: the words the README's tables
@@ -51,6 +53,18 @@ class DataConfig(BaseModel):
     )
 
     _auto = model_validator(mode="before")(classmethod(auto_means_null))
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:  # checked now: --print-config checks a config
+        checked_profile(value)
+        return value
+
+    @field_validator("stick_range")
+    @classmethod
+    def _known_stick_range(cls, value: Union[str, dict[str, str]]) -> Union[str, dict[str, str]]:
+        checked_stick_range(value)
+        return value
 
     @field_validator("dataset_name")
     @classmethod

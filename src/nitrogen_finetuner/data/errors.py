@@ -56,6 +56,12 @@ def invalid_setting(err: ValidationError, file: Optional[str] = None, model: Opt
     if first["type"] == "missing":
         return DataError(f"setting {where} is required", file=file,
                          hint="give --data PATH, or data.dataset_name in the config" if where.startswith("data") else None)
+    value = first.get("input")
+    if first["type"] == "list_type" and not isinstance(value, (dict, type(None))):  # `lora.targets=dit_attention`
+        return DataError(f"invalid setting {where}: {value!r} is one value, and {where} is a list", file=file,
+                         hint=f"write it in brackets: {where}=[{value}] on the command line, [{value}] in YAML")
+    if first["type"] == "string_type" and value is None:  # `--set output=`: YAML reads nothing as null
+        return DataError(f"invalid setting {where}: it is empty", file=file, hint=f"give {where} a value")
     message = first["msg"].removeprefix("Value error, ")
     whole = _whole_number(first.get("input")) if first["type"] == "int_parsing" else None
     if whole is not None:  # YAML reads `1e3` as text

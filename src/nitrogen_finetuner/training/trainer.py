@@ -13,6 +13,7 @@ optional EMA, validation on held-out episodes, atomic checkpoints and exact resu
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -192,6 +193,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if precision == "fp16" and not on_gpu:
         raise DataError("mixed_precision fp16 needs a GPU: on the CPU it would silently train in fp32",
                         hint="set mixed_precision to bf16 or no")
+    if config.wandb and importlib.util.find_spec("wandb") is None:  # found out now, not after the run
+        raise DataError("wandb is true, and the wandb package is not installed",
+                        hint='pip install wandb (or ".[wandb]" in the project), or set wandb to false')
     if config.cuda_graphs and not on_gpu:
         raise DataError("cuda_graphs needs a GPU: CUDA graphs replay GPU kernels", hint="set cuda_graphs to false")
     # Accelerate keeps the first precision of a process and refuses another: forget it, so one
@@ -670,7 +674,7 @@ def logged_rows(metrics_file: Path, last_step: int) -> list[str]:
 
 
 class RunLogger:
-    """metrics.jsonl and TensorBoard always; Weights & Biases when installed and asked for."""
+    """metrics.jsonl and TensorBoard always; Weights & Biases when asked for."""
 
     def __init__(self, run_dir: Path, config: TrainConfig, enabled: bool, resumed_at: Optional[int]):
         """A new run starts the logs afresh (an earlier attempt in the folder left no checkpoint);
@@ -689,14 +693,11 @@ class RunLogger:
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"),
                                          purge_step=None if resumed_at is None else resumed_at + 1)
         self.metrics = open(metrics_file, "a")
-        if config.wandb:
-            try:
-                import wandb  # noqa: PLC0415
-            except ImportError:
-                print("wandb is not installed: logging to TensorBoard only")
-            else:
-                self.wandb = wandb.init(project=config.wandb_project, config=config.model_dump(mode="json"),
-                                        dir=str(run_dir))
+        if config.wandb:  # installed: checked before the run started
+            import wandb  # noqa: PLC0415
+
+            self.wandb = wandb.init(project=config.wandb_project, config=config.model_dump(mode="json"),
+                                    dir=str(run_dir))
 
     def start(self, base, method, data, train_set, val_set, accumulation, micro, world, precision) -> None:
         if not self.enabled:
