@@ -21,7 +21,7 @@ import torch
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.data.episodes import split_episodes
 from nitrogen_finetuner.files import FILE_MODE
-from nitrogen_finetuner.model.checkpoint import save_checkpoint
+from nitrogen_finetuner.model.checkpoint import read_record, save_checkpoint
 from nitrogen_finetuner.model.presets import build_preset
 from nitrogen_finetuner.training import trainer as trainer_module
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
@@ -107,6 +107,7 @@ def test_an_export_while_the_run_trains_toward_its_first_checkpoint_says_so(reco
     run_dir = tmp_path / "run"
     train(config(recordings, run_dir, max_steps=2))
     shutil.rmtree(run_dir / "checkpoints")  # as a run that has started and not yet saved
+    (run_dir / "summary.json").unlink()
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -203,17 +204,25 @@ def test_an_export_needs_only_the_weights_and_a_missing_file_is_named(recordings
     assert main(["train", "--resume", str(run_dir), "--max-steps", "6", *FAST]) == 2
     assert one_error_line(capsys) == (f"nitrogen-finetune: error: {newest}: checkpoint step_000004 is incomplete: "
                                       "optimizer.pt is missing (copy it again if it came from elsewhere; else delete "
-                                      "the folder, and --resume continues from the checkpoint before it)")
+                                      "the folder, and --resume continues from step_000002)")
 
 
-def test_a_resume_without_its_random_state_says_it_is_not_exact(recordings, tmp_path, capsys):
+def test_a_resume_without_its_random_state_is_refused_unless_the_process_is_new(recordings, tmp_path, capsys):
     run_dir = tmp_path / "run"
     train(config(recordings, run_dir, max_steps=2))
-    (checkpoint_dirs(run_dir)[-1] / "rng_rank0.safetensors").unlink()
+    newest = checkpoint_dirs(run_dir)[-1]
+    rng = (newest / "rng_rank0.safetensors").rename(tmp_path / "rng_rank0.safetensors")
+    assert load_training_state(newest, rank=1).rng is None  # a process the run did not have starts afresh
     capsys.readouterr()
-    assert main(["train", "--resume", str(run_dir), "--max-steps", "3", *FAST]) == 0
-    assert ("checkpoint step_000002 holds no random state for process 0: its dropout draws start afresh, so with "
-            "dropout on this resume is not bit for bit") in capsys.readouterr().out
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "3", *FAST]) == 2
+    assert one_error_line(capsys).endswith(
+        "checkpoint step_000002 is incomplete: rng_rank0.safetensors is missing (copy it again if it came from "
+        "elsewhere; else delete the folder, and start the run again without --resume (it has no checkpoint before "
+        "this one))")
+    rng.rename(newest / "rng_rank0.safetensors")
+    (newest / "optimizer.pt").write_bytes(b"")  # a file emptied, with no earlier checkpoint to go back to
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "3", *FAST]) == 2
+    assert "checkpoint step_000002 cannot be read (a file ends early: it is empty or cut short)" in one_error_line(capsys)
 
 
 def test_a_resume_with_nothing_to_train_changes_nothing(recordings, tmp_path, capsys):
@@ -248,6 +257,14 @@ def test_logs_hold_each_step_once_across_a_fresh_start_and_a_resume(recordings, 
         metrics.write('{"step": 3, "train/lo')  # and the disk filled up while it logged
     train(config(recordings, run_dir, max_steps=4, learning_rate=1e-3, checkpoint_every=2), resume=True)
     assert logged_steps(run_dir) == [1, 2, 3, 4]
+
+
+def test_a_resume_that_only_finishes_the_run_logs_its_validation_once(recordings, tmp_path):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2))
+    (run_dir / "summary.json").unlink()  # killed while it finished, after its validation was logged
+    train(config(recordings, run_dir, max_steps=2), resume=True)
+    assert len(logged(run_dir, "val/loss")) == 1 and logged_steps(run_dir) == [1, 2]
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -331,6 +348,9 @@ def test_a_new_run_never_overwrites_a_finished_run_whose_checkpoints_were_delete
     run_dir = tmp_path / "run"
     train(config(recordings, run_dir, max_steps=2, export_at_end=True))
     shutil.rmtree(run_dir / "checkpoints")  # to free the disk
+    assert main(["export", str(run_dir), str(tmp_path / "out.pt")]) == 2
+    assert one_error_line(capsys).endswith("the run finished, and its checkpoints, which export reads, were deleted "
+                                           f"(its model is {run_dir / 'model.pt'})")
     before = snapshot(run_dir)
     assert main(["train", "--data", str(recordings), "--output", str(run_dir), "--max-steps", "2", *FAST]) == 2
     assert "the run folder holds a finished run (model.pt, summary.json, adapter)" in one_error_line(capsys)
@@ -351,6 +371,16 @@ def test_a_run_that_cannot_start_leaves_no_folder_and_no_base_behind(recordings,
     assert not (tmp_path / "frozen").exists()
 
 
+def test_a_resume_that_turns_ema_off_exports_the_trained_weights(recordings, tmp_path):
+    run_dir = tmp_path / "run"
+    train(config(recordings, run_dir, max_steps=2, ema_decay=0.9, export_at_end=True))
+    assert read_record(run_dir / "model.pt")["weights"] == "ema"
+    for name in ("summary.json", "model.pt"):  # as if stopped while it finished: the resume trains no step
+        (run_dir / name).unlink()
+    assert main(["train", "--resume", str(run_dir), "--set", "num_workers=0", "--set", "ema_decay=null"]) == 0
+    assert read_record(run_dir / "model.pt")["weights"] == "final"
+
+
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_asking_for_wandb_without_it_installed_is_refused_before_the_run_starts(recordings, tmp_path, capsys):
     assert main(["train", "--data", str(recordings), "--output", str(tmp_path / "run"), *FAST, "--set", "wandb=true"]) == 2
@@ -361,6 +391,10 @@ def test_asking_for_wandb_without_it_installed_is_refused_before_the_run_starts(
 def test_a_run_folder_recovers_from_a_deleted_config_and_a_damaged_preset_base(recordings, tmp_path, capsys):
     run_dir = tmp_path / "run"
     train(config(recordings, run_dir, max_steps=2))
+    (run_dir / "config.yaml").write_text("")  # emptied: the message says which copy stands in once it is gone
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "3", *FAST]) == 2
+    assert one_error_line(capsys).endswith("the run's config.yaml does not hold a whole config (delete it, and the "
+                                           "copy in checkpoints/step_000002 stands in)")
     (run_dir / "config.yaml").unlink()  # the newest checkpoint keeps a copy
     (run_dir / "base.pt").write_bytes(b"PK damaged")
     assert main(["train", "--resume", str(run_dir), "--max-steps", "3", *FAST]) == 2

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.cli import main
@@ -35,6 +35,7 @@ from nitrogen_finetuner.training.adapters import load_trainable_state, lora_targ
 from nitrogen_finetuner.training.base import fingerprint, load_base
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
 from nitrogen_finetuner.training.config import resolve_config
+from nitrogen_finetuner.training.export import export_run
 from nitrogen_finetuner.training.stop_signals import StopRequest, TrainingStopped
 from nitrogen_finetuner.training.trainer import StepReadout, cpu_threads, train
 from recordings import png_bytes, write_nitrogen_parquet
@@ -208,14 +209,28 @@ def test_step_readout_hands_back_a_step_late_unless_asked_for_everything():
     assert readout.take(everything=True) == []
 
 
-def test_a_diverged_run_stops_with_one_line_and_saves_nothing_after_it(recordings, tmp_path):
-    settings = dict(method="full", max_steps=6, learning_rate=1.0, weight_decay=1e30, warmup_steps=0,
-                    checkpoint_every=1, export_at_end=True)
-    with pytest.raises(DataError, match=r"the training loss is nan at step (\d): training diverged") as error:
+@pytest.mark.parametrize("weight_decay, shows", [
+    (1e30, "the training loss is nan"),  # huge weights: the next loss is not a number
+    (0.0, "the trained weights are no longer finite numbers"),  # the update that breaks them, before any loss shows it
+])
+def test_a_diverged_run_stops_with_one_line_and_keeps_no_weights_that_are_not_numbers(recordings, tmp_path,
+                                                                                      weight_decay, shows):
+    """Rotation (keep_last 1) never replaces the last good checkpoint with one that is not numbers."""
+    settings = dict(method="full", max_steps=6, learning_rate=1.0, weight_decay=weight_decay, warmup_steps=0,
+                    checkpoint_every=1, keep_last=1, export_at_end=True, max_grad_norm=None)
+    with pytest.raises(DataError, match=f"{shows} at step 2: training diverged, and stops without saving this step") \
+            as error:
         train(config(recordings, tmp_path / "run", **settings))
-    step = int(re.search(r"at step (\d)", str(error.value)).group(1))
-    assert [p.name for p in checkpoint_dirs(tmp_path / "run")][-1] == f"step_{step - 1:06d}"
-    assert not (tmp_path / "run" / "model.pt").exists()
+    assert "its checkpoint step_000001 is the last saved: go on from it with a lower learning rate" in str(error.value)
+    kept = checkpoint_dirs(tmp_path / "run")
+    assert [p.name for p in kept] == ["step_000001"] and not (tmp_path / "run" / "model.pt").exists()
+    weights = load_file(str(kept[0] / "weights.safetensors"))
+    assert all(bool(torch.isfinite(t).all()) for t in weights.values())
+    # A checkpoint written before this check existed: export refuses it too.
+    weights[next(iter(weights))] = torch.full_like(weights[next(iter(weights))], float("nan"))
+    save_file(weights, str(kept[0] / "weights.safetensors"))
+    with pytest.raises(DataError, match="checkpoint step_000001 holds weights that are not finite numbers"):
+        export_run(tmp_path / "run", tmp_path / "out.pt")
 
 
 def test_gradient_accumulation_trains_the_weights_of_one_big_batch(recordings, tmp_path):

@@ -184,7 +184,8 @@ def load_training_state(checkpoint: Path, rank: int = 0) -> LoadedTrainingState:
     """Everything a resume needs of a checkpoint folder: weights, optimizer, scheduler, RNG."""
     rng_file = checkpoint / f"rng_rank{rank}.safetensors"
     loaded = load_weights(checkpoint)
-    _present(checkpoint, "optimizer.pt")
+    # Each process of the run wrote its random state; a process it did not have starts afresh.
+    _present(checkpoint, "optimizer.pt", *([rng_file.name] if rank < (loaded.progress.processes or 1) else []))
     with _readable(checkpoint):
         states = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
         return LoadedTrainingState(
@@ -202,7 +203,7 @@ def _present(checkpoint: Path, *names: str) -> None:
     for name in names:
         if not (checkpoint / name).is_file():
             raise DataError(f"checkpoint {checkpoint.name} is incomplete: {name} is missing", file=str(checkpoint),
-                            hint=DAMAGED_HINT)
+                            hint=damaged_hint(checkpoint))
     for file in [*(checkpoint / name for name in names), *checkpoint.glob("rng_rank*.safetensors")]:
         if not os.access(file, os.R_OK):
             raise _not_permitted(checkpoint, file)
@@ -224,9 +225,21 @@ def _readable(checkpoint: Path):
         raise _not_permitted(checkpoint, err.filename) from None
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError,
             SafetensorError) as err:
-        raise DataError(f"checkpoint {checkpoint.name} cannot be read ({type(err).__name__}: {user_message(err)})",
-                        file=str(checkpoint), hint=f"it is damaged: {DAMAGED_HINT}") from None
+        reason = "a file ends early: it is empty or cut short" if isinstance(err, EOFError) else \
+            f"{type(err).__name__}: {user_message(err)}"
+        raise DataError(f"checkpoint {checkpoint.name} cannot be read ({reason})",
+                        file=str(checkpoint), hint=f"it is damaged: {damaged_hint(checkpoint)}") from None
 
 
-DAMAGED_HINT = ("copy it again if it came from elsewhere; else delete the folder, and --resume continues from the "
-                "checkpoint before it")
+def _step_of(checkpoint: Path) -> int:
+    found = STEP_DIR.match(checkpoint.name)
+    return int(found.group(1)) if found else -1
+
+
+def damaged_hint(checkpoint: Path) -> str:
+    """What to do about a checkpoint folder that is lost: where the run goes on from without it."""
+    step = _step_of(checkpoint)
+    earlier = [d for d in checkpoint_dirs(checkpoint.parent.parent) if _step_of(d) < step]
+    go_on = (f"--resume continues from {earlier[-1].name}" if earlier
+             else "start the run again without --resume (it has no checkpoint before this one)")
+    return f"copy it again if it came from elsewhere; else delete the folder, and {go_on}"

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..data.config import DataConfig, auto_means_null
-from ..data.errors import DataError, first_complaint, invalid_setting
+from ..data.errors import DataError, first_complaint, invalid_setting, user_message
 from ..model.presets import PRESETS
 from .checkpoints import STEP_DIR
 
@@ -270,11 +270,18 @@ def run_config_file(run_dir: str | Path) -> Path:
                         hint=f"give the run folder, {Path(run_dir).parent.parent}: --resume goes on from its newest "
                              f"checkpoint, and export --checkpoint {Path(run_dir).name} takes this one")
     path = Path(run_dir) / "config.yaml"
+    copies = sorted((Path(run_dir) / "checkpoints").glob("step_*/config.yaml"))
     if path.is_file():
+        try:
+            resolve_config(path)
+        except DataError as err:  # emptied or cut short: a checkpoint's copy can stand in
+            if not copies:
+                raise
+            raise DataError(f"{user_message(err)}; the run's config.yaml does not hold a whole config",
+                            hint=f"delete it, and the copy in checkpoints/{copies[-1].parent.name} stands in") from None
         return path
     if not Path(run_dir).is_dir():
         raise DataError("no such folder", file=str(run_dir), hint="give the --output folder of a training run")
-    copies = sorted((Path(run_dir) / "checkpoints").glob("step_*/config.yaml"))
     if not copies:
         raise DataError("not a run folder: it holds no config.yaml", file=str(run_dir),
                         hint="give the --output folder of a training run")

@@ -12,6 +12,7 @@ import copy
 from pathlib import Path
 from typing import Optional
 
+import torch
 from peft import PeftModel
 
 from ..data.errors import DataError
@@ -43,6 +44,11 @@ def export_run(
     if checkpoint is None and not found and training_now(run_dir):
         raise DataError("the run is training and has written no checkpoint yet", file=str(run_dir),
                         hint="export once it has written one (checkpoint_every) or has ended")
+    if checkpoint is None and not found and (run_dir / "summary.json").is_file():
+        model = run_dir / "model.pt"
+        raise DataError("the run finished, and its checkpoints, which export reads, were deleted", file=str(run_dir),
+                        hint=f"its model is {model}" if model.is_file() else
+                        "its trained weights are in adapter/ (LoRA) or weights.safetensors (full)")
     if checkpoint is None and not found:
         raise DataError("the run has no checkpoint to export", file=str(run_dir),
                         hint="it stopped before its first checkpoint: train it again, or with --resume once it has one")
@@ -57,6 +63,10 @@ def export_run(
     if use_ema and state.ema is None:
         raise DataError("this checkpoint has no EMA weights (the run had no ema_decay)", file=str(path))
     weights = state.ema if (use_ema is not False and state.ema is not None) else state.weights
+    broken = next((name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if broken is not None:  # a checkpoint saved before the trainer refused such weights
+        raise DataError(f"checkpoint {path.name} holds weights that are not finite numbers ({broken}): the run had "
+                        "diverged", file=str(run_dir), hint="export an earlier checkpoint with --checkpoint step_N")
 
     base = load_base(config.base, run_dir, config.seed, new_run=False)
     module = prepare_trainable(base.model, config.method, config.lora, config.tune)

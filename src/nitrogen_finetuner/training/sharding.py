@@ -88,6 +88,11 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor: its shard of a sharded one, else the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 def full_tensors(tensors: dict[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
     """The whole tensors, on the CPU, for the process that writes them (``keep``); the others get
     nothing. A collective: every process calls it, in the same order. Each tensor is gathered and

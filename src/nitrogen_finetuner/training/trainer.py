@@ -53,8 +53,8 @@ from .compiling import compile_layers, eager
 from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_settings, dump_config, resolve_config,
                      run_config_file, with_absolute_paths)
 from .run_lock import RunFolderLock, check_shared
-from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, shard_like, shard_model,
-                       shard_optimizer_state)
+from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, local_tensor, shard_like,
+                       shard_model, shard_optimizer_state)
 from .stop_signals import StopRequest, TrainingStopped
 from .throughput import flops_per_sample, peak_flops
 
@@ -102,11 +102,16 @@ def _mixed_precision(choice: str, on_gpu: bool) -> str:
     return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
 
 
-def diverged(loss: float, step: int, run_dir: Path) -> DataError:
-    """The one line for a loss that became NaN or infinite: the run stops rather than save and
-    export weights that are no longer numbers."""
-    return DataError(f"the training loss is {loss} at step {step}: training diverged, and stops without saving "
-                     "this step", file=str(run_dir), hint="train again with a lower learning_rate or more warmup_steps")
+def diverged(what: str, step: int, run_dir: Path) -> DataError:
+    """The one line for a loss or weights that became NaN or infinite: the run stops rather than
+    save and export weights that are no longer numbers, and says where to go on from."""
+    saved = checkpoint_dirs(run_dir)
+    resume = f"nitrogen-finetune train --resume {shlex.quote(str(run_dir))} --set learning_rate=..."
+    hint = (f"its checkpoint {saved[-1].name} is the last saved: go on from it with a lower learning rate "
+            f"({resume}), or start again in another --output" if saved
+            else "train again with a lower learning_rate or more warmup_steps")
+    return DataError(f"{what} at step {step}: training diverged, and stops without saving this step",
+                     file=str(run_dir), hint=hint)
 
 
 def precision_label(precision: str, fsdp: bool, bf16_weights: bool) -> str:
@@ -304,7 +309,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         latest = checkpoint_dirs(run_dir)
         if not latest:
             raise DataError("no checkpoint to resume from", file=str(run_dir),
-                            hint="the run stopped before its first checkpoint: start it again without --resume")
+                            hint="it has none (it stopped before its first one, or they were deleted): start it "
+                                 "again without --resume")
         state = load_training_state(latest[-1], rank)
         load_trainable_state(master, state.weights)
         if bf16_weights:
@@ -318,7 +324,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             ema.shadow = {k: shard_like(ema.shadow[k], v.float()) for k, v in state.ema.items()}
         if state.rng is not None:
             set_rng_state(state.rng)
-        else:  # more processes than the run had, or a file lost
+        else:  # a process the run did not have
             print(f"note        checkpoint {latest[-1].name} holds no random state for process {rank}: its dropout "
                   "draws start afresh, so with dropout on this resume is not bit for bit")
         progress = state.progress
@@ -461,9 +467,18 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             return contextlib.nullcontext()
         return contextlib.nullcontext() if last_micro_batch else accelerator.no_sync(module)
 
+    def save_checkpoint() -> None:
+        """A checkpoint of this step, unless an update made a weight NaN or infinite (the loss,
+        computed before the update, may not show it yet): such weights are never saved or exported."""
+        finite = torch.stack([torch.isfinite(local_tensor(p)).all() for p in params]).all().float()
+        if float(accelerator.reduce(finite, "sum")) < world:
+            end_early()
+            raise diverged("the trained weights are no longer finite numbers", progress.step, run_dir)
+        save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
+
     def save_unless_saved() -> None:
         if checkpoint_dirs(run_dir)[-1:] != [checkpoint_dir(run_dir, progress.step)]:
-            save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
+            save_checkpoint()
 
     def end_early() -> None:
         """Close the logs and the processes' group before the run stops with an error or a signal."""
@@ -499,7 +514,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             votes += step_votes
             if not math.isfinite(loss) and accelerator.scaler is None:  # fp16's scaler skips such steps itself
                 end_early()
-                raise diverged(loss, step, run_dir)
+                raise diverged(f"the training loss is {loss}", step, run_dir)
         return votes
 
     # ------------------------------------------------------------------------- the update step
@@ -583,7 +598,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             if validates:
                 val_loss = validate_and_log()
             if saves:
-                save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
+                save_checkpoint()
             # Every process agrees: the votes were summed with the loss. One process needs no vote.
             # A request during the last step lets the run finish: only its ending is left.
             requested = stop_votes > 0 or (world == 1 and stop is not None and stop.requested)
@@ -609,7 +624,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         from .export import export_run  # noqa: PLC0415
 
         try:
-            exported = export_run(run_dir, run_dir / "model.pt", force=True)
+            # A resume that turned EMA off exports the trained weights even from a checkpoint with EMA.
+            exported = export_run(run_dir, run_dir / "model.pt", force=True, use_ema=None if config.ema_decay else False)
         except CheckpointError as err:
             raise final_output_error(str(err), None, run_dir) from err
     logger.finish(progress, losses, val_loss, exported)
@@ -660,13 +676,16 @@ def final_output_error(message: str, file: Optional[Path], run_dir: Path) -> Dat
                      hint=f"then `nitrogen-finetune export {run_dir} {run_dir / 'model.pt'}` writes the model from it")
 
 
-def logged_rows(metrics_file: Path, last_step: int) -> list[str]:
-    """The rows of metrics.jsonl up to ``last_step`` (the resumed run logs the later ones again),
-    leaving out any row cut short when the disk filled up or the machine lost power."""
+def logged_rows(metrics_file: Path, last_step: int, validates_last_step: bool = False) -> list[str]:
+    """The rows of metrics.jsonl up to ``last_step`` (the resumed run logs the later ones again,
+    and with ``validates_last_step`` that step's validation), leaving out any row cut short when
+    the disk filled up or the machine lost power."""
     rows = []
     for row in metrics_file.read_text(errors="replace").splitlines():
         try:
-            if json.loads(row)["step"] <= last_step:
+            values = json.loads(row)
+            if values["step"] < last_step or values["step"] == last_step and not (
+                    validates_last_step and "val/loss" in values):
                 rows.append(row)
         except (ValueError, TypeError, KeyError):
             continue
@@ -678,7 +697,8 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, config: TrainConfig, enabled: bool, resumed_at: Optional[int]):
         """A new run starts the logs afresh (an earlier attempt in the folder left no checkpoint);
-        a resumed run drops what was logged after its checkpoint, which it logs again."""
+        a resumed run drops what was logged after its checkpoint, which it logs again (a resume
+        with no step left to train validates its last step again)."""
         self.enabled, self.run_dir, self.wandb = enabled, run_dir, None
         if not enabled:
             return
@@ -689,7 +709,8 @@ class RunLogger:
             shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
             metrics_file.unlink(missing_ok=True)
         elif metrics_file.is_file():
-            write_text_atomic(metrics_file, "".join(row + "\n" for row in logged_rows(metrics_file, resumed_at)))
+            kept = logged_rows(metrics_file, resumed_at, validates_last_step=resumed_at == config.max_steps)
+            write_text_atomic(metrics_file, "".join(row + "\n" for row in kept))
         self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"),
                                          purge_step=None if resumed_at is None else resumed_at + 1)
         self.metrics = open(metrics_file, "a")
