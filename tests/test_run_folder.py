@@ -357,7 +357,6 @@ def test_a_new_run_never_overwrites_a_finished_run_whose_checkpoints_were_delete
     assert snapshot(run_dir) == before
 
 
-
 def test_a_run_that_cannot_start_leaves_no_folder_and_no_base_behind(recordings, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--output", str(run_dir), *FAST]) == 2

@@ -18,6 +18,7 @@ from PIL import Image, ImageEnhance
 from ..model.vision import fit_square, rgb_image
 from .errors import DataError
 
+
 class ImageDecodeError(ValueError):
     """The stored value is not an image we can read; the caller adds file, row and column."""
 
