@@ -18,6 +18,7 @@ from PIL import Image
 from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.data.errors import DataError
+from nitrogen_finetuner.model.checkpoint import save_checkpoint
 from nitrogen_finetuner.evaluation.metrics import (
     button_metrics,
     button_scores,
@@ -339,7 +340,7 @@ def test_predict_refuses_a_checkpoint_whose_actions_are_not_finite(tiny_checkpoi
     policy = load_policy(tiny_checkpoint, verbose=False)
     for parameter in policy.model.parameters():
         parameter.data.fill_(float("nan"))
-    broken = policy.save(tmp_path / "nan.pt")
+    broken = save_checkpoint(tmp_path / "nan.pt", policy.model, policy.raw_config)  # policy.save refuses it
     Image.new("RGB", (8, 8)).save(tmp_path / "frame.png")
     out = tmp_path / "a.jsonl"
     message = f"{broken}: the model's actions are not finite numbers (its weights hold NaN or infinity)"
@@ -470,6 +471,7 @@ def test_eval_makes_frames_square_as_each_checkpoint_is_played(tiny_checkpoint, 
         return json.loads((tmp_path / "eval" / "report.json").read_text())["checkpoints"]["cropped"]
 
     assert scores() == scores("--image-fit", "crop")
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["image_fits"] == {"cropped": "crop"}
     assert scores() != scores("--image-fit", "pad")
 
 

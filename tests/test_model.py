@@ -9,6 +9,7 @@ from transformers import SiglipVisionConfig
 
 from golden.cases import CASES, make_images, make_noise
 from nitrogen_finetuner import load_policy
+from nitrogen_finetuner.data.errors import DataError
 from nitrogen_finetuner.model.presets import build_preset
 from nitrogen_finetuner.model.vision import TOWER_CONFIGS, tower_config_from_state_dict
 
@@ -138,10 +139,32 @@ def test_predict_accepts_pil_images_and_draws_noise_when_none(case_checkpoints):
     ]:
         with pytest.raises(error, match=message):
             policy.predict(wrong)
+    with pytest.raises(ValueError, match="noise must hold finite real floating-point numbers"):  # not the weights'
+        policy.predict(frame, noise=np.full((6, 25), np.nan))
     with pytest.raises(TypeError, match="predict_batch takes a list of frames, got ndarray"):
         policy.predict_batch(frame)
     with pytest.raises(ValueError, match="at least one frame"):
         policy.predict_batch([])
+
+
+def test_load_policy_names_devices_dtypes_and_fits_in_one_line_and_save_keeps_what_it_plays_with(
+        case_checkpoints, tmp_path, monkeypatch):
+    path = case_checkpoints["interleaved_sinusoidal"]
+    assert load_policy(path, device="CPU", dtype="bf16", verbose=False).model.action_encoder.W1.W.dtype == torch.bfloat16
+    for device, message in [("gpu", "device 'gpu': not a device name"), (None, "device None: not a device name"),
+                            ("meta", "device 'meta': the policy runs on cpu, cuda or mps")]:
+        with pytest.raises(ValueError, match=message):
+            load_policy(path, device=device, verbose=False)
+    with pytest.raises(ValueError, match="image_fit 'zoom': one of pad, crop, stretch"):
+        load_policy(path, image_fit="zoom", verbose=False)
+    policy = load_policy(path, image_fit="crop", verbose=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    saved = policy.save("~/copy.pt")
+    assert saved == tmp_path / "copy.pt" and load_policy(saved, verbose=False).preprocessor.fit == "crop"
+    next(policy.model.parameters()).data.fill_(float("nan"))
+    with pytest.raises(DataError, match="holds NaN or infinity: it would save a model that predicts no numbers"):
+        policy.save(tmp_path / "broken.pt")
+    assert not (tmp_path / "broken.pt").exists()
 
 
 def test_button_names_are_a_list_and_one_way_of_naming_them(case_checkpoints):

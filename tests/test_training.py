@@ -226,10 +226,13 @@ def test_a_diverged_run_stops_with_one_line_and_keeps_no_weights_that_are_not_nu
     assert [p.name for p in kept] == ["step_000001"] and not (tmp_path / "run" / "model.pt").exists()
     weights = load_file(str(kept[0] / "weights.safetensors"))
     assert all(bool(torch.isfinite(t).all()) for t in weights.values())
+    for row in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():  # JSON has no NaN: null stands in
+        json.loads(row, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl"))
     # A checkpoint written before this check existed: export refuses it too.
     weights[next(iter(weights))] = torch.full_like(weights[next(iter(weights))], float("nan"))
     save_file(weights, str(kept[0] / "weights.safetensors"))
-    with pytest.raises(DataError, match="checkpoint step_000001 holds weights that are not finite numbers"):
+    with pytest.raises(DataError, match=r"checkpoint step_000001 holds weights that are not finite numbers .*the "
+                       "run has no earlier checkpoint: train again with a lower learning_rate"):
         export_run(tmp_path / "run", tmp_path / "out.pt")
 
 
@@ -386,6 +389,9 @@ def test_a_fine_tuned_model_plays_frames_made_square_as_it_trained_on_them(recor
     base = load_policy(tmp_path / "run" / "base.pt", verbose=False)  # no record: stretched, as the official player
     assert base.preprocessor.fit == "stretch" and "frames  " not in base.summary()
     assert not np.array_equal(base.preprocessor.resize(wide), policy.preprocessor.resize(wide))
+    assert main(["data", "inspect", str(recordings), "--checkpoint", str(run.exported), "--output",
+                 str(tmp_path / "inspect"), "--no-image-check"]) == 0  # the checkpoint's fit, unless --image-fit
+    assert "frames       40x30 (the first); image_fit crop makes them square" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

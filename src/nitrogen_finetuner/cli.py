@@ -98,7 +98,8 @@ def _buttons(args: argparse.Namespace) -> Optional[list[str]]:
 def _load(args: argparse.Namespace, path: str):
     """The policy of a checkpoint named on the command line, with the command's options."""
     return load_policy(path, device=getattr(args, "device", "cpu"), button_order=getattr(args, "button_order", None),
-                       buttons=_buttons(args), trust_pickle=args.trust_pickle, verbose=False)
+                       buttons=_buttons(args), trust_pickle=args.trust_pickle, verbose=False,
+                       image_fit=getattr(args, "image_fit", None))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -136,6 +137,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     from .data.pipeline import ModelInputs, prepare_data
 
     model = ModelInputs.of_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle)
+    args.image_fit = args.image_fit or model.image_fit  # a fine-tune's frames, fitted as it trained on them
     data = prepare_data(_data_config(args, args.dataset), model)
     _, text = inspect_dataset(data, Path(args.output), check_all_images=not args.no_image_check)
     print(text)
@@ -462,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--button-order", help=f"name the button slots by this built-in order "
                          f"({', '.join(BUTTON_ORDERS)}) instead of the one the checkpoint records "
                          "(--buttons: names of your own)")
+    predict.add_argument("--image-fit", choices=("pad", "crop", "stretch"),
+                         help="how frames that are not square are made square (default: as the checkpoint was "
+                         "fine-tuned; stretch, as the official player, for the released model)")
     _add_checkpoint_options(predict)
     predict.set_defaults(func=cmd_predict)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,7 +25,7 @@ from .model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from .model.configuration import CheckpointConfig
 from .model.modeling import NitroGenModel
 from .model.sampling import CudaGraphSampler
-from .model.vision import ImagePreprocessor
+from .model.vision import IMAGE_FITS, ImagePreprocessor
 
 try:
     __version__ = version("nitrogen-finetuner")
@@ -79,6 +79,8 @@ class NitroGenPolicy:
         expected = (batch, self.horizon, self.action_dim)
         if tuple(noise.shape) != expected:
             raise ValueError(f"noise must have shape {expected}, got {tuple(noise.shape)}")
+        if noise.is_complex() or not noise.is_floating_point() or not torch.isfinite(noise).all():
+            raise ValueError("noise must hold finite real floating-point numbers")
         noise = noise.to(self.device, torch.float32)
         if self.use_cuda_graphs:
             if batch not in self._graphs:
@@ -124,10 +126,16 @@ class NitroGenPolicy:
 
     # ------------------------------------------------------------------------------ output
     def save(self, path: str | os.PathLike, step: Optional[int] = None, epoch: Optional[int] = None) -> Path:
-        """Write an official-format checkpoint (the official loader accepts it strictly)."""
-        extra = {**self.extra, "version": __version__, "action_layout": self.layout.to_dict()}
+        """Write an official-format checkpoint (the official loader accepts it strictly), with the
+        layout and image fit this policy plays with; weights that are not finite numbers are refused."""
+        broken = next((name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
+        if broken is not None:
+            raise DataError(f"the policy's weight {broken} holds NaN or infinity: it would save a model that "
+                            "predicts no numbers", file=str(path))
+        extra = {**self.extra, "version": __version__, "action_layout": self.layout.to_dict(),
+                 "image_fit": self.preprocessor.fit}
         return save_checkpoint(
-            path, self.model, self.raw_config, extra,
+            Path(path).expanduser(), self.model, self.raw_config, extra,
             step=self.step if step is None else step, epoch=self.epoch if epoch is None else epoch,
         )
 
@@ -183,6 +191,34 @@ def require_finite_actions(raw: np.ndarray, checkpoint: Optional[str]) -> None:
                         file=checkpoint, hint="use an earlier checkpoint of the run, or export it again")
 
 
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _device(device) -> torch.device:
+    """A device this machine has, named in one line otherwise (before a long load)."""
+    try:
+        device = torch.device(device.lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: not a device name (cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: PyTorch sees no CUDA GPU on this machine (use device='cpu')")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r}: PyTorch sees no Apple GPU on this machine (use device='cpu')")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {str(device)!r}: the policy runs on cpu, cuda or mps")
+    return device
+
+
+def _dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, str):  # "bfloat16", "torch.bfloat16" or "bf16", as configs and command lines write it
+        name = dtype.lower().removeprefix("torch.")
+        dtype = getattr(torch, DTYPE_NAMES.get(name, name), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError("dtype: a floating-point torch dtype, such as torch.float32 or torch.bfloat16 (or its name: "
+                         "float32, bfloat16, bf16)")
+    return dtype
+
+
 def load_policy(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -191,19 +227,20 @@ def load_policy(
     buttons: Optional[Sequence[str]] = None,
     trust_pickle: bool = False,
     verbose: bool = True,
+    image_fit: Optional[str] = None,
 ) -> NitroGenPolicy:
     """Load an official-format checkpoint (``ng.pt`` or one we wrote) as a policy.
 
     The action layout comes from the checkpoint: the layout recorded by this tool when present,
     else the checkpoint's ``action_dim`` and ``old_layout`` with the default button order;
     ``button_order`` (a name in ``BUTTON_ORDERS``) or ``buttons`` (names in slot order) override it.
+    ``image_fit`` (pad, crop or stretch) overrides how frames that are not square are made square
+    (the fit the checkpoint was fine-tuned with; stretch, as the official player, for others).
     """
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():  # say so before a long load
-        raise ValueError(f"device {device!r}: PyTorch sees no CUDA GPU on this machine (use device='cpu')")
-    if isinstance(dtype, str):  # "bfloat16", as configs and command lines write it
-        dtype = getattr(torch, dtype, None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError("dtype: a floating-point torch dtype, such as torch.float32 or torch.bfloat16")
+    device = _device(device)
+    dtype = _dtype(dtype)
+    if image_fit is not None and image_fit not in IMAGE_FITS:
+        raise ValueError(f"image_fit {image_fit!r}: one of {', '.join(IMAGE_FITS)}")
     path = Path(path).expanduser()
     loaded: LoadedCheckpoint = load_checkpoint(path, trust_pickle=trust_pickle)
     cfg = loaded.config
@@ -212,8 +249,9 @@ def load_policy(
     except LayoutError as err:
         raise LayoutError(f"{path}: {err}") from None
     loaded.model.to(device=device, dtype=dtype)
+    preprocessor = loaded.preprocessor if image_fit is None else replace(loaded.preprocessor, fit=image_fit)
     policy = NitroGenPolicy(
-        model=loaded.model, config=cfg, raw_config=loaded.raw_config, preprocessor=loaded.preprocessor,
+        model=loaded.model, config=cfg, raw_config=loaded.raw_config, preprocessor=preprocessor,
         layout=layout, step=loaded.step, epoch=loaded.epoch, extra=loaded.extra, source=str(path),
     )
     if verbose:

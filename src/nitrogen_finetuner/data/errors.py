@@ -42,7 +42,7 @@ def invalid_setting(err: ValidationError, file: Optional[str] = None, model: Opt
     """pydantic's first complaint about a config, as one line naming the setting: an unknown key
     first (a misspelling explains the rest), with the closest known key of ``model`` as the hint."""
     first = first_complaint(err)
-    where = ".".join(str(p) for p in first["loc"])
+    where = ".".join(str(p) for p in first["loc"] if not _union_member(p))
     if first["type"] == "extra_forbidden":
         known = _keys_at(model, first["loc"][:-1]) if model else []
         close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
@@ -57,17 +57,23 @@ def invalid_setting(err: ValidationError, file: Optional[str] = None, model: Opt
         return DataError(f"setting {where} is required", file=file,
                          hint="give --data PATH, or data.dataset_name in the config" if where.startswith("data") else None)
     value = first.get("input")
-    if first["type"] == "list_type" and not isinstance(value, (dict, type(None))):  # `lora.targets=dit_attention`
+    if value is None and "input" in first:  # `--set output=`: YAML reads nothing as null
+        return DataError(f"invalid setting {where}: it is empty", file=file, hint=f"give {where} a value")
+    if first["type"] == "list_type" and not isinstance(value, dict):  # `lora.targets=dit_attention`
         return DataError(f"invalid setting {where}: {value!r} is one value, and {where} is a list", file=file,
                          hint=f"write it in brackets: {where}=[{value}] on the command line, [{value}] in YAML")
-    if first["type"] == "string_type" and value is None:  # `--set output=`: YAML reads nothing as null
-        return DataError(f"invalid setting {where}: it is empty", file=file, hint=f"give {where} a value")
     message = first["msg"].removeprefix("Value error, ")
     whole = _whole_number(first.get("input")) if first["type"] == "int_parsing" else None
     if whole is not None:  # YAML reads `1e3` as text
         return DataError(f"invalid setting {where}: {first['input']!r} is not written as a whole number", file=file,
                          hint=f"write {whole}")
     return DataError(f"invalid setting {where}: {message}" if where else f"invalid config: {message}", file=file)
+
+
+def _union_member(part) -> bool:
+    """pydantic names the member of a union it tried (``str``, ``dict[str,str]``) in an error's
+    location; it is no part of the setting's name."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "list", "dict") or "[" in part)
 
 
 def first_complaint(err: ValidationError) -> dict:

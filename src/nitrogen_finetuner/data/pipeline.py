@@ -25,19 +25,21 @@ from .windows import WindowSpec
 
 @dataclass(frozen=True)
 class ModelInputs:
-    """What the checkpoint decides about the data: its action layout, chunk and frame size."""
+    """What the checkpoint decides about the data: its action layout, chunk and frame size (and
+    the image fit a fine-tune recorded)."""
 
     layout: ActionLayout
     horizon: int
     action_shift: int
     image_size: int
+    image_fit: Optional[str] = None
 
     @classmethod
     def of_config(cls, config, extra: dict, layout: ActionLayout, image_size: int) -> "ModelInputs":
         """A fine-tune records the alignment it was trained with (it may be 0, which the official
         modality config cannot hold); otherwise the checkpoint's ``action_shift`` applies."""
         shift = extra.get("data_action_shift", config.modality_cfg.action_shift)
-        return cls(layout, config.model_cfg.action_horizon, shift, image_size)
+        return cls(layout, config.model_cfg.action_horizon, shift, image_size, extra.get("image_fit"))
 
     @classmethod
     def of_policy(cls, policy) -> "ModelInputs":

@@ -165,7 +165,7 @@ def run_eval(
     is not used)."""
     split = held_out_split(checkpoints, val_fraction, seed) if episodes == "val" else None
     seed = split.seed if split else (DEFAULT_SEED if seed is None else seed)
-    reports, orders, files, chosen, names = {}, {}, {}, None, []
+    reports, orders, files, fits, chosen, names = {}, {}, {}, {}, None, []
     profiles, unused, skipped = {}, set(), []
     for path in checkpoints:
         policy = load_policy(path, device=device, button_order=button_order, buttons=buttons,
@@ -196,6 +196,7 @@ def run_eval(
         label = _label(path, set(reports))
         reports[label], files[label] = score_chunks(chunks, policy), str(Path(path).resolve())
         profiles[label] = data.index.profiles_note("scored on")
+        fits[label] = fitted.image_fit
         unused.update(data.index.all_unused_columns)
         skipped += [note for note in chunks.skipped if note not in skipped]
         names = [data.index.episodes[i].name for i in chosen]
@@ -209,7 +210,7 @@ def run_eval(
     plots.f1_bars(reports, output / "f1.png")
     plots.horizon_errors(reports, output / "horizon.png")
     report = {"data": data_config.dataset_name, "episodes": chosen, "episode_names": names, "seed": seed,
-              "profiles": profiles, "unused_columns": sorted(unused),
+              "profiles": profiles, "image_fits": fits, "unused_columns": sorted(unused),
               "skipped_bad_frames": skipped, "checkpoint_files": files, "checkpoints": reports}
     if split is not None:
         report["split"] = {"val_fraction": split.val_fraction, "seed": split.seed, "runs": list(split.runs),
@@ -234,6 +235,9 @@ def format_header(report: dict) -> list[str]:
         lines.append(f"profile      {next(iter(profiles.values()))}")
     else:
         lines += [f"profile      {note} ({label})" for label, note in profiles.items()]
+    fits = report.get("image_fits", {})
+    if len(set(fits.values())) > 1:  # checkpoints fine-tuned on frames made square in other ways
+        lines.append("image fit    " + ", ".join(f"{fit} ({label})" for label, fit in fits.items()))
     if report.get("unused_columns"):  # most often a wrong --profile: the metrics would leave those columns out
         lines.append(f"unused       {', '.join(report['unused_columns'])}: no profile entry or mapping reads these "
                      "columns (check --profile; `nitrogen-finetune data inspect` shows the mapping)")

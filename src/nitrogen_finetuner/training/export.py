@@ -65,8 +65,12 @@ def export_run(
     weights = state.ema if (use_ema is not False and state.ema is not None) else state.weights
     broken = next((name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
     if broken is not None:  # a checkpoint saved before the trainer refused such weights
+        names = [d.name for d in found]
+        earlier = names[:names.index(path.name)] if path.name in names else []
         raise DataError(f"checkpoint {path.name} holds weights that are not finite numbers ({broken}): the run had "
-                        "diverged", file=str(run_dir), hint="export an earlier checkpoint with --checkpoint step_N")
+                        "diverged", file=str(run_dir),
+                        hint=f"export an earlier checkpoint: --checkpoint {earlier[-1]}" if earlier else
+                        "the run has no earlier checkpoint: train again with a lower learning_rate")
 
     base = load_base(config.base, run_dir, config.seed, new_run=False)
     module = prepare_trainable(base.model, config.method, config.lora, config.tune)

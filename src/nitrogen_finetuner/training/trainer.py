@@ -108,7 +108,8 @@ def diverged(what: str, step: int, run_dir: Path) -> DataError:
     saved = checkpoint_dirs(run_dir)
     resume = f"nitrogen-finetune train --resume {shlex.quote(str(run_dir))} --set learning_rate=..."
     hint = (f"its checkpoint {saved[-1].name} is the last saved: go on from it with a lower learning rate "
-            f"({resume}), or start again in another --output" if saved
+            f"({resume}); if that diverges at once too, the checkpoint is past saving: start again in another "
+            "--output" if saved
             else "train again with a lower learning_rate or more warmup_steps")
     return DataError(f"{what} at step {step}: training diverged, and stops without saving this step",
                      file=str(run_dir), hint=hint)
@@ -750,7 +751,9 @@ class RunLogger:
             return
         for name, value in values.items():
             self.tensorboard.add_scalar(name, value, step)
-        self.metrics.write(json.dumps({"step": step, **values}) + "\n")
+        # JSON has no NaN: a value that is not a finite number (a gradient norm) is written as null.
+        row = {"step": step, **{k: v if math.isfinite(v) else None for k, v in values.items()}}
+        self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
         if self.wandb is not None:
             self.wandb.log(values, step=step)
