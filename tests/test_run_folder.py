@@ -470,12 +470,29 @@ def test_a_bad_frame_met_in_training_saves_the_steps_done_and_the_resume_is_exac
     saved = checkpoint_dirs(run_dir)
     assert len(saved) == 1 and 0 < int(saved[0].name.removeprefix("step_")) < 19
     assert "episode_1.parquet, row 2, column 'image': cannot decode the image" in message
-    assert (f"the checkpoint of step {int(saved[0].name.removeprefix('step_'))} is saved: then continue with  "
-            f"nitrogen-finetune train --resume {run_dir}") in message
+    assert (f"the checkpoint of step {int(saved[0].name.removeprefix('step_'))} is saved: with the frame fixed in "
+            f"place, or with --skip-bad-rows, continue with  nitrogen-finetune train --resume {run_dir}") in message
     assert main(["train", "--resume", str(run_dir), "--skip-bad-rows", *steps]) == 0
     assert main(["train", "--data", str(data), "--output", str(straight), "--skip-bad-rows", *steps]) == 0
     resumed, uninterrupted = final_weights(run_dir), final_weights(straight)
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
+
+
+@pytest.mark.slow
+def test_a_bad_frame_met_by_one_of_two_processes_names_the_checkpoint_left(tmp_path):
+    data = recordings_with_a_corrupt_frame(tmp_path / "data", episode=1, row=2)
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "nitrogen_finetuner.cli", "train", "--data", str(data), "--output", str(run_dir),
+               "--max-steps", "19", *FAST]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert "episode_1.parquet, row 2, column 'image': cannot decode the image" in done.stderr
+    newest = checkpoint_dirs(run_dir)[-1].name
+    assert (f"several processes stop without saving the steps since their last checkpoint: the newest checkpoint is "
+            f"{newest}; with the frame fixed in place, or with --skip-bad-rows, continue with  torchrun "
+            f"--nproc_per_node 2 -m nitrogen_finetuner.cli train --resume {run_dir}") in done.stderr
 
 
 def test_a_validation_whose_every_frame_is_skipped_has_no_loss(tmp_path):
@@ -500,13 +517,14 @@ def test_a_bad_frame_met_in_validation_saves_the_step_it_validates(tmp_path, cap
     flags = ["--data", str(data), "--output", str(run_dir), "--max-steps", "4", *FAST,
              "--set", "val_fraction=0.34", "--set", "val_every=2", "--set", "checkpoint_every=100"]
     assert main(["train", *flags]) == 2
-    assert "the checkpoint of step 2 is saved: then continue with" in one_error_line(capsys)
+    assert "the checkpoint of step 2 is saved: with the frame fixed in place, or with --skip-bad-rows, continue " \
+        "with" in one_error_line(capsys)
     assert [d.name for d in checkpoint_dirs(run_dir)] == ["step_000002"]
     last = tmp_path / "last"
     assert main(["train", "--data", str(data), "--output", str(last), "--max-steps", "2", *FAST,
                  "--set", "val_fraction=0.34", "--set", "checkpoint_every=100"]) == 2  # the final validation
-    assert (f"the checkpoint of step 2 is saved: then finish the run with  nitrogen-finetune train --resume {last}  "
-            "(or export its model now)") in one_error_line(capsys)
+    assert (f"the checkpoint of step 2 is saved: with the frame fixed in place, or with --skip-bad-rows, finish the "
+            f"run with  nitrogen-finetune train --resume {last}  (or export its model now)") in one_error_line(capsys)
     assert not (last / "model.pt").exists()
     assert main(["train", "--resume", str(last), "--skip-bad-rows"]) == 0  # validates, then writes the model
     assert (last / "model.pt").is_file() and [row["step"] for row in map(json.loads, (last / "metrics.jsonl")

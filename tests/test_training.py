@@ -236,6 +236,22 @@ def test_a_diverged_run_stops_with_one_line_and_keeps_no_weights_that_are_not_nu
         export_run(tmp_path / "run", tmp_path / "out.pt")
 
 
+def test_a_step_whose_gradient_norm_is_not_a_number_is_never_checkpointed(recordings, tmp_path, monkeypatch):
+    """Clipping by an infinite norm can leave the weights finite while AdamW's state is not: the
+    step's checkpoint is refused all the same (the norm is read at the checkpoint, not each step)."""
+    clip, calls = trainer_module.Accelerator.clip_grad_norm_, []
+
+    def overflowing_at_step_2(self, *args, **kwargs):  # as a real overflow leaves it
+        calls.append(None)
+        norm = clip(self, *args, **kwargs)
+        return norm + float("inf") if len(calls) == 2 else norm
+
+    monkeypatch.setattr(trainer_module.Accelerator, "clip_grad_norm_", overflowing_at_step_2)
+    with pytest.raises(DataError, match="a step's gradient norm was not a finite number at step 2: training diverged"):
+        train(config(recordings, tmp_path / "run", max_steps=4, checkpoint_every=1))
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_000001"]
+
+
 def test_gradient_accumulation_trains_the_weights_of_one_big_batch(recordings, tmp_path):
     settings = dict(method="full", max_steps=3, dropout=0.0, checkpoint_every=0)
     whole = train(config(recordings, tmp_path / "whole", **settings))

@@ -53,7 +53,9 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     path = Path(path)
     if path.is_dir():
         inside = path / "model.pt"
-        hint = f" (the run's exported checkpoint is {inside})" if inside.is_file() else ""
+        hint = f" (the run's exported checkpoint is {inside})" if inside.is_file() else \
+            f" (a run folder: `nitrogen-finetune export {path} OUT.pt` writes its model)" \
+            if (path / "config.yaml").is_file() else ""
         if path.parent.name == "checkpoints" and (path / "weights.safetensors").is_file():
             hint = (f" (a training checkpoint: `nitrogen-finetune export {path.parent.parent} OUT.pt --checkpoint "
                     f"{path.name}` writes it as a checkpoint file)")

@@ -29,18 +29,22 @@ class TrainingStopped(Exception):
     processes: int = 1
 
     def __str__(self) -> str:
-        resume = f"train --resume {shlex.quote(str(self.run_dir))}"
-        if self.processes == 1:
-            how = f"nitrogen-finetune {resume}"
-        else:  # any number of processes may resume it; the same launch is the obvious one
-            per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", self.processes))
-            machines = self.processes // per_machine
-            how = (f"torchrun --nproc_per_node {per_machine} -m nitrogen_finetuner.cli {resume}"
-                   + (f"  (on each of the {machines} machines, with their --nnodes, --node_rank and address "
-                      "options; or accelerate launch with the same processes)" if machines > 1
-                      else "  (or accelerate launch with the same processes)"))
         return (f"stopped by {signal.Signals(self.signal_number).name} after step {self.step}; "
-                f"its checkpoint is saved: continue with  {how}")
+                f"its checkpoint is saved: continue with  {resume_command(self.run_dir, self.processes)}")
+
+
+def resume_command(run_dir: Path, processes: int) -> str:
+    """The command that resumes a run stopped with this many processes (any number may resume
+    it; the same launch is the obvious one)."""
+    resume = f"train --resume {shlex.quote(str(run_dir))}"
+    if processes == 1:
+        return f"nitrogen-finetune {resume}"
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
+    machines = processes // per_machine
+    return (f"torchrun --nproc_per_node {per_machine} -m nitrogen_finetuner.cli {resume}"
+            + (f"  (on each of the {machines} machines, with their --nnodes, --node_rank and address "
+               "options; or accelerate launch with the same processes)" if machines > 1
+               else "  (or accelerate launch with the same processes)"))
 
 
 class StopRequest:

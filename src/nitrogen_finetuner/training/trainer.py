@@ -55,7 +55,7 @@ from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_sett
 from .run_lock import RunFolderLock, check_shared
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, local_tensor, shard_like,
                        shard_model, shard_optimizer_state)
-from .stop_signals import StopRequest, TrainingStopped
+from .stop_signals import StopRequest, TrainingStopped, resume_command
 from .throughput import flops_per_sample, peak_flops
 
 
@@ -469,12 +469,16 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         return contextlib.nullcontext() if last_micro_batch else accelerator.no_sync(module)
 
     def save_checkpoint() -> None:
-        """A checkpoint of this step, unless an update made a weight NaN or infinite (the loss,
-        computed before the update, may not show it yet): such weights are never saved or exported."""
-        finite = torch.stack([torch.isfinite(local_tensor(p)).all() for p in params]).all().float()
-        if float(accelerator.reduce(finite, "sum")) < world:
+        """A checkpoint of this step, unless an update made a weight NaN or infinite, or a step's
+        gradients were (the loss, computed before the update, may not show it yet; AdamW's state
+        keeps them): such weights are never saved or exported."""
+        weights_finite = torch.stack([torch.isfinite(local_tensor(p)).all() for p in params]).all()
+        broken = accelerator.reduce(torch.stack([~weights_finite, nonfinite_gradients > 0]).float(), "sum")
+        if broken.any():
             end_early()
-            raise diverged("the trained weights are no longer finite numbers", progress.step, run_dir)
+            what = "the trained weights are no longer finite numbers" if broken[0] else \
+                "a step's gradient norm was not a finite number"
+            raise diverged(what, progress.step, run_dir)
         save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
 
     def save_unless_saved() -> None:
@@ -490,14 +494,21 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         """A bad row met while training (frames are decoded as they are read): one process saves
         the steps done, so fixing the row costs none of them. Several processes stop as they are:
         the others wait in a collective that a save would need too."""
-        if world > 1 or progress.step == 0:
+        if progress.step == 0:
             return err
+        resume = resume_command(run_dir, world)
+        # Removing the row would change the run's windows, which a resume refuses.
+        fixed = "with the frame fixed in place, or with --skip-bad-rows"
+        if world > 1:
+            saved = checkpoint_dirs(run_dir)
+            kept = f"the newest checkpoint is {saved[-1].name}" if saved else "no checkpoint was saved yet"
+            return DataError(f"{user_message(err)}; several processes stop without saving the steps since their last "
+                             f"checkpoint: {kept}" + (f"; {fixed}, continue with  {resume}" if saved else ""))
         read_steps(everything=True)  # a loss that is not a number still stops without saving
         save_unless_saved()
         end_early()
-        resume = f"nitrogen-finetune train --resume {shlex.quote(str(run_dir))}"
-        go_on = f"then continue with  {resume}" if progress.step < config.max_steps else \
-            f"then finish the run with  {resume}  (or export its model now)"
+        go_on = f"{fixed}, continue with  {resume}" if progress.step < config.max_steps else \
+            f"{fixed}, finish the run with  {resume}  (or export its model now)"
         return DataError(f"{user_message(err)}; the checkpoint of step {progress.step} is saved: {go_on}")
 
     def read_steps(everything: bool) -> float:
@@ -521,6 +532,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     # ------------------------------------------------------------------------- the update step
     module.train()
     losses, val_loss = [], None
+    nonfinite_gradients = torch.zeros((), dtype=torch.int64, device=device)
     validated_step: Optional[int] = None
     readout = StepReadout(progress.step)
     interactive = sys.stderr.isatty()  # in logs and CI, a line every 30 s instead of every step
@@ -559,6 +571,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             if bf16_weights:
                 bf16_weights.gradients_to_master()
             grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm else None
+            if grad_norm is not None and accelerator.scaler is None:  # fp16's scaler skips such steps itself
+                nonfinite_gradients += ~torch.isfinite(local_tensor(grad_norm))  # read at the next checkpoint
             learning_rate = optimizer.param_groups[0]["lr"]  # this step's; the scheduler then sets the next's
             optimizer.step()
             scheduler.step()
