@@ -189,6 +189,9 @@ def test_an_export_needs_only_the_weights_and_a_missing_file_is_named(recordings
     assert one_error_line(capsys).endswith(f"a folder, not a checkpoint file (a training checkpoint: `nitrogen-finetune "
                                            f"export {run_dir} OUT.pt --checkpoint step_000004` writes it as a "
                                            "checkpoint file)")
+    assert main(["info", str(run_dir)]) == 2  # no model.pt: the run was not exported
+    assert one_error_line(capsys).endswith(f"(a run folder: `nitrogen-finetune export {run_dir} OUT.pt` writes its "
+                                           "model)")
     weights = (newest / "weights.safetensors").rename(tmp_path / "weights.safetensors")
     capsys.readouterr()
     assert main(["export", str(run_dir), str(tmp_path / "out.pt"), "--force"]) == 2
