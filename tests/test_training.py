@@ -398,12 +398,12 @@ def test_a_fine_tuned_model_plays_frames_made_square_as_it_trained_on_them(recor
     assert "note        frames are 40x30: image_fit crop makes them square" in capsys.readouterr().out
     assert torch.load(run.exported, weights_only=True)["nitrogen_finetuner"]["image_fit"] == "crop"
     policy = load_policy(run.exported, verbose=False)
-    assert "frames          not square: cropped square first (image_fit crop" in policy.summary()
+    assert "image fit       crop: a frame that is not square is cropped square first" in policy.summary()
     wide = np.random.RandomState(0).randint(0, 256, (30, 40, 3), dtype=np.uint8)
     centre = np.ascontiguousarray(wide[:, 5:35])
     assert np.array_equal(policy.preprocessor.resize(wide), policy.preprocessor.resize(centre))
     base = load_policy(tmp_path / "run" / "base.pt", verbose=False)  # no record: stretched, as the official player
-    assert base.preprocessor.fit == "stretch" and "frames  " not in base.summary()
+    assert base.preprocessor.fit == "stretch" and "image fit" not in base.summary()
     assert not np.array_equal(base.preprocessor.resize(wide), policy.preprocessor.resize(wide))
     assert main(["data", "inspect", str(recordings), "--checkpoint", str(run.exported), "--output",
                  str(tmp_path / "inspect"), "--no-image-check"]) == 0  # the checkpoint's fit, unless --image-fit

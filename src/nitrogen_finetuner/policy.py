@@ -161,8 +161,9 @@ class NitroGenPolicy:
             *([f"  fine-tuned      {self.extra['method']} from {self.extra.get('fine_tuned_from', '?')}, "
                f"step {self.step} ({'EMA' if self.extra.get('weights') == 'ema' else 'trained, not EMA'} weights)"]
               if "method" in self.extra else []),
-            *([f"  frames          not square: {'padded' if self.preprocessor.fit == 'pad' else 'cropped'} square "
-               f"first (image_fit {self.preprocessor.fit}, as fine-tuned; the official player stretches them)"]
+            *([f"  image fit       {self.preprocessor.fit}: a frame that is not square is "
+               f"{'padded' if self.preprocessor.fit == 'pad' else 'cropped'} square first, as in fine-tuning (the "
+               "official player stretches it)"]
               if self.preprocessor.fit != "stretch" else []),
         ])
 
