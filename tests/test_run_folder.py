@@ -496,6 +496,14 @@ def test_a_bad_frame_met_by_one_of_two_processes_names_the_checkpoint_left(tmp_p
     assert (f"several processes stop without saving the steps since their last checkpoint: the newest checkpoint is "
             f"{newest}; with the frame fixed in place, or with --skip-bad-rows, continue with  torchrun "
             f"--nproc_per_node 2 -m nitrogen_finetuner.cli train --resume {run_dir}") in done.stderr
+    # Met only in the final validation: the last step was saved before it, so no step is lost.
+    held_out = split_episodes(["a", "b", "c"], 0.34, 0)[1][0]
+    data = recordings_with_a_corrupt_frame(tmp_path / "held_out", episode=held_out, row=0)
+    command[command.index("--data") + 1], command[command.index("--output") + 1] = str(data), str(tmp_path / "last")
+    done = subprocess.run([*command, "--set", "val_fraction=0.34", "--set", "checkpoint_every=100"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0 and [d.name for d in checkpoint_dirs(tmp_path / "last")] == ["step_000019"]
+    assert "the newest checkpoint is step_000019" in done.stderr
 
 
 def test_a_validation_whose_every_frame_is_skipped_has_no_loss(tmp_path):

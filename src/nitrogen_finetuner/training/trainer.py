@@ -630,6 +630,10 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     # ----------------------------------------------------------------------------- finish
     if stop is not None:
         stop.steps_done()
+    # Saved before the final validation, a bad frame met there costs no step, even with several
+    # processes (which cannot save once one has stopped); keep_best saves after it, to record it.
+    if not config.keep_best:
+        save_unless_saved()
     if val_set is not None and validated_step != progress.step:  # unless the last step validated
         val_loss = validate_and_log()
     save_unless_saved()
