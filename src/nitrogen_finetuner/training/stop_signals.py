@@ -33,10 +33,10 @@ class TrainingStopped(Exception):
                 f"its checkpoint is saved: continue with  {resume_command(self.run_dir, self.processes)}")
 
 
-def resume_command(run_dir: Path, processes: int) -> str:
+def resume_command(run_dir: Path, processes: int, settings: str = "") -> str:
     """The command that resumes a run stopped with this many processes (any number may resume
-    it; the same launch is the obvious one)."""
-    resume = f"train --resume {shlex.quote(str(run_dir))}"
+    it; the same launch is the obvious one), with ``settings`` to change (``--set key=value``)."""
+    resume = f"train --resume {shlex.quote(str(run_dir))}" + (f" {settings}" if settings else "")
     if processes == 1:
         return f"nitrogen-finetune {resume}"
     per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", processes))

@@ -102,11 +102,11 @@ def _mixed_precision(choice: str, on_gpu: bool) -> str:
     return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
 
 
-def diverged(what: str, step: int, run_dir: Path) -> DataError:
+def diverged(what: str, step: int, run_dir: Path, processes: int) -> DataError:
     """The one line for a loss or weights that became NaN or infinite: the run stops rather than
     save and export weights that are no longer numbers, and says where to go on from."""
     saved = checkpoint_dirs(run_dir)
-    resume = f"nitrogen-finetune train --resume {shlex.quote(str(run_dir))} --set learning_rate=..."
+    resume = resume_command(run_dir, processes, "--set learning_rate=...")
     hint = (f"its checkpoint {saved[-1].name} is the last saved: go on from it with a lower learning rate "
             f"({resume}); if that diverges at once too, the checkpoint is past saving: start again in another "
             "--output" if saved
@@ -478,7 +478,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             end_early()
             what = "the trained weights are no longer finite numbers" if broken[0] else \
                 "a step's gradient norm was not a finite number"
-            raise diverged(what, progress.step, run_dir)
+            raise diverged(what, progress.step, run_dir, world)
         save(writer, progress, master, optimizer, scheduler, ema, config, accelerator.scaler)
 
     def save_unless_saved() -> None:
@@ -526,7 +526,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             votes += step_votes
             if not math.isfinite(loss) and accelerator.scaler is None:  # fp16's scaler skips such steps itself
                 end_early()
-                raise diverged(f"the training loss is {loss}", step, run_dir)
+                raise diverged(f"the training loss is {loss}", step, run_dir, world)
         return votes
 
     # ------------------------------------------------------------------------- the update step
