@@ -1,6 +1,7 @@
 """Training windows per second through the DataLoader, on 256x256 PNG frames.
 
     python benchmarks/loader_throughput.py [--frames 2048] [--workers 0,1,2] [--batch-size 32]
+    python benchmarks/loader_throughput.py --keep DIR --workers ""   # only write the dataset, to train on
 
 Writes a NitroGen-format parquet dataset of game-like frames (flat colours, shapes, a HUD bar:
 PNG-compressible like real console frames) to a temporary folder, then times full passes of the
@@ -11,6 +12,7 @@ least 400 windows/s per CPU core.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import tempfile
@@ -60,15 +62,20 @@ def write_dataset(folder: Path, frames: int, files: int = 4, seed: int = 0) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=2048)
-    parser.add_argument("--workers", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--workers", default="0,1,2", type=lambda s: [int(x) for x in s.split(",") if x])
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--keep", type=Path, help="write the dataset into this folder and keep it (a new folder)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() if args.keep is None else contextlib.nullcontext(args.keep) as tmp:
+        if args.keep is not None:
+            args.keep.mkdir(parents=True)
         start = time.perf_counter()
         write_dataset(Path(tmp), args.frames)
         print(f"wrote {args.frames} 256x256 PNG frames in {time.perf_counter() - start:.1f} s")
-        data = prepare_data(DataConfig(dataset_name=tmp), ModelInputs.of_checkpoint(None))
+        if not args.workers:
+            return
+        data = prepare_data(DataConfig(dataset_name=str(tmp)), ModelInputs.of_checkpoint(None))
         dataset = data.dataset(batch_size=args.batch_size, seed=0)
         print(f"{dataset.num_windows} windows of {data.spec.horizon} actions; {os.cpu_count()} CPU cores")
         print("| workers | windows/s | windows/s per busy core |")

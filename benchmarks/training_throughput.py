@@ -4,6 +4,7 @@
     python benchmarks/training_throughput.py --compile --output train.json
     python benchmarks/training_throughput.py --runs full+bf16_weights:64 --compile --profile   # where the time goes
     python benchmarks/training_throughput.py --runs lora_attention+bf16_weights:64 --compile
+    python benchmarks/training_throughput.py --runs lora_attention+bf16_weights:64 --compile-only --compile-mode reduce-overhead
     python benchmarks/training_throughput.py --official-src /path/to/NitroGen   # the official full and LoRA too
 
 One step is what ``nitrogen-finetune train`` does per optimizer step: per-window flow noise,
@@ -318,6 +319,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps, at least 1 (the first one compiles; "
                         "its time is reported as first_step_s)")
     parser.add_argument("--compile", action="store_true", help="also time each run with torch.compile")
+    parser.add_argument("--compile-only", action="store_true", help="time each run with torch.compile alone")
     parser.add_argument("--compile-mode", default="default",
                         help="torch.compile's mode for --compile: default, reduce-overhead (CUDA graphs: the trainer's cuda_graphs), "
                              "max-autotune-no-cudagraphs, max-autotune")
@@ -339,7 +341,8 @@ def main() -> None:
     rows, ours = [], []
     for run in filter(None, args.runs.split(",")):
         method, batch = run.split(":")
-        for compile_mode in (None, args.compile_mode) if args.compile else (None,):
+        modes = (args.compile_mode,) if args.compile_only else (None, args.compile_mode) if args.compile else (None,)
+        for compile_mode in modes:
             setup = (args.preset, method, int(batch), args.lora_dropout)
             try:
                 rows.append(bench(*setup, args.steps, args.warmup, compile_mode, args.activation_checkpointing, device))
