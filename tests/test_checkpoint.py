@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from golden.cases import make_images, make_noise
 from nitrogen_finetuner import files, load_policy
 from nitrogen_finetuner.cli import main
-from nitrogen_finetuner.training.config import resolve_config
+from nitrogen_finetuner.training.config import resolve_config, run_config_file
 from nitrogen_finetuner.model import checkpoint as checkpoint_module
 from nitrogen_finetuner.model.checkpoint import EXTRA_KEY, CheckpointError, read_checkpoint, save_checkpoint
 from nitrogen_finetuner.model.presets import build_preset
@@ -228,6 +228,14 @@ def test_a_checkpoint_folder_given_for_a_run_folder_names_the_run(tmp_path, caps
             f"{run}: --resume goes on from its newest checkpoint, and export --checkpoint step_000004 takes this "
             "one)\n"), command
     assert sorted(p.name for p in checkpoint.iterdir()) == ["config.yaml"]  # no .lock left in it
+
+
+def test_a_lost_config_is_read_from_the_newest_checkpoint_past_a_million_steps(tmp_path):
+    run = tmp_path / "run"
+    for step in (999_999, 1_000_000):  # "step_1000000" sorts before "step_999999" by name
+        (run / "checkpoints" / f"step_{step:06d}").mkdir(parents=True)
+        (run / "checkpoints" / f"step_{step:06d}" / "config.yaml").write_text(f"base: tiny\nmax_steps: {step}\n")
+    assert run_config_file(run) == run / "checkpoints" / "step_1000000" / "config.yaml"
 
 
 def test_a_file_where_a_folder_belongs_is_one_line_naming_it(tmp_path, capsys):

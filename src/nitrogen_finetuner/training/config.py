@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..data.config import DataConfig, auto_means_null
 from ..data.errors import DataError, first_complaint, invalid_setting, user_message
 from ..model.presets import PRESETS
-from .checkpoints import STEP_DIR
+from .checkpoints import STEP_DIR, checkpoint_dirs
 
 LORA_COMPONENTS = {
     # DiT attention projections (self- and cross-attention blocks).
@@ -270,7 +270,7 @@ def run_config_file(run_dir: str | Path) -> Path:
                         hint=f"give the run folder, {Path(run_dir).parent.parent}: --resume goes on from its newest "
                              f"checkpoint, and export --checkpoint {Path(run_dir).name} takes this one")
     path = Path(run_dir) / "config.yaml"
-    copies = sorted((Path(run_dir) / "checkpoints").glob("step_*/config.yaml"))
+    copies = [c / "config.yaml" for c in checkpoint_dirs(Path(run_dir)) if (c / "config.yaml").is_file()]
     if path.is_file():
         try:
             resolve_config(path)
