@@ -155,6 +155,27 @@ def test_a_stop_request_announces_once_a_second_ctrl_c_stops_at_once_and_handler
     assert "SIGINT: the training steps are done; finishing the final checkpoint and model" in capfd.readouterr().err
 
 
+def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_to_go_on_from(recordings, tmp_path, monkeypatch,
+                                                                              capsys):
+    real_noise = trainer_module.window_noise
+
+    def noise(batch, seed, step, *args, validation=False):
+        if step == 3 and not validation:  # Ctrl-C twice, while step 4 draws its noise
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return real_noise(batch, seed, step, *args, validation=validation)
+
+    monkeypatch.setattr(trainer_module, "window_noise", noise)
+    run_dir = tmp_path / "run"
+    argv = ["train", "--data", str(recordings), "--output", str(run_dir), "--max-steps", "6", "--set", "num_workers=0",
+            "--set", "batch_size=4", "--set", "checkpoint_every=2", "--set", "val_every=0"]
+    assert main(argv) == 128 + signal.SIGINT
+    assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_000002"]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "nitrogen-finetune: interrupted; the newest checkpoint is step_000002: continue with  "
+        f"nitrogen-finetune train --resume {run_dir}")
+
+
 def test_ctrl_c_ends_a_command_line_run_with_a_checkpoint_and_one_line(recordings, tmp_path):
     """Ctrl-C goes to the whole process group, DataLoader workers included."""
     run_dir = tmp_path / "run"

@@ -167,7 +167,7 @@ def _evaluate_demo(run_dir: Path, config) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.config import (dump_config, parse_override, resolve_config, run_config_file,  # noqa: PLC0415
                                   with_absolute_paths)
-    from .training.stop_signals import StopRequest, TrainingStopped
+    from .training.stop_signals import StopRequest, TrainingStopped, interrupted
     from .training.trainer import train
 
     overrides = dict(parse_override(item) for item in args.set)
@@ -216,6 +216,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if main_process:
             print(f"nitrogen-finetune: {stopped}", file=sys.stderr)
         return 128 + stopped.signal_number
+    except KeyboardInterrupt:  # a second Ctrl-C
+        if main_process:
+            processes = int(os.environ.get("WORLD_SIZE", "1"))
+            print(f"nitrogen-finetune: {interrupted(Path(config.output), processes)}", file=sys.stderr)
+        return 128 + signal.SIGINT
     if not main_process:  # one report per run, not per process
         return 0
     if demo and result.exported:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .checkpoints import checkpoint_dirs
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STDERR = 2
 
@@ -45,6 +47,15 @@ def resume_command(run_dir: Path, processes: int, settings: str = "") -> str:
             + (f"  (on each of the {machines} machines, with their --nnodes, --node_rank and address "
                "options; or accelerate launch with the same processes)" if machines > 1
                else "  (or accelerate launch with the same processes)"))
+
+
+def interrupted(run_dir: Path, processes: int) -> str:
+    """What a second Ctrl-C, which stops at once, leaves: the newest checkpoint (written
+    atomically, so whole) and the command that goes on from it."""
+    saved = checkpoint_dirs(run_dir)
+    if not saved:
+        return "interrupted before the run's first checkpoint"
+    return f"interrupted; the newest checkpoint is {saved[-1].name}: continue with  {resume_command(run_dir, processes)}"
 
 
 class StopRequest:
