@@ -791,6 +791,9 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     (None, ["output="], "invalid setting output: it is empty (give output a value)"),
     (None, ["data.profile=atari"], "invalid setting data.profile: unknown console profile 'atari' (use auto or one of"),
     (None, ["data.stick_range={j_left: int12}"], "invalid setting data.stick_range: unknown stick_range 'int12'"),
+    (None, ["max_steps=true"], "invalid setting max_steps: true is not a number"),  # pydantic would read 1
+    (None, ["data.analog_deadzone=false"], "invalid setting data.analog_deadzone: false is not a number"),
+    ("lora:\n  rank: yes\n", [], "run.yaml: invalid setting lora.rank: true is not a number"),  # YAML 1.1's yes
     ("max_stepz: 3\n", [], "run.yaml: unknown setting max_stepz (did you mean max_steps?)"),
     ("max_steps: 1e3\n", [], "run.yaml: invalid setting max_steps: '1e3' is not written as a whole number (write 1000)"),
     ("learning_rate: 1.0e-3\n", ["learning_rate=abc"], "nitrogen-finetune: error: invalid setting learning_rate"),

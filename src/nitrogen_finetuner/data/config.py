@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..actions.processor import checked_profile, checked_stick_range
 
@@ -16,6 +16,15 @@ def auto_means_null(model: type[BaseModel], values):
         return values
     nullable = {name for name, field in model.model_fields.items() if field.default is None}
     return {k: None if k in nullable and v in ("auto", "all") else v for k, v in values.items()}
+
+
+def numbers_are_not_true_or_false(model: type[BaseModel], value, info: ValidationInfo):
+    """``max_steps: true`` is a slip, not 1: a setting that takes a number refuses true and false
+    (pydantic would read them as 1 and 0)."""
+    field = model.model_fields[info.field_name]
+    if isinstance(value, bool) and {int, float} & set(get_args(field.annotation) or [field.annotation]):
+        raise ValueError(f"{str(value).lower()} is not a number")
+    return value
 
 
 class DataConfig(BaseModel):
@@ -53,6 +62,7 @@ class DataConfig(BaseModel):
     )
 
     _auto = model_validator(mode="before")(classmethod(auto_means_null))
+    _numbers = field_validator("*", mode="before")(classmethod(numbers_are_not_true_or_false))
 
     @field_validator("profile")
     @classmethod

@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..data.config import DataConfig, auto_means_null
+from ..data.config import DataConfig, auto_means_null, numbers_are_not_true_or_false
 from ..data.errors import DataError, first_complaint, invalid_setting, user_message
 from ..model.presets import PRESETS
 from .checkpoints import STEP_DIR, checkpoint_dirs
@@ -40,6 +40,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False)
 
     _auto = model_validator(mode="before")(classmethod(auto_means_null))
+    _numbers = field_validator("*", mode="before")(classmethod(numbers_are_not_true_or_false))
 
 
 class LoraConfig(_Section):
