@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -116,6 +117,8 @@ def test_eval_command_writes_report_and_figures(tiny_checkpoint, tmp_path, capsy
     assert first["chunks"] == 6  # frames 0, 18 and 36 of each 40-frame episode
     assert {"per_button", "macro_f1"} <= set(first["buttons"]) and "SOUTH" in first["buttons"]["per_button"]
     assert set(first["sticks"]["per_axis"]) == {"LEFT_X", "LEFT_Y", "RIGHT_X", "RIGHT_Y"}
+    left_x = f"{first['sticks']['per_axis']['LEFT_X']['mae']:.3f}"
+    assert re.search(rf"^  MAE LEFT_X +{left_x} +{left_x}$", printed, re.MULTILINE), printed  # each axis printed
     assert len(first["by_horizon_step"]["button_error_rate"]) == 18
     assert set(first["consistency"]) == {"predicted", "true"}
     assert first == report["checkpoints"]["tiny_2"]  # fixed noise: the same checkpoint scores the same

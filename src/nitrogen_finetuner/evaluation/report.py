@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..actions.layout import STICK_SLOTS
 from ..data.config import DataConfig
 from ..data.episodes import split_episodes
 from ..data.errors import DataError, user_message
@@ -267,6 +268,12 @@ def format_table(report: dict, output: Path) -> str:
     for b in buttons:
         lines.append(f"  F1 {b:<15}" + "".join(
             f"{_fmt(report['checkpoints'][label]['buttons']['per_button'].get(b, {}).get('f1')):>{width + 2}}"
+            for label in labels))
+    axes = [a for a in STICK_SLOTS  # the mean can hide one poor stick
+            if any(a in r["sticks"]["per_axis"] for r in report["checkpoints"].values())]
+    for a in axes:
+        lines.append(f"  MAE {a:<14}" + "".join(
+            f"{_fmt(report['checkpoints'][label]['sticks']['per_axis'].get(a, {}).get('mae')):>{width + 2}}"
             for label in labels))
     for label, check in report.get("button_order_check", {}).items():
         checked = check["best_slot_per_label"]
