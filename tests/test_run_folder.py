@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.data.episodes import split_episodes
@@ -260,6 +261,14 @@ def test_logs_hold_each_step_once_across_a_fresh_start_and_a_resume(recordings, 
         metrics.write('{"step": 3, "train/lo')  # and the disk filled up while it logged
     train(config(recordings, run_dir, max_steps=4, learning_rate=1e-3, checkpoint_every=2), resume=True)
     assert logged_steps(run_dir) == [1, 2, 3, 4]
+    assert tensorboard_steps(run_dir, "train/loss") == [1, 2, 3, 4]
+
+
+def tensorboard_steps(run_dir: Path, name: str) -> list[int]:
+    """The steps of ``name`` as TensorBoard shows them, across the run's event files."""
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [e.step for e in events.Scalars(name)]
 
 
 def test_a_resume_that_only_finishes_the_run_logs_its_validation_once(recordings, tmp_path):
@@ -268,6 +277,7 @@ def test_a_resume_that_only_finishes_the_run_logs_its_validation_once(recordings
     (run_dir / "summary.json").unlink()  # killed while it finished, after its validation was logged
     train(config(recordings, run_dir, max_steps=2), resume=True)
     assert len(logged(run_dir, "val/loss")) == 1 and logged_steps(run_dir) == [1, 2]
+    assert tensorboard_steps(run_dir, "val/loss") == [2] and tensorboard_steps(run_dir, "train/loss") == [1, 2]
 
 
 @pytest.mark.parametrize("flags, message", [

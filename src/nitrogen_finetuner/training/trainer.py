@@ -724,14 +724,22 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
 
         metrics_file = run_dir / "metrics.jsonl"
+        finishing = resumed_at == config.max_steps  # validates its last step again
+        kept = []
         if resumed_at is None:
             shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
             metrics_file.unlink(missing_ok=True)
         elif metrics_file.is_file():
-            kept = logged_rows(metrics_file, resumed_at, validates_last_step=resumed_at == config.max_steps)
+            kept = logged_rows(metrics_file, resumed_at, validates_last_step=finishing)
             write_text_atomic(metrics_file, "".join(row + "\n" for row in kept))
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"),
-                                         purge_step=None if resumed_at is None else resumed_at + 1)
+        # TensorBoard hides what earlier files logged from purge_step on. A finishing resume purges
+        # its last step, whose validation it logs again, and puts back that step's other values.
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=None if resumed_at is None
+                                         else resumed_at if finishing else resumed_at + 1)
+        for row in map(json.loads, kept if finishing else []):
+            for name, value in row.items():
+                if row["step"] == resumed_at and name != "step" and value is not None:
+                    self.tensorboard.add_scalar(name, value, resumed_at)
         self.metrics = open(metrics_file, "a")
         if config.wandb:  # installed: checked before the run started
             import wandb  # noqa: PLC0415
