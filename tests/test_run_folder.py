@@ -332,6 +332,12 @@ def test_a_run_started_with_relative_paths_resumes_and_exports_from_anywhere(rec
     monkeypatch.chdir(elsewhere)
     assert main(["train", "--resume", str(work / "run"), "--max-steps", "3", *FAST]) == 0
     assert main(["export", str(work / "run"), "out.pt"]) == 0
+    assert read_record(elsewhere / "out.pt")["fine_tuned_from"] == str(work / "ng.pt")
+    monkeypatch.chdir(tmp_path)  # a preset's run exported by a relative path records the preset
+    assert main(["train", "--data", str(recordings), "--base", "tiny", "--output", "tiny_run", "--max-steps", "1",
+                 *FAST]) == 0
+    assert main(["export", "tiny_run", "tiny.pt"]) == 0
+    assert read_record(tmp_path / "tiny.pt")["fine_tuned_from"] == "tiny"
 
 
 def test_episodes_too_short_for_a_window_say_so(tmp_path, capsys):

@@ -18,6 +18,7 @@ from peft import PeftModel
 from ..data.errors import DataError
 from ..files import output_file, refuse_existing
 from ..model.checkpoint import save_checkpoint
+from ..model.presets import PRESETS
 from ..policy import __version__
 from .adapters import load_trainable_state, prepare_trainable
 from .base import load_base
@@ -88,7 +89,8 @@ def export_run(
     extra = {
         "version": __version__,
         "action_layout": base.layout.to_dict(),
-        "fine_tuned_from": base.source,
+        # A preset's name, not the run's copy of it; a file's path from anywhere.
+        "fine_tuned_from": config.base if config.base in PRESETS else str(Path(base.source).resolve()),
         "method": config.method,
         "weights": "ema" if weights is state.ema else "final",
         "data_action_shift": shift if shift is not None else base.model_inputs().action_shift,
