@@ -80,6 +80,19 @@ def test_folder_of_parquet_files_gives_one_episode_per_file_and_windows_never_cr
     assert frames == [0, 1, 2, 3, 50, 51, 52, 53]
 
 
+def test_a_folder_reads_each_recording_once_through_links_and_loops_and_leaves_hidden_files_out(tmp_path):
+    root = tmp_path / "data"
+    write_nitrogen_parquet(root / "real" / "a.parquet", n=6, start=0)
+    write_nitrogen_parquet(root / "real" / "b.parquet", n=6, start=50)
+    (root / "all_games").symlink_to("real")  # the same recordings by a second name
+    (root / "real" / "up").symlink_to("..")  # a loop
+    (root / "b_again.parquet").symlink_to(root / "real" / "b.parquet")
+    write_nitrogen_parquet(root / ".cache" / "copy.parquet", n=6)
+    (root / "real" / "._a.parquet").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    data = prepared(root)
+    assert [e.name for e in data.index.episodes] == [str(root / "real" / "a.parquet"), str(root / "real" / "b.parquet")]
+
+
 def test_episode_column_splits_a_file(tmp_path):
     path = write_nitrogen_parquet(tmp_path / "run.parquet", n=12, extra={"episode_id": [0] * 5 + [1] * 7})
     data = prepared(path)
