@@ -10,7 +10,9 @@ binding fixes the pick, so one file reads one way throughout). The most frequent
 neutral a resting stick leaves behind; a stick held in one direction leaves none, and then only
 the console's own encoding (the profile's ``stick_range``) or the user can tell:
 
-1. the column's own type: int8 -> int8, uint8 -> uint8, int16 -> int16;
+1. the column's own type: int8 -> int8, uint8 -> uint8, int16 -> int16, except that an int16
+   column whose values the profile's narrower integer range holds takes that range (a recorder
+   that widened a PlayStation's 0..255 to int16 wrote 128 at rest, a 0.4% push as int16);
 2. an integer column (int64 from a CSV, say) whose values the profile's integer range holds: that
    range (a drift of +-1 is drift, not a full push);
 3. every value within [-1, 1], or any value that is not a whole number (floats): float_pm1 when
@@ -93,13 +95,13 @@ def _most_frequent(values: np.ndarray) -> float:
 def detect_stick_range(values: np.ndarray, dtype: np.dtype, console: Optional[str] = None) -> Optional[str]:
     """The stick range of a column from its type, its valid values and the range its console
     writes (rules: module docstring); None when they cannot tell."""
-    if dtype in _DTYPE_RANGES:
-        return _DTYPE_RANGES[dtype]
     low, high = float(values.min()), float(values.max())
     console_range = STICK_RANGES.get(console)
     whole = not np.any(values != np.round(values))
     fits_console = bool(console_range and console_range.integral and whole
                         and console_range.low <= low and high <= console_range.high)
+    if dtype in _DTYPE_RANGES:
+        return console if fits_console and _DTYPE_RANGES[dtype] == "int16" else _DTYPE_RANGES[dtype]
     if fits_console and dtype.kind in "iu":
         return console
     if max(-low, high) <= 1.0 + FLOAT_TOLERANCE or not whole:
