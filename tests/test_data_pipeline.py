@@ -157,6 +157,22 @@ def test_skip_bad_rows_leaves_out_a_row_without_its_frame_number(tmp_path):
         prepared(path, skip_bad_rows=True)
 
 
+def test_a_row_without_its_episode_id_stops_with_its_row_or_is_left_out(tmp_path):
+    for name, ids in [("text.parquet", pa.array(["x", "x", None, "y", "y", None])),
+                      ("ints.parquet", pa.array([1, 1, None, 2, 2, None], pa.int64()))]:  # read as floats with NaN
+        path = write_nitrogen_parquet(tmp_path / name, n=6, extra={"episode_id": ids})
+        with pytest.raises(DataError, match=r"row 2, column 'episode_id': the episode id is missing \(fill it in, or "
+                                            r"set data.skip_bad_rows"):
+            prepared(path)
+        index = prepared(path, skip_bad_rows=True).index
+        assert [list(e.rows) for e in index.episodes] == [[0, 1], [3, 4]] and index.bad_action_rows == 2
+        assert [e.name.split(" ", 1)[1] for e in index.episodes] == (
+            ["[episode_id=x]", "[episode_id=y]"] if name == "text.parquet" else ["[episode_id=1]", "[episode_id=2]"])
+    path = write_nitrogen_parquet(tmp_path / "lists.parquet", n=6, extra={"episode_id": [[1]] * 3 + [[2]] * 3})
+    with pytest.raises(DataError, match=r"row 0, column 'episode_id': the episode id is \[1\], not one value"):
+        prepared(path)
+
+
 def test_an_analog_trigger_reads_on_the_scale_of_the_whole_dataset(tmp_path):
     """A 0..255 trigger that only rested at 0 and 1 in one recording is not pressed there."""
     slot = LAYOUT.slot_names.index("LEFT_TRIGGER")

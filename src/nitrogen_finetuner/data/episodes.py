@@ -120,12 +120,38 @@ def _find_image_column(source: Source, columns: list[str], wanted: Optional[str]
     return next((c for c in named if _may_be_a_frame(source.read_value(c, 0))), named[0] if named else None)
 
 
-def _split_episodes(values: np.ndarray) -> list[tuple[object, np.ndarray]]:
-    """Rows grouped by episode value, groups in order of first appearance, rows in file order."""
-    keys = values.astype(str) if values.dtype == object else values
+def _has_episode_id(values: np.ndarray, source: str, column: str, skip_bad_rows: bool) -> np.ndarray:
+    """Which rows name their episode; a missing id stops with its row (with ``skip_bad_rows`` the
+    row is left out), and so does a list where one id belongs."""
+    values = np.asarray(values)
+    if values.dtype == object:
+        listed = next((row for row, v in enumerate(values) if isinstance(v, (list, tuple, dict, np.ndarray))), None)
+        if listed is not None:
+            raise DataError(f"the episode id is {np.asarray(values[listed]).tolist()!r}, not one value", file=source,
+                            row=listed, column=column,
+                            hint="set data.episode_column (--episode-column) to the column naming each row's episode")
+        missing = np.array([v is None or (isinstance(v, float) and v != v) for v in values], bool)
+    else:
+        missing = np.isnat(values) if values.dtype.kind in "mM" else \
+            np.isnan(values) if values.dtype.kind == "f" else np.zeros(len(values), bool)
+    if missing.any() and not skip_bad_rows:
+        raise DataError("the episode id is missing", file=source, row=int(np.argmax(missing)), column=column,
+                        hint="fill it in, or set data.skip_bad_rows (--skip-bad-rows) to leave the row out")
+    return ~missing
+
+
+def _split_episodes(values: np.ndarray, rows: np.ndarray) -> list[tuple[object, np.ndarray]]:
+    """``rows`` grouped by episode id, groups in order of first appearance, rows in file order."""
+    ids = np.asarray(values)[rows]
+    keys = ids.astype(str) if ids.dtype == object else ids
     _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
-    rows_by_key = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
-    return [(values[first[k]], rows_by_key[k]) for k in np.argsort(first)]
+    rows_by_key = np.split(rows[np.argsort(inverse, kind="stable")], np.cumsum(counts)[:-1])
+    # Integer ids read as floats when the column has nulls: 1, not 1.0.
+    return [(_whole(ids[first[k]]), rows_by_key[k]) for k in np.argsort(first)]
+
+
+def _whole(value):
+    return int(value) if isinstance(value, (float, np.floating)) and value == int(value) else value
 
 
 def _frame_numbers(values: np.ndarray, source: str, column: str, skip_bad_rows: bool) -> np.ndarray:
@@ -231,26 +257,33 @@ def build_index(
         data = source.read_columns(binding.columns + [c for c in (episode_col, frame_col) if c])
         actions, bad = binding.convert(data, source.name, first_row=0, skip_bad_rows=skip_bad_rows)
         bad_total += int(bad.sum())
+        # A row without its place in time or its episode is left out, and counted as bad.
+        placed = np.ones(source.num_rows(), bool)
         frames = _frame_numbers(data[frame_col], source.name, frame_col, skip_bad_rows) if frame_col else None
-        if frames is not None:  # a row without its place in time is left out, and counted as bad
-            bad_total += int((np.isnan(frames) & ~bad).sum())
-        groups = _split_episodes(data[episode_col]) if episode_col else [(None, np.arange(source.num_rows()))]
+        if frames is not None:
+            placed &= ~np.isnan(frames)
+        if episode_col:
+            placed &= _has_episode_id(data[episode_col], source.name, episode_col, skip_bad_rows)
+        bad_total += int((~placed & ~bad).sum())
+        groups = _split_episodes(data[episode_col], np.flatnonzero(placed)) if episode_col else \
+            [(None, np.flatnonzero(placed))]
         for key, rows in groups:
+            if not len(rows) and len(placed):  # every row left out
+                continue
             recording = source.name if key is None else f"{source.name} [{episode_col}={key}]"
-            if frames is not None:
-                rows = rows[~np.isnan(frames[rows])]
-                if not len(rows):
-                    continue
             pieces = [rows] if frames is None else _in_frame_order(rows, frames, source.name, frame_col)
             gaps += len(pieces) - 1
             for piece in pieces:
                 name = recording if len(pieces) == 1 else \
                     f"{recording} frames {_frame_label(frames[piece[0]])}-{_frame_label(frames[piece[-1]])}"
                 episodes.append(Episode(name, recording, s, piece, actions[piece], bad[piece], binding.slot_mask))
-    if not episodes:  # only skip_bad_rows leaves rows out: those without a frame number
-        raise DataError(f"every row was left out as bad: none has a frame number ({bad_total} bad rows)",
+    if not episodes:  # only skip_bad_rows leaves rows out: those without a frame number or an episode id
+        lacking = {what: fix for what, fix, has in (
+            ("a frame number", "set frame_column: none to read the rows in file order", any(f.frame_column for f in files)),
+            ("an episode id", "set episode_column to another column", any(f.episode_column for f in files))) if has}
+        raise DataError(f"every row was left out as bad: none has {' and '.join(lacking)} ({bad_total} bad rows)",
                         file=sources[0].name if len(sources) == 1 else None,
-                        hint="fill in the frame numbers, or set frame_column: none to read the rows in file order")
+                        hint=f"fill them in, or {', or '.join(lacking.values())}")
     bindings = [f.binding for f in files]
     unused = [[c for c in f.action_columns if c not in f.binding.columns and not processor.ignores(c)] for f in files]
     _check_mapping(processor, sources)
