@@ -132,6 +132,37 @@ def test_empty_or_non_parquet_file(tmp_path, content, capsys):
     assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path), "not a readable parquet file")
 
 
+def damage_page(path, row_group: int, column: str) -> None:
+    """Flip the bytes where a column's data page begins, as a bad disk or copy would; the file's
+    footer stays whole, so it still opens."""
+    metadata = pq.ParquetFile(path).metadata
+    names = [metadata.schema.column(i).path.split(".")[0] for i in range(metadata.num_columns)]
+    offset = metadata.row_group(row_group).column(names.index(column)).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 12] = bytes(b ^ 0xFF for b in data[offset:offset + 12])
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_parquet_page_is_one_line_and_training_saves_before_it(tmp_path, capsys):
+    path = write_nitrogen_parquet(tmp_path / "actions" / "run.parquet", n=16)
+    damage_page(path, 1, "south")  # read when the data is indexed
+    assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path),
+                          "a damaged parquet file: its columns cannot be read (", "copy it again from the recording")
+    for i in range(3):  # frames are read as training goes: rows 40-47 of the first file come late
+        write_nitrogen_parquet(tmp_path / "frames" / f"run_{i}.parquet", n=48)
+    damage_page(tmp_path / "frames" / "run_0.parquet", 5, "image")
+    argv = ["train", "--data", str(tmp_path / "frames"), "--output", str(tmp_path / "run"), "--max-steps", "30",
+            "--set", "batch_size=4", "--set", "num_workers=1", "--set", "val_every=0", "--set", "data.shuffle_buffer=1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("nitrogen-finetune:")]  # after the progress bar
+    assert len(lines) == 1 and "Traceback" not in err
+    assert f"{tmp_path / 'frames' / 'run_0.parquet'}, column 'image': a damaged parquet file: rows 40-47 cannot " \
+        "be read" in lines[0]
+    assert f"is saved: with the file restored, continue with  nitrogen-finetune train --resume {tmp_path / 'run'}" \
+        in lines[0]
+
+
 def test_parquet_file_without_rows(tmp_path, capsys):
     path = write_nitrogen_parquet(tmp_path / "run.parquet", n=4)
     pq.write_table(pq.read_table(path).slice(0, 0), path)

@@ -30,6 +30,12 @@ class DataError(ValueError):
         self.file, self.row, self.column = file, row, column
 
 
+class DamagedFileError(DataError):
+    """A file that stops being readable part-way (a damaged data page): no one row of it can be
+    fixed or skipped. The type survives a DataLoader worker's re-raise, which calls it with the
+    message alone."""
+
+
 def user_message(err: BaseException) -> str:
     """The one-line message of a DataError, also when a DataLoader worker re-raised it with the
     worker's traceback folded into the text."""

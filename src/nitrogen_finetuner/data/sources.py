@@ -19,7 +19,7 @@ import pyarrow.csv
 import pyarrow.json
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from .errors import DamagedFileError, DataError
 
 TABLE_SUFFIXES = (".csv", ".jsonl")
 ARROW_BLOCK_ROWS = 512
@@ -90,7 +90,10 @@ class ParquetSource(Source):
         return self.file.metadata.num_rows
 
     def read_columns(self, columns: list[str]) -> dict[str, np.ndarray]:
-        table = self.file.read(columns=columns)
+        try:
+            table = self.file.read(columns=columns)
+        except (pa.ArrowException, OSError) as err:
+            raise self._damaged(err) from None
         return {c: _to_numpy(table.column(c)) for c in columns}
 
     def blocks(self) -> list[tuple[int, int]]:
@@ -101,9 +104,22 @@ class ParquetSource(Source):
     def iter_column(self, column: str, block: tuple[int, int]) -> Iterator[tuple[int, list]]:
         group = self.blocks().index(block)
         row = block[0]
-        for batch in self.file.iter_batches(batch_size=256, row_groups=[group], columns=[column]):
+        batches = self.file.iter_batches(batch_size=256, row_groups=[group], columns=[column])
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as err:
+                raise self._damaged(err, block, column) from None
+            if batch is None:
+                return
             yield row, batch.column(0).to_pylist()
             row += batch.num_rows
+
+    def _damaged(self, err: Exception, block: Optional[tuple[int, int]] = None,
+                 column: Optional[str] = None) -> DamagedFileError:
+        where = f"rows {block[0]}-{block[1] - 1} cannot be read" if block else "its columns cannot be read"
+        return DamagedFileError(f"a damaged parquet file: {where} ({str(err).splitlines()[0][:150]})", file=self.name,
+                                column=column, hint="copy it again from the recording, or move it out of the data")
 
 
 class TableSource(Source):

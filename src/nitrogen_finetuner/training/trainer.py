@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..data.errors import DataError, user_message
+from ..data.errors import DamagedFileError, DataError, user_message
 from ..data.episodes import split_episodes
 from ..data.pipeline import prepare_data
 from ..evaluation.open_loop import predict_chunks, score_chunks
@@ -498,7 +498,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             return err
         resume = resume_command(run_dir, world)
         # Removing the row would change the run's windows, which a resume refuses.
-        fixed = "with the frame fixed in place, or with --skip-bad-rows"
+        fixed = "with the file restored" if isinstance(err, DamagedFileError) else \
+            "with the frame fixed in place, or with --skip-bad-rows"
         if world > 1:
             saved = checkpoint_dirs(run_dir)
             kept = f"the newest checkpoint is {saved[-1].name}" if saved else "no checkpoint was saved yet"
