@@ -511,9 +511,9 @@ def test_eval_of_held_out_episodes_takes_the_split_of_the_run_beside_the_checkpo
     episodes, printed = held_out()
     assert episodes == split_episodes(recordings, 0.5, 3)[1] and len(episodes) == 3  # not the default 0.1 and 0
     assert f"episodes     held-out episodes of run {model.parent}: val_fraction 0.5, seed 3 (3 episode(s))" in printed
-    episodes, printed = held_out("--seed", "1")  # a value the user gives wins
+    episodes, printed = held_out("--seed", "1")  # a value the user gives wins, and the output says it is another split
     assert episodes == split_episodes(recordings, 0.5, 1)[1]
-    assert f"held-out episodes of run {model.parent}: val_fraction 0.5, seed 1 (--seed)" in printed
+    assert f"not the held-out recordings of run {model.parent}, but val_fraction 0.5, seed 1 (--seed)" in printed
 
     other = fake_run(tiny_checkpoint, tmp_path / "runs" / "b", data, val_fraction=0.15, seed=3)
     assert main([*argv, "--checkpoint", str(other)]) == 2
@@ -541,6 +541,33 @@ def test_eval_of_held_out_episodes_takes_the_split_of_the_run_beside_the_checkpo
     assert held_out_split([str(tmp_path / "folder" / "model.pt")], 0.2, 1) == Split(0.2, 1, given=("val_fraction", "seed"))
 
 
+def test_eval_scores_the_recordings_the_run_held_out_after_the_data_grew(tmp_path, capsys):
+    from nitrogen_finetuner.training.trainer import train
+    from runs import config
+
+    data = tmp_path / "data"
+    for i in range(4):
+        write_nitrogen_parquet(data / f"rec{i}.parquet", n=24, start=10 * i)
+    train(config(data, tmp_path / "run", max_steps=1, val_fraction=0.5, export_at_end=True))
+    held_out = json.loads((tmp_path / "run" / "held_out.json").read_text())["recordings"]
+    assert len(held_out) == 2 and all(name.startswith("rec") for name in held_out)
+    for i in range(4, 8):  # more sessions recorded since: they shift the seeded shuffle of the recordings
+        write_nitrogen_parquet(data / f"new{i}.parquet", n=24, start=10 * i)
+    argv = ["eval", "--checkpoint", str(tmp_path / "run" / "model.pt"), "--data", str(data), "--episodes", "val",
+            "--max-chunks", "2", "--output", str(tmp_path / "eval")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert sorted(Path(name).name for name in report["episode_names"]) == held_out
+    assert f"held-out recordings of run {tmp_path / 'run'}: the 2 it recorded" in capsys.readouterr().out
+    (data / held_out[0]).unlink()
+    assert main(argv) == 0
+    assert "the 2 it recorded, 1 of them not in this data" in capsys.readouterr().out
+    one_table = tmp_path / "one.parquet"  # the same recordings read as one file: none is named as the run named it
+    pq.write_table(pa.concat_tables([pq.read_table(f) for f in sorted(data.glob("*.parquet"))]), one_table)
+    assert main([*argv[:4], str(one_table), *argv[5:]]) == 2
+    assert "none of the 2 recordings run" in capsys.readouterr().err
+
+
 def test_an_exported_copy_far_from_its_run_keeps_the_runs_held_out_split(recordings, tmp_path):
     from nitrogen_finetuner.evaluation.report import Split, held_out_split
     from nitrogen_finetuner.training.trainer import train
@@ -549,6 +576,8 @@ def test_an_exported_copy_far_from_its_run_keeps_the_runs_held_out_split(recordi
     train(config(recordings, tmp_path / "run", max_steps=1, val_fraction=0.5, seed=7, export_at_end=True))
     copy = tmp_path / "shared" / "my-game.pt"  # the README's export, handed on without its run folder
     assert main(["export", str(tmp_path / "run"), str(copy)]) == 0
-    assert held_out_split([str(copy)]) == Split(0.5, 7, runs=(str(copy),), run_data=(str(recordings),))
+    held_out = tuple(json.loads((tmp_path / "run" / "held_out.json").read_text())["recordings"])
+    assert held_out_split([str(copy)]) == Split(0.5, 7, runs=(str(copy),), run_data=(str(recordings),),
+                                                recordings=held_out)
     assert held_out_split([str(copy)], seed=1) == Split(0.5, 1, runs=(str(copy),), given=("seed",),
                                                         run_data=(str(recordings),))

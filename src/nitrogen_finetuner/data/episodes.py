@@ -13,8 +13,10 @@ a DataLoader worker needs them.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -350,6 +352,29 @@ def _check_stick_ranges(bindings: list[ColumnBinding], sources: list[Source]) ->
                                 file=source.name,
                                 hint=f"set stick_range to the range the recorder wrote, for this column alone "
                                      f"{{{column}: {first[0]}}}")
+
+
+HELD_OUT_FILE = "held_out.json"  # a run folder's record of the recordings its validation held out
+
+
+def recording_key(recording: str, dataset_name: str) -> str:
+    """A recording's name as any reader of the same data spells it, wherever the data now lies:
+    its path within the dataset's folder (a file of its own: its file name; the hub's cache: the
+    file name), with its episode value (``sub/run.parquet [session=3]``)."""
+    name, bracket, value = recording.partition(" [")
+    root = Path(dataset_name).expanduser()
+    relative = os.path.relpath(name, root) if root.is_dir() else ".."
+    return (Path(name).name if relative.startswith("..") else relative) + bracket + value
+
+
+def read_held_out(run_dir: Path) -> Optional[list[str]]:
+    """The recordings a run folder records it held out (``recording_key`` names), or None for a
+    run from before the record, or a damaged one (its split is worked out again)."""
+    try:
+        recordings = json.loads((Path(run_dir) / HELD_OUT_FILE).read_text())["recordings"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return recordings if isinstance(recordings, list) and all(isinstance(r, str) for r in recordings) else None
 
 
 def split_episodes(recordings: list[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..actions.layout import STICK_SLOTS
 from ..data.config import DataConfig
-from ..data.episodes import split_episodes
+from ..data.episodes import read_held_out, recording_key, split_episodes
 from ..data.errors import DataError, user_message
 from ..data.pipeline import ModelInputs, prepare_data
 from ..model.checkpoint import read_record
@@ -72,22 +72,45 @@ DEFAULT_VAL_FRACTION, DEFAULT_SEED = 0.1, 0
 
 @dataclass(frozen=True)
 class Split:
-    """The episodes ``--episodes val`` holds out: val_fraction and seed, and where they came from."""
+    """The episodes ``--episodes val`` holds out: the recordings the run recorded it held out, or
+    (for a run from before that record, or flags that choose another split) those val_fraction
+    and seed pick; and where the values came from."""
 
     val_fraction: float
     seed: int
     runs: tuple[str, ...] = ()  # run folders whose config.yaml gave a value
     given: tuple[str, ...] = ()  # the flags the caller gave, which win over a run's values
     run_data: tuple[str, ...] = ()  # the datasets those runs trained on
+    recordings: Optional[tuple[str, ...]] = None  # the runs' held-out recordings (recording_key names)
 
-    def describe(self, dataset: str) -> str:
+    def choose(self, recordings: list[str], dataset: str) -> tuple[list[int], int]:
+        """The held-out episodes of the data as it reads now, and how many of the run's held-out
+        recordings it holds. Recordings added to the data since the run are in neither set."""
+        if self.recordings is None:
+            return split_episodes(recordings, self.val_fraction, self.seed)[1], 0
+        keys = [recording_key(r, dataset) for r in recordings]
+        chosen = [e for e, key in enumerate(keys) if key in self.recordings]
+        present = len(set(self.recordings) & set(keys))
+        if self.recordings and not present:
+            raise DataError(f"none of the {len(self.recordings)} recordings run {', '.join(self.runs)} held out is in "
+                            f"this data as it reads now (it held out {self.recordings[0]!r}, here: {keys[0]!r})",
+                            file=dataset, hint="give the data the run trained on, read with the run's data settings "
+                                               "(such as --episode-column; see its config.yaml)")
+        return chosen, present
+
+    def describe(self, dataset: str, present: int = 0) -> str:
         of = f" of run{'s' if len(self.runs) > 1 else ''} {', '.join(self.runs)}" if self.runs else ""
+        other = [d for d in self.run_data if not _same_dataset(d, dataset)]
+        trained_on = f" (the run trained on {', '.join(other)}, not on {dataset})" if other else ""
+        if self.recordings is not None:
+            missing = len(self.recordings) - present
+            return (f"held-out recordings{of}: the {len(self.recordings)} it recorded"
+                    + (f", {missing} of them not in this data" if missing else "") + trained_on)
         flags = {"val_fraction": "--val-fraction", "seed": "--seed"}
         values = [f"{key} {value:g}" + (f" ({flags[key]})" if self.runs and key in self.given else "")
                   for key, value in (("val_fraction", self.val_fraction), ("seed", self.seed))]
-        other = [d for d in self.run_data if not _same_dataset(d, dataset)]
-        return (f"held-out episodes{of}: {', '.join(values)}"
-                + (f" (the run trained on {', '.join(other)}, not on {dataset})" if other else ""))
+        what = f"not the held-out recordings{of}, but" if self.runs and self.given else f"held-out episodes{of}:"
+        return f"{what} {', '.join(values)}{trained_on}"
 
 
 def _same_dataset(a: str, b: str) -> bool:
@@ -97,20 +120,21 @@ def _same_dataset(a: str, b: str) -> bool:
 
 
 def recorded_split(path: str) -> Optional[dict]:
-    """The held-out split an exported checkpoint records (``val_fraction``, ``seed``, ``data``), or
-    None for a checkpoint without one."""
+    """The held-out split an exported checkpoint records (``val_fraction``, ``seed``, ``data``, and
+    since it recorded them, ``recordings``), or None for a checkpoint without one."""
     held_out = read_record(path).get("held_out")
     return held_out if isinstance(held_out, dict) and {"val_fraction", "seed", "data"} <= held_out.keys() else None
 
 
 def held_out_split(checkpoints: Sequence[str], val_fraction: Optional[float] = None,
                    seed: Optional[int] = None) -> Split:
-    """The split of ``--episodes val``: the caller's values where given; else the run's, when a
-    checkpoint's folder holds the ``config.yaml`` of the run that wrote it (a run's exported
-    ``model.pt``) or the checkpoint records it (``export`` writes it); else 0.1 and 0. Checkpoints
-    of runs that held out different episodes are refused."""
+    """The split of ``--episodes val``. A checkpoint whose folder holds the ``config.yaml`` of the
+    run that wrote it (a run's exported ``model.pt``), or that records its run's split (``export``
+    writes it), gives the recordings that run held out; the caller's ``val_fraction`` or ``seed``,
+    given, choose another split by those values. Without a run: 0.1 and 0. Checkpoints of runs
+    that held out different episodes are refused."""
     given = tuple(key for key, value in (("val_fraction", val_fraction), ("seed", seed)) if value is not None)
-    found: dict[str, tuple[float, int]] = {}
+    found: dict[str, tuple[float, int, Optional[tuple[str, ...]]]] = {}
     run_data: dict[str, str] = {}
     if len(given) < 2:
         for path in checkpoints:
@@ -124,25 +148,31 @@ def held_out_split(checkpoints: Sequence[str], val_fraction: Optional[float] = N
                     raise DataError(f"--episodes val reads the split of the run beside the checkpoint {path}, and "
                                     f"{user_message(err)}", hint="pass --val-fraction and --seed to choose the split") from None
                 run, record = str(config_file.parent), {"val_fraction": config.val_fraction, "seed": config.seed,
-                                                        "data": config.data.dataset_name}
+                                                        "data": config.data.dataset_name,
+                                                        "recordings": read_held_out(config_file.parent)}
             else:
                 run, record = str(path), recorded_split(path)
                 if record is None:
                     continue
+            recordings = record.get("recordings")
+            kept = tuple(sorted(recordings)) if isinstance(recordings, list) and not given else None
             found[run] = (record["val_fraction"] if val_fraction is None else val_fraction,
-                          record["seed"] if seed is None else seed)
+                          record["seed"] if seed is None else seed, kept)
             run_data[run] = record["data"]
     splits = set(found.values())
     if len(splits) > 1:
-        listing = "; ".join(f"{run}: val_fraction {vf:g}, seed {sd}" for run, (vf, sd) in found.items())
+        listing = "; ".join(f"{run}: val_fraction {vf:g}, seed {sd}" + (f", {len(r)} held-out recordings" if r else "")
+                            for run, (vf, sd, r) in found.items())
         raise DataError(f"--episodes val: the checkpoints come from runs that held out different episodes ({listing})",
                         hint="evaluate them one at a time, or pass --val-fraction and --seed to choose one split")
     if splits:
-        chosen_fraction, chosen_seed = splits.pop()
+        chosen_fraction, chosen_seed, recordings = splits.pop()
     else:
         chosen_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
         chosen_seed = DEFAULT_SEED if seed is None else seed
-    return Split(chosen_fraction, chosen_seed, tuple(found), given, tuple(dict.fromkeys(run_data.values())))
+        recordings = None
+    return Split(chosen_fraction, chosen_seed, tuple(found), given, tuple(dict.fromkeys(run_data.values())),
+                 recordings)
 
 
 def run_eval(
@@ -174,7 +204,7 @@ def run_eval(
         fitted = data_config.model_copy(update={"image_fit": image_fit or policy.preprocessor.fit})
         data = prepare_data(fitted, ModelInputs.of_policy(policy))
         every = list(range(len(data.index.episodes)))
-        chosen = every if split is None else split_episodes(data.index.recordings, split.val_fraction, split.seed)[1]
+        chosen, present = (every, 0) if split is None else split.choose(data.index.recordings, data_config.dataset_name)
         if not chosen:
             if split is not None and split.val_fraction == 0:  # a run may train on every episode
                 whose = f"run {', '.join(split.runs)}" if split.runs else "the split"
@@ -215,7 +245,9 @@ def run_eval(
               "skipped_bad_frames": skipped, "checkpoint_files": files, "checkpoints": reports}
     if split is not None:
         report["split"] = {"val_fraction": split.val_fraction, "seed": split.seed, "runs": list(split.runs),
-                           "given": list(split.given), "text": split.describe(data_config.dataset_name)}
+                           "given": list(split.given), "text": split.describe(data_config.dataset_name, present)}
+        if split.recordings is not None:
+            report["split"]["recordings"] = list(split.recordings)
     if orders:
         report["button_order_check"] = orders
     (output / "report.json").write_text(json.dumps(report, indent=2))

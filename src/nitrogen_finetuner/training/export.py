@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from peft import PeftModel
 
+from ..data.episodes import read_held_out
 from ..data.errors import DataError
 from ..files import output_file, refuse_existing
 from ..model.checkpoint import save_checkpoint
@@ -96,7 +97,8 @@ def export_run(
         "data_action_shift": shift if shift is not None else base.model_inputs().action_shift,
         "image_fit": config.data.image_fit,  # how frames were made square: the policy plays with the same
         # The episodes the run held out, for `eval --episodes val` on a copy far from the run folder.
-        "held_out": {"val_fraction": config.val_fraction, "seed": config.seed, "data": config.data.dataset_name},
+        "held_out": {"val_fraction": config.val_fraction, "seed": config.seed, "data": config.data.dataset_name,
+                     **({"recordings": held_out} if (held_out := read_held_out(run_dir)) is not None else {})},
     }
     return save_checkpoint(out, model.eval(), raw, extra, step=state.progress.step, epoch=state.progress.epoch)
 

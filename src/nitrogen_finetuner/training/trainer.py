@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..data.errors import DamagedFileError, DataError, user_message
-from ..data.episodes import split_episodes
+from ..data.episodes import HELD_OUT_FILE, recording_key, split_episodes
 from ..data.pipeline import prepare_data
 from ..evaluation.open_loop import predict_chunks, score_chunks
 from ..files import apply_umask, no_space_left, tensor_bytes, write_text_atomic
@@ -291,6 +291,10 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         enable_activation_checkpointing(base_model(module))
     if not resume and accelerator.is_main_process:  # only now: a run that cannot start leaves no base behind
         record_base(base, config.base, config.seed, run_dir)
+        # What eval --episodes val scores, even once recordings are added to the data.
+        held_out = sorted({recording_key(data.index.episodes[e].recording, config.data.dataset_name)
+                           for e in val_episodes})
+        write_text_atomic(run_dir / HELD_OUT_FILE, json.dumps({"recordings": held_out}, indent=2))
     if config.compile:
         compile_layers(base_model(module), "reduce-overhead" if config.cuda_graphs else None)
     if config.fsdp:
