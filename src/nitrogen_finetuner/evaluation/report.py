@@ -95,7 +95,8 @@ class Split:
             raise DataError(f"none of the {len(self.recordings)} recordings run {', '.join(self.runs)} held out is in "
                             f"this data as it reads now (it held out {self.recordings[0]!r}, here: {keys[0]!r})",
                             file=dataset, hint="give the data the run trained on, read with the run's data settings "
-                                               "(such as --episode-column; see its config.yaml)")
+                                               "(such as --episode-column; see its config.yaml), or "
+                                               "--episodes all for other data")
         return chosen, present
 
     def describe(self, dataset: str, present: int = 0) -> str:
