@@ -358,12 +358,29 @@ def test_predict_refuses_a_checkpoint_whose_actions_are_not_finite(tiny_checkpoi
     assert main(["eval", "--checkpoint", str(broken), "--data", str(tmp_path / "data"), "--output",
                  str(tmp_path / "eval")]) == 2  # eval too: no NaN scores in a report
     assert message in failure(capsys) and not (tmp_path / "eval").exists()
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(broken), "--data",
+                 str(tmp_path / "data"), "--output", str(tmp_path / "eval")]) == 2  # before the first is evaluated
+    assert f"{broken}: the weights hold NaN or infinity" in failure(capsys) and not (tmp_path / "eval").exists()
     assert main(["rollout", "--checkpoint", str(broken), "--game", "runner", "--episodes", "1", "--output",
                  str(tmp_path / "games")]) == 2  # and no game played with NaN actions
     assert message in failure(capsys) and not list(tmp_path.glob("games/*.gif"))
     with pytest.raises(DataError) as err:  # the API too: no NaN sent to a gamepad
         load_policy(broken, verbose=False).predict(np.zeros((8, 8, 3), np.uint8))
     assert message in str(err.value)
+
+
+def test_eval_names_a_later_checkpoint_or_the_output_before_evaluating_any(tiny_checkpoint, tmp_path, capsys):
+    write_nitrogen_parquet(tmp_path / "data" / "e0.parquet", n=40)
+    argv = ["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "data")]
+    assert main([*argv, "--checkpoint", str(tmp_path / "typo.pt"), "--output", str(tmp_path / "eval")]) == 2
+    assert "typo.pt" in failure(capsys) and not (tmp_path / "eval").exists()
+    (tmp_path / "f.png").write_bytes(b"")
+    assert main([*argv, "--output", str(tmp_path / "f.png" / "sub")]) == 2
+    assert f"{tmp_path / 'f.png'}: Not a directory" in failure(capsys)
+    assert main([*argv, "--val-fraction", "0.5", "--output", str(tmp_path / "eval")]) == 2
+    assert "--val-fraction chooses the held-out episodes, and eval scores all of them (add --episodes val" \
+        in failure(capsys)
+    assert not (tmp_path / "eval").exists()
 
 
 def test_an_overlay_that_cannot_be_written_is_named_before_any_work(tiny_checkpoint, tmp_path, capsys):

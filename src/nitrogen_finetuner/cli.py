@@ -305,6 +305,9 @@ def _data_config(args: argparse.Namespace, dataset: str):
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.report import run_eval  # noqa: PLC0415
 
+    if args.val_fraction is not None and args.episodes != "val":
+        raise DataError("--val-fraction chooses the held-out episodes, and eval scores all of them",
+                        hint="add --episodes val, or leave --val-fraction out")
     _, text = run_eval(
         args.checkpoint, _data_config(args, args.data), Path(args.output), episodes=args.episodes,
         val_fraction=args.val_fraction, seed=args.seed, button_order=args.button_order,

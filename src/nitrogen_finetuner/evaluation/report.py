@@ -9,12 +9,15 @@ for frames that do not decode (``--skip-bad-rows``).
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 from ..actions.layout import STICK_SLOTS
 from ..data.config import DataConfig
@@ -197,6 +200,9 @@ def run_eval(
     is not used)."""
     split = held_out_split(checkpoints, val_fraction, seed) if episodes == "val" else None
     seed = split.seed if split else (DEFAULT_SEED if seed is None else seed)
+    _check_output_folder(output)
+    for path in checkpoints[1:]:  # a mistake in a later one stops the command before hours on the first
+        _check_checkpoint(path, button_order, buttons, trust_pickle)
     reports, orders, files, fits, chosen, names = {}, {}, {}, {}, None, []
     profiles, unused, skipped = {}, set(), []
     for path in checkpoints:
@@ -253,6 +259,25 @@ def run_eval(
         report["button_order_check"] = orders
     (output / "report.json").write_text(json.dumps(report, indent=2))
     return report, format_table(report, output)
+
+
+def _check_output_folder(output: Path) -> None:
+    """The report's folder can be made where it is asked for (it is made once a checkpoint has
+    been evaluated, so a failure before leaves none)."""
+    existing = next(folder for folder in (output, *output.parents) if folder.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
+
+
+def _check_checkpoint(path: str, button_order: Optional[str], buttons: Optional[Sequence[str]],
+                      trust_pickle: bool) -> None:
+    """A checkpoint loads as a policy, on the CPU and then let go, and its weights are numbers."""
+    policy = load_policy(path, button_order=button_order, buttons=buttons, trust_pickle=trust_pickle, verbose=False)
+    if not all(torch.isfinite(t).all() for t in policy.model.state_dict().values() if t.is_floating_point()):
+        raise DataError("the weights hold NaN or infinity", file=str(path),
+                        hint="use an earlier checkpoint of the run, or export it again")
 
 
 def _fmt(value, pattern="{:.3f}") -> str:
