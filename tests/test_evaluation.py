@@ -219,6 +219,27 @@ def test_predict_command_on_frames_and_a_video(tiny_checkpoint, tmp_path, capsys
     assert out.read_text() == first_run  # a failed predict leaves the earlier output as it was
 
 
+def test_predict_reads_an_animated_gif_frame_by_frame_and_names_a_file_with_no_video(tiny_checkpoint, tmp_path,
+                                                                                       capsys):
+    av = pytest.importorskip("av")
+    frames = [Image.new("RGB", (32, 32), (10 * i, 0, 0)) for i in range(20)]  # as rollout writes its games
+    frames[0].save(tmp_path / "game.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "game.gif")]
+    assert main([*argv, "--output", str(tmp_path / "a.jsonl"), "--overlay", str(tmp_path / "o.mp4")]) == 0
+    assert [json.loads(line)["frame"] for line in (tmp_path / "a.jsonl").read_text().splitlines()] == [0, 18]
+    with av.open(str(tmp_path / "o.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 20
+    capsys.readouterr()
+    with av.open(str(tmp_path / "sound.mp4"), "w") as container:  # a sound track and no picture
+        stream = container.add_stream("aac", rate=8000)
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        samples.sample_rate = 8000
+        for packet in [*stream.encode(samples), *stream.encode()]:
+            container.mux(packet)
+    assert main(["predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "sound.mp4")]) == 2
+    assert f"{tmp_path / 'sound.mp4'}: the file holds no video stream" in failure(capsys)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["rollout", "--game", "runner", "--episodes", "0"], "argument --episodes: 0 is below 1"),
     (["predict", "x.png", "--seed", "-1"], "argument --seed: -1 is below 0"),

@@ -26,7 +26,8 @@ from ..data.images import ImageDecodeError, decode_image
 from ..files import refuse_existing, replaced_when_done
 from ..policy import NitroGenPolicy
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
+OVERLAY_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm"}  # the containers an H.264 overlay is written in
+VIDEO_SUFFIXES = OVERLAY_SUFFIXES | {".gif"}  # read frame by frame (rollout writes GIFs)
 
 
 def chunk_records(policy: NitroGenPolicy, out: dict) -> list[dict]:
@@ -68,6 +69,9 @@ def _video_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
         raise DataError("reading videos needs PyAV", file=str(path), hint='pip install "nitrogen-finetuner[video]"') from None
     try:
         with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError("the file holds no video stream (sound only?)", file=str(path),
+                                hint="give image or video files")
             stream = container.streams.video[0]
             for i, frame in enumerate(container.decode(stream)):
                 yield i, float(frame.time or 0.0), frame.to_ndarray(format="rgb24")
@@ -109,9 +113,9 @@ def check_inputs(paths: list[str], overlay: Optional[Path]) -> None:
     if len(videos) != 1:
         raise DataError(f"--overlay draws on one video, and {len(videos)} of the inputs are videos", file=str(overlay),
                         hint="give one video per predict command when asking for an overlay")
-    if overlay.suffix.lower() not in VIDEO_SUFFIXES:
+    if overlay.suffix.lower() not in OVERLAY_SUFFIXES:
         raise DataError("an overlay is a video file", file=str(overlay),
-                        hint=f"end its name in one of {', '.join(sorted(VIDEO_SUFFIXES))}")
+                        hint=f"end its name in one of {', '.join(sorted(OVERLAY_SUFFIXES))}")
 
 
 def _same_file(a: Path, b: Path) -> bool:
