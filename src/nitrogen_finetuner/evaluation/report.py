@@ -62,12 +62,20 @@ def button_order_check(chunks: Chunks, policy) -> dict:
     }
 
 
-def _label(path: str, taken: set[str]) -> str:
-    stem = Path(path).stem
-    label, n = stem, 2
-    while label in taken:
-        label, n = f"{stem}_{n}", n + 1
-    return label
+def _labels(paths: Sequence[str]) -> list[str]:
+    """The name of each checkpoint in the table, plots and file names: its file name, with its
+    folder's where two share one (two runs' model.pt), and a number where that is not enough."""
+    keys = [(Path(p).resolve().parent.name, Path(p).stem) for p in paths]
+    stems = [stem for _, stem in keys]
+    labels, taken = [], set()
+    for folder, stem in keys:
+        first = stem if keys.count((folder, stem)) == stems.count(stem) else f"{folder}-{stem}"
+        label, n = first, 2
+        while label in taken:
+            label, n = f"{first}_{n}", n + 1
+        labels.append(label)
+        taken.add(label)
+    return labels
 
 
 DEFAULT_VAL_FRACTION, DEFAULT_SEED = 0.1, 0
@@ -205,7 +213,7 @@ def run_eval(
         _check_checkpoint(path, button_order, buttons, trust_pickle)
     reports, orders, files, fits, chosen, names = {}, {}, {}, {}, None, []
     profiles, unused, skipped = {}, set(), []
-    for path in checkpoints:
+    for path, label in zip(checkpoints, _labels(checkpoints)):
         policy = load_policy(path, device=device, button_order=button_order, buttons=buttons,
                              trust_pickle=trust_pickle, verbose=False)
         fitted = data_config.model_copy(update={"image_fit": image_fit or policy.preprocessor.fit})
@@ -231,7 +239,6 @@ def run_eval(
                             hint=f"an episode needs more than action_shift ({data.spec.action_shift}) frames"
                             + (" (--frame-column none reads the rows in file order)" if gaps else ""))
         require_finite_actions(chunks.predicted, str(path))
-        label = _label(path, set(reports))
         reports[label], files[label] = score_chunks(chunks, policy), str(Path(path).resolve())
         profiles[label] = data.index.profiles_note("scored on")
         fits[label] = fitted.image_fit
@@ -337,11 +344,13 @@ def format_table(report: dict, output: Path) -> str:
         checked = check["best_slot_per_label"]
         wrong = {k: v["best_slot"] for k, v in checked.items() if not v["matches_assumed_order"]}
         unpressed = [name for name in check["labelled_buttons"] if name not in checked]
-        verdict = ("no labelled button is pressed in this data: nothing to check the order by" if not checked
+        verdict = ("no labelled button is pressed some of the time in this data: nothing to check the order by"
+                   if not checked
                    else "agrees best elsewhere: " + ", ".join(f"{k}->{v}" for k, v in wrong.items()) if wrong
                    else "every pressed button agrees best with its own slot")
         lines.append(f"button order ({label}, {check['button_order']}): {verdict}"
-                     + (f" ({len(unpressed)} labelled button(s) never pressed, not checked)" if checked and unpressed
+                     + (f" ({len(unpressed)} labelled button(s) never pressed or always pressed, not checked)"
+                        if checked and unpressed
                         else ""))
     lines.append(f"written      {output / 'report.json'}, f1.png, horizon.png, traces_*.png"
                  + (", button_order_*.png" if report.get("button_order_check") else ""))
