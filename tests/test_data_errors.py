@@ -107,6 +107,11 @@ def test_a_mapping_key_that_names_no_column(tmp_path, capsys):
     path = write(tmp_path / "run.parquet")
     assert_one_line_error(inspect(path, tmp_path, "--map", "gide=", capsys=capsys), str(path),
                           "mapping names the column 'gide', which no file of the dataset has", "guide")
+    custom = write(tmp_path / "custom.parquet", **{"Jump": [True, False] * 4})  # no console names its columns
+    custom_only = pq.read_table(custom).select(["image", "Jump"])
+    pq.write_table(custom_only, custom)
+    assert_one_line_error(inspect(custom, tmp_path, "--map", "Jmp=SOUTH", capsys=capsys), str(custom),
+                          "maps to a slot", "mapping names the column 'Jmp', which this file does not have")
 
 
 def test_a_stick_range_key_that_names_no_column(tmp_path, capsys):

@@ -592,8 +592,11 @@ class UniversalVectorProcessor:
                 analog = target.analog or normalize_column(column) in profile.analog_triggers
                 chosen[column] = replace(target, analog=analog)
         if not chosen:
+            unmatched = self.unmatched_mapping(columns)
             raise DataError(f"none of the columns {columns} maps to a slot (profile {profile.name})", file=source,
-                            hint=f"choose a profile ({', '.join(PROFILES)}) or map columns to slots with `mapping`")
+                            hint=f"mapping names the column {unmatched[0]!r}, which this file does not have: check "
+                                 "its spelling" if unmatched else
+                            f"choose a profile ({', '.join(PROFILES)}) or map columns to slots with `mapping`")
         targets = {c: (chosen[c], self._slots(c, chosen[c], profile, source)) for c in columns if c in chosen}
         self._check_one_source_per_axis(targets, source)
         ranges = {c: self._user_range(c) for c, (t, _) in targets.items() if t.kind in ("axis", "pair")}
