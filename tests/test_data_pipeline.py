@@ -93,6 +93,14 @@ def test_a_folder_reads_each_recording_once_through_links_and_loops_and_leaves_h
     assert [e.name for e in data.index.episodes] == [str(root / "real" / "a.parquet"), str(root / "real" / "b.parquet")]
 
 
+def test_a_button_written_as_the_words_true_and_false_reads_as_presses(tmp_path):
+    south = ["True", "false", "TRUE", " false ", "1", "0"]  # as a spreadsheet or a JSON export writes them
+    rows = {**nitrogen_rows(6), "south": pa.array(south, pa.string())}
+    pq.write_table(pa.table({"image": image_structs(6), **rows}), tmp_path / "run.parquet")
+    actions = prepared(tmp_path / "run.parquet").index.episodes[0].actions
+    assert actions[:, SOUTH].tolist() == [1, 0, 1, 0, 1, 0]
+
+
 def test_episode_column_splits_a_file(tmp_path):
     path = write_nitrogen_parquet(tmp_path / "run.parquet", n=12, extra={"episode_id": [0] * 5 + [1] * 7})
     data = prepared(path)

@@ -195,6 +195,15 @@ def as_number(value) -> float:
         return np.nan
 
 
+def _button_words(raw):
+    """A button written as the text true or false (any case, as some exporters write it) as 1 or 0."""
+    arr = np.asarray(raw)
+    if arr.dtype != object and arr.dtype.kind != "U":
+        return raw
+    words = {"true": 1, "false": 0}
+    return np.array([words.get(v.strip().lower(), v) if isinstance(v, str) else v for v in arr.tolist()], dtype=object)
+
+
 def _is_boolean(raw, dtype: np.dtype) -> bool:
     """A column of true/false (with nulls, pyarrow hands it over as objects)."""
     if dtype == bool:
@@ -421,7 +430,8 @@ class ColumnBinding:
     def _decode(self, column: str, target: _Target, raw, source: str, first_row: int) -> _Decoded:
         if target.kind == "pair":
             return self._decode_stick(column, target, *_pairs(raw, column, source, first_row), source)
-        values, missing, unreadable, dtype = _numbers(raw, column, source)
+        values, missing, unreadable, dtype = _numbers(raw if target.kind == "axis" else _button_words(raw), column,
+                                                      source)
         if target.kind == "axis":
             decoded = self._decode_stick(column, target, values[:, None], missing | unreadable,
                                          np.zeros(len(values), bool), dtype, source)
