@@ -277,6 +277,16 @@ def test_save_to_disk_folder(tmp_path):
     assert [check_alignment(w) for w in all_windows(data)] == [0, 1, 2, 3, 4]
 
 
+def test_an_episode_cut_by_a_shard_boundary_stays_one_recording(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    n = 40
+    columns = {"image": image_structs(n), **nitrogen_rows(n), "episode_index": [0] * 10 + [1] * 20 + [2] * 10}
+    datasets.Dataset.from_dict(columns).save_to_disk(str(tmp_path / "saved"), num_shards=2)  # 20 rows each
+    index = prepared(tmp_path / "saved").index
+    assert [len(e) for e in index.episodes] == [10, 10, 10, 10] and len(set(e.name for e in index.episodes)) == 4
+    assert len(set(index.recordings)) == 3 and index.recordings[1] == index.recordings[2]  # episode 1's halves
+
+
 def test_datasets_cache_path_used_for_hub_ids(tmp_path):
     """Hub ids go through datasets.load_dataset into its Arrow cache; the same cache files come
     out of a local load (the download itself needs the network, which tests never use)."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..actions.processor import ColumnBinding, UniversalVectorProcessor, as_number
 from .errors import DataError
-from .sources import Source, TableSource, other_separator_hint
+from .sources import ArrowFileSource, Source, TableSource, other_separator_hint
 
 EPISODE_COLUMNS = ("episode_id", "episode_index", "episode", "recording_id", "recording", "session_id")
 IMAGE_COLUMNS = ("image", "frame", "observation.image", "image_path", "frame_path", "file_name", "filename", "path")
@@ -272,12 +272,16 @@ def build_index(
         for key, rows in groups:
             if not len(rows) and len(placed):  # every row left out
                 continue
-            recording = source.name if key is None else f"{source.name} [{episode_col}={key}]"
+            in_file = source.name if key is None else f"{source.name} [{episode_col}={key}]"
+            # The Arrow files of one saved or hub dataset are shards, not recordings: an episode that
+            # a shard boundary cuts stays one recording, kept on one side of the validation split.
+            recording = f"{source.path.parent} [{episode_col}={key}]" if key is not None and \
+                isinstance(source, ArrowFileSource) else in_file
             pieces = [rows] if frames is None else _in_frame_order(rows, frames, source.name, frame_col)
             gaps += len(pieces) - 1
             for piece in pieces:
-                name = recording if len(pieces) == 1 else \
-                    f"{recording} frames {_frame_label(frames[piece[0]])}-{_frame_label(frames[piece[-1]])}"
+                name = in_file if len(pieces) == 1 else \
+                    f"{in_file} frames {_frame_label(frames[piece[0]])}-{_frame_label(frames[piece[-1]])}"
                 episodes.append(Episode(name, recording, s, piece, actions[piece], bad[piece], binding.slot_mask))
     if not episodes:  # only skip_bad_rows leaves rows out: those without a frame number or an episode id
         lacking = {what: fix for what, fix, has in (
