@@ -506,6 +506,21 @@ def test_eval_names_the_profile_and_the_columns_no_mapping_reads(tiny_checkpoint
     assert report["checkpoints"]["tiny"]["sticks"]["mean_mae"] is None  # what the unused line explains
 
 
+def test_eval_says_when_checkpoints_align_their_chunks_differently(tiny_checkpoint, tmp_path, capsys):
+    for i in range(2):
+        write_nitrogen_parquet(tmp_path / "data" / f"e{i}.parquet", n=40, start=10 * i)
+    shifted = tmp_path / "shift0.pt"
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt.setdefault("nitrogen_finetuner", {})["data_action_shift"] = 0  # as a run with data.action_shift 0 exports
+    torch.save(ckpt, shifted)
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(shifted), "--data",
+                 str(tmp_path / "data"), "--output", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["action_shifts"] == {"tiny": 3, "shift0": 0}
+    assert "action shift 3 (tiny), 0 (shift0): each checkpoint's chunks are aligned as it was trained" \
+        in capsys.readouterr().out
+
+
 def test_eval_makes_frames_square_as_each_checkpoint_is_played(tiny_checkpoint, tmp_path):
     """Frames are 40x30 solid colours: padding adds black borders, cropping keeps only the colour."""
     for i in range(2):

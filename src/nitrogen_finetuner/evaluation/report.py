@@ -211,7 +211,7 @@ def run_eval(
     _check_output_folder(output)
     for path in checkpoints[1:]:  # a mistake in a later one stops the command before hours on the first
         _check_checkpoint(path, button_order, buttons, trust_pickle)
-    reports, orders, files, fits, chosen, names = {}, {}, {}, {}, None, []
+    reports, orders, files, fits, shifts, chosen, names = {}, {}, {}, {}, {}, None, []
     profiles, unused, skipped = {}, set(), []
     for path, label in zip(checkpoints, _labels(checkpoints)):
         policy = load_policy(path, device=device, button_order=button_order, buttons=buttons,
@@ -242,6 +242,7 @@ def run_eval(
         reports[label], files[label] = score_chunks(chunks, policy), str(Path(path).resolve())
         profiles[label] = data.index.profiles_note("scored on")
         fits[label] = fitted.image_fit
+        shifts[label] = data.spec.action_shift
         unused.update(data.index.all_unused_columns)
         skipped += [note for note in chunks.skipped if note not in skipped]
         names = [data.index.episodes[i].name for i in chosen]
@@ -255,7 +256,7 @@ def run_eval(
     plots.f1_bars(reports, output / "f1.png")
     plots.horizon_errors(reports, output / "horizon.png")
     report = {"data": data_config.dataset_name, "episodes": chosen, "episode_names": names, "seed": seed,
-              "profiles": profiles, "image_fits": fits, "unused_columns": sorted(unused),
+              "profiles": profiles, "image_fits": fits, "action_shifts": shifts, "unused_columns": sorted(unused),
               "skipped_bad_frames": skipped, "checkpoint_files": files, "checkpoints": reports}
     if split is not None:
         report["split"] = {"val_fraction": split.val_fraction, "seed": split.seed, "runs": list(split.runs),
@@ -304,6 +305,10 @@ def format_header(report: dict) -> list[str]:
     fits = report.get("image_fits", {})
     if len(set(fits.values())) > 1:  # checkpoints fine-tuned on frames made square in other ways
         lines.append("image fit    " + ", ".join(f"{fit} ({label})" for label, fit in fits.items()))
+    shifts = report.get("action_shifts", {})
+    if len(set(shifts.values())) > 1:  # each checkpoint's chunks align as it was trained: their counts differ
+        lines.append("action shift " + ", ".join(f"{shift} ({label})" for label, shift in shifts.items())
+                     + ": each checkpoint's chunks are aligned as it was trained")
     if report.get("unused_columns"):  # most often a wrong --profile: the metrics would leave those columns out
         lines.append(f"unused       {', '.join(report['unused_columns'])}: no profile entry or mapping reads these "
                      "columns (check --profile; `nitrogen-finetune data inspect` shows the mapping)")
