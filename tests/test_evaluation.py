@@ -391,6 +391,8 @@ def test_predict_refuses_a_checkpoint_whose_actions_are_not_finite(tiny_checkpoi
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(broken), "--data",
                  str(tmp_path / "data"), "--output", str(tmp_path / "eval")]) == 2  # before the first is evaluated
     assert f"{broken}: the weights hold NaN or infinity" in failure(capsys) and not (tmp_path / "eval").exists()
+    assert main(["info", str(broken)]) == 0  # info describes it, and says what is wrong with it
+    assert "weights         NOT FINITE:" in capsys.readouterr().out
     assert main(["rollout", "--checkpoint", str(broken), "--game", "runner", "--episodes", "1", "--output",
                  str(tmp_path / "games")]) == 2  # and no game played with NaN actions
     assert message in failure(capsys) and not list(tmp_path.glob("games/*.gif"))

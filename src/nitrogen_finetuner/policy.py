@@ -128,9 +128,9 @@ class NitroGenPolicy:
     def save(self, path: str | os.PathLike, step: Optional[int] = None, epoch: Optional[int] = None) -> Path:
         """Write an official-format checkpoint (the official loader accepts it strictly), with the
         layout and image fit this policy plays with; weights that are not finite numbers are refused."""
-        broken = next((name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
-        if broken is not None:
-            raise DataError(f"the policy's weight {broken} holds NaN or infinity: it would save a model that "
+        broken = self.nonfinite_weights()
+        if broken:
+            raise DataError(f"the policy's weight {broken[0]} holds NaN or infinity: it would save a model that "
                             "predicts no numbers", file=str(path))
         extra = {**self.extra, "version": __version__, "action_layout": self.layout.to_dict(),
                  "image_fit": self.preprocessor.fit}
@@ -165,7 +165,13 @@ class NitroGenPolicy:
                f"{'padded' if self.preprocessor.fit == 'pad' else 'cropped'} square first, as in fine-tuning (the "
                "official player stretches it)"]
               if self.preprocessor.fit != "stretch" else []),
+            *([f"  weights         NOT FINITE: {len(broken)} tensor(s) hold NaN or infinity, so its actions are "
+               "not numbers (use an earlier checkpoint of the run)"] if (broken := self.nonfinite_weights()) else []),
         ])
+
+    def nonfinite_weights(self) -> list[str]:
+        """The names of the weights that hold NaN or infinity (a diverged run's)."""
+        return [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
 def checkpoint_layout(

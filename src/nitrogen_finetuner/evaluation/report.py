@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from ..actions.layout import STICK_SLOTS
 from ..data.config import DataConfig
@@ -283,7 +282,7 @@ def _check_checkpoint(path: str, button_order: Optional[str], buttons: Optional[
                       trust_pickle: bool) -> None:
     """A checkpoint loads as a policy, on the CPU and then let go, and its weights are numbers."""
     policy = load_policy(path, button_order=button_order, buttons=buttons, trust_pickle=trust_pickle, verbose=False)
-    if not all(torch.isfinite(t).all() for t in policy.model.state_dict().values() if t.is_floating_point()):
+    if policy.nonfinite_weights():
         raise DataError("the weights hold NaN or infinity", file=str(path),
                         hint="use an earlier checkpoint of the run, or export it again")
 
