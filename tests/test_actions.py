@@ -67,6 +67,8 @@ def test_other_action_dims_take_their_buttons_from_configuration():
         ActionLayout.resolve(9, old_layout=False, buttons=["A", "B"])
     with pytest.raises(LayoutError, match="every button needs a name"):  # `--buttons A,B,SELECT,START,`
         ActionLayout.resolve(9, old_layout=False, buttons=["A", "B", "SELECT", "START", ""])
+    with pytest.raises(LayoutError, match="LEFT_X is a stick axis, which every layout has after the buttons"):
+        ActionLayout.resolve(9, old_layout=False, buttons=["LEFT_X", "B", "SELECT", "START", "UP"])
 
 
 def test_button_orders_are_named_settings():

@@ -288,6 +288,8 @@ def test_a_layout_of_its_own_is_named_on_the_command_line(tmp_path, capsys):
     assert len(err) == 1 and f"{path}: the checkpoint's action_dim is 9" in err[0] and "--buttons A,B," in err[0]
     assert main(["info", str(path), "--buttons", "A,B,SELECT,START,UP"]) == 0
     assert "9 = 5 buttons" in capsys.readouterr().out
+    assert main(["info", str(path), "--buttons", " "]) == 2  # an empty list is a mistake, not "no list"
+    assert "--buttons is empty" in capsys.readouterr().err
 
 
 def test_info_counts_a_game_token_and_shows_the_shift_the_run_trained_with(tmp_path, capsys):

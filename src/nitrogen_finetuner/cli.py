@@ -92,7 +92,11 @@ def _device(text: str) -> str:
 
 
 def _buttons(args: argparse.Namespace) -> Optional[list[str]]:
-    return [name.strip() for name in args.buttons.split(",")] if args.buttons else None
+    if getattr(args, "buttons", None) is None:
+        return None
+    if not args.buttons.strip():
+        raise LayoutError("--buttons is empty: give the button names in slot order, e.g. --buttons A,B,START")
+    return [name.strip() for name in args.buttons.split(",")]
 
 
 def _load(args: argparse.Namespace, path: str):
