@@ -134,6 +134,18 @@ def test_eval_command_writes_report_and_figures(tiny_checkpoint, tmp_path, capsy
     assert json.loads((out / "report.json").read_text()) == report  # a rerun gives the same numbers
 
 
+def test_a_trace_is_drawn_at_the_rows_its_chunks_stand_for_with_gaps_where_nothing_was_scored():
+    from nitrogen_finetuner.evaluation.plots import trace_line
+
+    frames, shift, horizon = np.array([0, 8]), 3, 4  # the chunk at frame 4 was left out (a bad frame)
+    rows = (frames[:, None] + shift + np.arange(horizon)).reshape(-1)
+    shown = np.array([True] * 4 + [True, True, False, False])  # the episode ends two rows into the second chunk
+    x, y = trace_line(rows, np.arange(8.0), shown, horizon)
+    nan = np.nan
+    np.testing.assert_array_equal(x, [3, 4, 5, 6, nan, 11, 12, 13, 14, nan])
+    np.testing.assert_array_equal(y, [0, 1, 2, 3, nan, 4, 5, nan, nan, nan])
+
+
 def test_checkpoints_of_one_name_are_told_apart_by_their_folder():
     from nitrogen_finetuner.evaluation.report import _labels
 

@@ -246,7 +246,7 @@ def run_eval(
         skipped += [note for note in chunks.skipped if note not in skipped]
         names = [data.index.episodes[i].name for i in chosen]
         output.mkdir(parents=True, exist_ok=True)  # only now: a checkpoint or dataset that fails leaves no folder
-        plots.traces(chunks, policy, output / f"traces_{label}.png", label)
+        plots.traces(chunks, policy, output / f"traces_{label}.png", label, data.spec.action_shift)
         if check_button_order:
             orders[label] = button_order_check(chunks, policy)
             plots.agreement_heatmap(np.array(orders[label]["correlation"], dtype=float), list(policy.layout.buttons),
