@@ -168,6 +168,13 @@ def test_a_damaged_parquet_page_is_one_line_and_training_saves_before_it(tmp_pat
         in lines[0]
 
 
+def test_a_split_of_local_recordings_is_refused_not_ignored(tmp_path, capsys):
+    path = write_nitrogen_parquet(tmp_path / "data" / "run.parquet", n=8)
+    for data in (path, path.parent):
+        assert_one_line_error(inspect(data, tmp_path, "--split", "test", capsys=capsys), str(data),
+                              "split 'test' names a split of a hub or save_to_disk dataset")
+
+
 def test_parquet_file_without_rows(tmp_path, capsys):
     path = write_nitrogen_parquet(tmp_path / "run.parquet", n=4)
     pq.write_table(pq.read_table(path).slice(0, 0), path)

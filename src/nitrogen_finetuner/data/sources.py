@@ -252,6 +252,11 @@ def _files_below(folder: Path) -> list[Path]:
 def open_sources(dataset_name: str, split: str = "train") -> list[Source]:
     """All sources of a dataset: a path on disk (file or folder), else a hub dataset id."""
     path = Path(dataset_name).expanduser()
+    saved = path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file())
+    if path.exists() and not saved and split != "train":  # splits are the hub's and save_to_disk's
+        raise DataError(f"split {split!r} names a split of a hub or save_to_disk dataset, and this is "
+                        f"{'a file' if path.is_file() else 'a folder of recordings'}", file=str(path),
+                        hint="leave split out (every recording is read), or give the folder of that split")
     if path.is_file():  # suffixes in any case: Windows tools write RUN.PARQUET
         if path.suffix.lower() == ".parquet":
             return [ParquetSource(path)]
@@ -259,7 +264,7 @@ def open_sources(dataset_name: str, split: str = "train") -> list[Source]:
             return [TableSource(str(path), _read_table(path), path.parent)]
         raise DataError("not a dataset file: expected .parquet, .csv or .jsonl", file=str(path))
     if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        if saved:
             return _load_from_disk(path, split)
         files = _files_below(path)
         parquet = [p for p in files if p.suffix.lower() == ".parquet"]
