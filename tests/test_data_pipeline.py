@@ -101,6 +101,20 @@ def test_a_button_written_as_the_words_true_and_false_reads_as_presses(tmp_path)
     assert actions[:, SOUTH].tolist() == [1, 0, 1, 0, 1, 0]
 
 
+def test_rows_read_in_file_order_that_run_back_in_time_are_refused(tmp_path):
+    order = [5, 2, 0, 3, 1, 4]  # shuffled rows with a timestamp and no frame_index
+    table = pa.table({"image": image_structs(6), **nitrogen_rows(6), "timestamp": [0.1 * i for i in range(6)]})
+    pq.write_table(table.take(order), tmp_path / "shuffled.parquet")
+    with pytest.raises(DataError, match=r"row 1, column 'timestamp': the rows are not in time order.*"
+                                        r"set data.frame_column: timestamp"):
+        prepared(tmp_path / "shuffled.parquet")
+    ordered = prepared(tmp_path / "shuffled.parquet", frame_column="timestamp").index.episodes[0]
+    assert list(ordered.rows) == [2, 4, 1, 3, 5, 0]  # the fix the hint gives reads them in time order
+    assert len(prepared(tmp_path / "shuffled.parquet", frame_column="none").index.episodes[0]) == 6
+    pq.write_table(table, tmp_path / "ordered.parquet")  # in order already: read as it is
+    assert list(prepared(tmp_path / "ordered.parquet").index.episodes[0].rows) == [0, 1, 2, 3, 4, 5]
+
+
 def test_episode_column_splits_a_file(tmp_path):
     path = write_nitrogen_parquet(tmp_path / "run.parquet", n=12, extra={"episode_id": [0] * 5 + [1] * 7})
     data = prepared(path)

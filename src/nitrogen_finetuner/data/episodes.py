@@ -182,6 +182,18 @@ def _frame_numbers(values: np.ndarray, source: str, column: str, skip_bad_rows: 
     return numbers
 
 
+def _check_time_order(rows: np.ndarray, timestamps: np.ndarray, source: str, column: str) -> None:
+    times = _frame_numbers(timestamps, source, column, skip_bad_rows=True)[rows]
+    readable = rows[~np.isnan(times)]
+    back = np.flatnonzero(np.diff(times[~np.isnan(times)]) < 0)
+    if back.size:
+        raise DataError("the rows are not in time order: the timestamp goes back here, and rows are read in file "
+                        "order where there is no frame_index", file=source, row=int(readable[back[0] + 1]),
+                        column=column, hint=f"set data.frame_column: {column} (--frame-column {column}) to read them "
+                        "in its order, data.episode_column if the file holds several recordings, or frame_column: "
+                        "none to keep file order")
+
+
 def _frame_label(number: float) -> str:
     return str(int(number)) if number == int(number) else f"{number:.12g}"
 
@@ -256,7 +268,11 @@ def build_index(
 
     episodes, bad_total, gaps = [], 0, 0
     for s, (source, (_, episode_col, frame_col, _, binding, _)) in enumerate(zip(sources, files)):
-        data = source.read_columns(binding.columns + [c for c in (episode_col, frame_col) if c])
+        # Rows read in file order (no frame_index, and no frame_column chosen) must not run back in
+        # time where the file says when each was recorded.
+        clock = next((c for c in source.column_names() if c.lower() == "timestamp"), None) \
+            if frame_col is None and frame_column is None else None
+        data = source.read_columns(binding.columns + [c for c in (episode_col, frame_col, clock) if c])
         actions, bad = binding.convert(data, source.name, first_row=0, skip_bad_rows=skip_bad_rows)
         bad_total += int(bad.sum())
         # A row without its place in time or its episode is left out, and counted as bad.
@@ -272,6 +288,8 @@ def build_index(
         for key, rows in groups:
             if not len(rows) and len(placed):  # every row left out
                 continue
+            if clock:
+                _check_time_order(rows, data[clock], source.name, clock)
             in_file = source.name if key is None else f"{source.name} [{episode_col}={key}]"
             # The Arrow files of one saved or hub dataset are shards, not recordings: an episode that
             # a shard boundary cuts stays one recording, kept on one side of the validation split.
