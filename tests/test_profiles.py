@@ -116,6 +116,8 @@ def test_no_profile_expresses_the_four_right_stick_direction_buttons():
 @pytest.mark.parametrize("values, dtype, console, expected", [
     ([0, 0, 100], np.int16, None, "int16"),                 # the column's type decides
     ([128, 128, 255, 0], np.int16, "uint8", "uint8"),       # unless the console's narrower range holds an int16's values
+    ([0, 0, 0, 0], np.int16, "uint8", "int16"),             # (resting at 128 for an unsigned one: 0s are int16 at rest)
+    ([0, 0, 200, 12], np.int16, "uint8", "int16"),
     ([0, 0, 80, -80], np.int16, "int8", "int8"),            # (a PlayStation or N64 recording widened to int16)
     ([0, 0, 300, -80], np.int16, "int8", "int16"),
     ([0, 0, 80, -80], np.int8, "int16", "int8"),            # a narrower type still decides

@@ -11,8 +11,9 @@ neutral a resting stick leaves behind; a stick held in one direction leaves none
 the console's own encoding (the profile's ``stick_range``) or the user can tell:
 
 1. the column's own type: int8 -> int8, uint8 -> uint8, int16 -> int16, except that an int16
-   column whose values the profile's narrower integer range holds takes that range (a recorder
-   that widened a PlayStation's 0..255 to int16 wrote 128 at rest, a 0.4% push as int16);
+   column whose values the profile's narrower integer range holds takes that range, when it is
+   signed (int8) or the values rest at 127 or 128 (uint8): a recorder that widened a PlayStation's
+   0..255 to int16 wrote 128 at rest, a 0.4% push as int16, while 0s are an int16 stick at rest;
 2. an integer column (int64 from a CSV, say) whose values the profile's integer range holds: that
    range (a drift of +-1 is drift, not a full push);
 3. every value within [-1, 1], or any value that is not a whole number (floats): float_pm1 when
@@ -101,7 +102,10 @@ def detect_stick_range(values: np.ndarray, dtype: np.dtype, console: Optional[st
     fits_console = bool(console_range and console_range.integral and whole
                         and console_range.low <= low and high <= console_range.high)
     if dtype in _DTYPE_RANGES:
-        return console if fits_console and _DTYPE_RANGES[dtype] == "int16" else _DTYPE_RANGES[dtype]
+        # An unsigned console's values show it by resting at 128: a column of 0s is an int16 stick at rest.
+        widened = fits_console and _DTYPE_RANGES[dtype] == "int16" and (
+            console_range.low < 0 or _most_frequent(values) in (127, 128))
+        return console if widened else _DTYPE_RANGES[dtype]
     if fits_console and dtype.kind in "iu":
         return console
     if max(-low, high) <= 1.0 + FLOAT_TOLERANCE or not whole:
