@@ -115,6 +115,18 @@ def test_rows_read_in_file_order_that_run_back_in_time_are_refused(tmp_path):
     assert list(prepared(tmp_path / "ordered.parquet").index.episodes[0].rows) == [0, 1, 2, 3, 4, 5]
 
 
+def test_a_recording_is_named_from_within_its_dataset_wherever_the_dataset_lies(tmp_path):
+    from nitrogen_finetuner.data.episodes import recording_key
+
+    root = tmp_path / "games [ps5]" / "data"  # a folder name with a bracket in it
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "run.parquet").write_bytes(b"")
+    assert recording_key(str(root / "sub" / "run.parquet"), str(root)) == "sub/run.parquet"
+    assert recording_key(f"{root / 'sub' / 'run.parquet'} [session=3]", str(root)) == "sub/run.parquet [session=3]"
+    assert recording_key(str(root / "sub" / "run.parquet"), str(root / "sub" / "run.parquet")) == "run.parquet"
+    assert recording_key("/cache/hub/train-00001.arrow [episode_index=2]", str(root)) == "train-00001.arrow [episode_index=2]"
+
+
 def test_episode_column_splits_a_file(tmp_path):
     path = write_nitrogen_parquet(tmp_path / "run.parquet", n=12, extra={"episode_id": [0] * 5 + [1] * 7})
     data = prepared(path)

@@ -627,6 +627,9 @@ def test_eval_scores_the_recordings_the_run_held_out_after_the_data_grew(tmp_pat
     train(config(data, tmp_path / "run", max_steps=1, val_fraction=0.5, export_at_end=True))
     held_out = json.loads((tmp_path / "run" / "held_out.json").read_text())["recordings"]
     assert len(held_out) == 2 and all(name.startswith("rec") for name in held_out)
+    (tmp_path / "run" / "held_out.json").unlink()  # as a run from before the record: a resume writes it
+    train(config(data, tmp_path / "run", max_steps=2, val_fraction=0.5, export_at_end=True), resume=True)
+    assert json.loads((tmp_path / "run" / "held_out.json").read_text())["recordings"] == held_out
     for i in range(4, 8):  # more sessions recorded since: they shift the seeded shuffle of the recordings
         write_nitrogen_parquet(data / f"new{i}.parquet", n=24, start=10 * i)
     argv = ["eval", "--checkpoint", str(tmp_path / "run" / "model.pt"), "--data", str(data), "--episodes", "val",
@@ -635,6 +638,11 @@ def test_eval_scores_the_recordings_the_run_held_out_after_the_data_grew(tmp_pat
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert sorted(Path(name).name for name in report["episode_names"]) == held_out
     assert f"held-out recordings of run {tmp_path / 'run'}: the 2 it recorded" in capsys.readouterr().out
+    assert main([*argv, "--seed", "5"]) == 0  # another start noise, the same recordings
+    assert sorted(Path(n).name for n in json.loads((tmp_path / "eval" / "report.json").read_text())["episode_names"]) \
+        == held_out
+    assert main([*argv[:4], str(data / held_out[1]), *argv[5:]]) == 0  # one held-out file of the data, given alone
+    assert "the 2 it recorded, 1 of them not in this data" in capsys.readouterr().out
     (data / held_out[0]).unlink()
     assert main(argv) == 0
     assert "the 2 it recorded, 1 of them not in this data" in capsys.readouterr().out
@@ -656,4 +664,6 @@ def test_an_exported_copy_far_from_its_run_keeps_the_runs_held_out_split(recordi
     assert held_out_split([str(copy)]) == Split(0.5, 7, runs=(str(copy),), run_data=(str(recordings),),
                                                 recordings=held_out)
     assert held_out_split([str(copy)], seed=1) == Split(0.5, 1, runs=(str(copy),), given=("seed",),
-                                                        run_data=(str(recordings),))
+                                                        run_data=(str(recordings),), recordings=held_out)
+    assert held_out_split([str(copy)], val_fraction=0.5) == Split(0.5, 7, runs=(str(copy),), given=("val_fraction",),
+                                                                  run_data=(str(recordings),))

@@ -449,13 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="dataset path or hub id")
     evaluate.add_argument("--output", default="eval", help="folder for report.json and the figures (default: eval)")
     evaluate.add_argument("--episodes", choices=("all", "val"), default="all",
-                          help="all episodes, or those a training run held out: the split (val_fraction, seed) "
-                          "of the run whose config.yaml sits beside the checkpoint, as beside its exported model.pt; "
-                          "--val-fraction and --seed override it")
+                          help="all episodes, or the recordings a training run held out: those its held_out.json "
+                          "lists when its run folder holds the checkpoint (as its exported model.pt), or those an "
+                          "exported copy records; --val-fraction chooses another split")
     evaluate.add_argument("--val-fraction", type=_fraction,
-                          help="share of recordings --episodes val holds out (default: the run's, else 0.1)")
-    evaluate.add_argument("--seed", type=_count(0), help="noise seed, and split seed of --episodes val "
-                          "(default: the run's with --episodes val, else 0)")
+                          help="hold out this share of the recordings instead of the run's (with --episodes val; "
+                          "without a run, 0.1)")
+    evaluate.add_argument("--seed", type=_count(0), help="start-noise seed, and the split's with --val-fraction or a "
+                          "run from before held_out.json (default: the run's with --episodes val, else 0)")
     evaluate.add_argument("--max-chunks", type=_count(1), help="evaluate at most this many chunks")
     evaluate.add_argument("--check-button-order", action="store_true",
                           help="correlate every predicted slot with every labelled button")
@@ -465,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     predict = sub.add_parser("predict", help="actions for frames or videos as JSONL")
-    predict.add_argument("inputs", nargs="+", help="image files (.png, .jpg) or videos (.mp4, ...)")
+    predict.add_argument("inputs", nargs="+", help="image files (.png, .jpg) or videos (.mp4, ..., animated .gif)")
     predict.add_argument("--checkpoint", required=True, help="an official-format checkpoint such as a run's model.pt")
     predict.add_argument("--output", default="-", help="JSONL file (default: standard output)")
     predict.add_argument("--overlay", help="for a video: write an MP4 with the actions drawn on it")

@@ -383,7 +383,9 @@ def recording_key(recording: str, dataset_name: str) -> str:
     """A recording's name as any reader of the same data spells it, wherever the data now lies:
     its path within the dataset's folder (a file of its own: its file name; the hub's cache: the
     file name), with its episode value (``sub/run.parquet [session=3]``)."""
-    name, bracket, value = recording.partition(" [")
+    name, bracket, value = recording.rpartition(" [")
+    if not (bracket and value.endswith("]") and "=" in value):  # no episode value: a folder may hold " ["
+        name, bracket, value = recording, "", ""
     root = Path(dataset_name).expanduser()
     relative = os.path.relpath(name, root) if root.is_dir() else ".."
     return (Path(name).name if relative.startswith("..") else relative) + bracket + value

@@ -98,9 +98,16 @@ class Split:
         recordings it holds. Recordings added to the data since the run are in neither set."""
         if self.recordings is None:
             return split_episodes(recordings, self.val_fraction, self.seed)[1], 0
+        # The data may be the folder the run read, or a folder or file within it: a name matches the
+        # end of a recorded one (sub/run.parquet is within data/sub/run.parquet).
+        endings: dict[str, str] = {}
+        for recorded in self.recordings:
+            parts = recorded.split("/")
+            for i in range(len(parts)):
+                endings.setdefault("/".join(parts[i:]), recorded)
         keys = [recording_key(r, dataset) for r in recordings]
-        chosen = [e for e, key in enumerate(keys) if key in self.recordings]
-        present = len(set(self.recordings) & set(keys))
+        chosen = [e for e, key in enumerate(keys) if key in endings]
+        present = len({endings[key] for key in keys if key in endings})
         if self.recordings and not present:
             raise DataError(f"none of the {len(self.recordings)} recordings run {', '.join(self.runs)} held out is in "
                             f"this data as it reads now (it held out {self.recordings[0]!r}, here: {keys[0]!r})",
@@ -165,8 +172,8 @@ def held_out_split(checkpoints: Sequence[str], val_fraction: Optional[float] = N
                 run, record = str(path), recorded_split(path)
                 if record is None:
                     continue
-            recordings = record.get("recordings")
-            kept = tuple(sorted(recordings)) if isinstance(recordings, list) and not given else None
+            recordings = record.get("recordings")  # --seed alone changes the start noise, not them
+            kept = tuple(sorted(recordings)) if isinstance(recordings, list) and val_fraction is None else None
             found[run] = (record["val_fraction"] if val_fraction is None else val_fraction,
                           record["seed"] if seed is None else seed, kept)
             run_data[run] = record["data"]

@@ -291,10 +291,6 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
         enable_activation_checkpointing(base_model(module))
     if not resume and accelerator.is_main_process:  # only now: a run that cannot start leaves no base behind
         record_base(base, config.base, config.seed, run_dir)
-        # What eval --episodes val scores, even once recordings are added to the data.
-        held_out = sorted({recording_key(data.index.episodes[e].recording, config.data.dataset_name)
-                           for e in val_episodes})
-        write_text_atomic(run_dir / HELD_OUT_FILE, json.dumps({"recordings": held_out}, indent=2))
     if config.compile:
         compile_layers(base_model(module), "reduce-overhead" if config.cuda_graphs else None)
     if config.fsdp:
@@ -355,6 +351,12 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                                  "writes its model")
     if accelerator.is_main_process:  # only now: a resume that fails to start leaves the run's config as it was
         write_text_atomic(run_dir / "config.yaml", dump_config(config))
+        if not resume or not (run_dir / HELD_OUT_FILE).exists():
+            # What eval --episodes val scores, even once recordings are added to the data (a resume has
+            # checked that the data is the run's, so a run from before this record gets it too).
+            held_out = sorted({recording_key(data.index.episodes[e].recording, config.data.dataset_name)
+                               for e in val_episodes})
+            write_text_atomic(run_dir / HELD_OUT_FILE, json.dumps({"recordings": held_out}, indent=2))
 
     writer = CheckpointWriter(run_dir, config.keep_last, rank, accelerator.wait_for_everyone)
     logger = RunLogger(run_dir, config, accelerator.is_main_process, resumed_at=progress.step if resume else None)
