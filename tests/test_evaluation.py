@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -241,13 +242,17 @@ def test_predict_command_on_frames_and_a_video(tiny_checkpoint, tmp_path, capsys
 
 
 def test_predict_reads_an_animated_gif_frame_by_frame_and_names_a_file_with_no_video(tiny_checkpoint, tmp_path,
-                                                                                       capsys):
-    av = pytest.importorskip("av")
+                                                                                       capsys, monkeypatch):
     frames = [Image.new("RGB", (32, 32), (10 * i, 0, 0)) for i in range(20)]  # as rollout writes its games
     frames[0].save(tmp_path / "game.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
     argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "game.gif")]
-    assert main([*argv, "--output", str(tmp_path / "a.jsonl"), "--overlay", str(tmp_path / "o.mp4")]) == 0
-    assert [json.loads(line)["frame"] for line in (tmp_path / "a.jsonl").read_text().splitlines()] == [0, 18]
+    with monkeypatch.context() as without_pyav:
+        without_pyav.setitem(sys.modules, "av", None)  # Pillow reads GIFs: the video extra is not needed
+        assert main([*argv, "--output", str(tmp_path / "a.jsonl")]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [(line["frame"], line["time_s"]) for line in lines] == [(0, 0.0), (18, 0.9)]
+    av = pytest.importorskip("av")
+    assert main([*argv, "--output", str(tmp_path / "a.jsonl"), "--force", "--overlay", str(tmp_path / "o.mp4")]) == 0
     with av.open(str(tmp_path / "o.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 20
     capsys.readouterr()

@@ -19,7 +19,7 @@ from typing import Iterator, Optional, TextIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageSequence
 
 from ..data.errors import DataError
 from ..data.images import ImageDecodeError, decode_image
@@ -63,6 +63,9 @@ def _contents(path: Path) -> int:
 
 
 def _video_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
+    if path.suffix.lower() == ".gif":  # Pillow reads GIFs: no PyAV needed
+        yield from _gif_frames(path)
+        return
     try:
         import av  # noqa: PLC0415 - optional: pip install ".[video]"
     except ImportError:
@@ -77,6 +80,17 @@ def _video_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
                 yield i, float(frame.time or 0.0), frame.to_ndarray(format="rgb24")
     except av.error.FFmpegError as err:
         raise DataError(f"cannot read the video ({err})", file=str(path)) from None
+
+
+def _gif_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
+    try:
+        with Image.open(path) as gif:
+            time_s = 0.0
+            for i, frame in enumerate(ImageSequence.Iterator(gif)):
+                yield i, time_s, np.asarray(frame.convert("RGB"))
+                time_s += frame.info.get("duration", 0) / 1000
+    except (OSError, SyntaxError) as err:  # Pillow's errors for a damaged file
+        raise DataError(f"cannot read the GIF ({err})", file=str(path), hint="give image or video files") from None
 
 
 def _frame_rate(path: Path) -> Fraction:
