@@ -403,8 +403,8 @@ def test_predict_refuses_a_checkpoint_whose_actions_are_not_finite(tiny_checkpoi
     assert sorted(os.listdir(tmp_path)) == ["a.jsonl", "frame.png", "nan.pt"]
     write_nitrogen_parquet(tmp_path / "data" / "e0.parquet", n=40)
     assert main(["eval", "--checkpoint", str(broken), "--data", str(tmp_path / "data"), "--output",
-                 str(tmp_path / "eval")]) == 2  # eval too: no NaN scores in a report
-    assert message in failure(capsys) and not (tmp_path / "eval").exists()
+                 str(tmp_path / "eval")]) == 2  # eval too, before it evaluates: no NaN scores in a report
+    assert f"{broken}: the weights hold NaN or infinity" in failure(capsys) and not (tmp_path / "eval").exists()
     assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--checkpoint", str(broken), "--data",
                  str(tmp_path / "data"), "--output", str(tmp_path / "eval")]) == 2  # before the first is evaluated
     assert f"{broken}: the weights hold NaN or infinity" in failure(capsys) and not (tmp_path / "eval").exists()

@@ -222,6 +222,7 @@ def run_eval(
     for path, label in zip(checkpoints, _labels(checkpoints)):
         policy = load_policy(path, device=device, button_order=button_order, buttons=buttons,
                              trust_pickle=trust_pickle, verbose=False)
+        _require_finite_weights(policy, path)
         fitted = data_config.model_copy(update={"image_fit": image_fit or policy.preprocessor.fit})
         data = prepare_data(fitted, ModelInputs.of_policy(policy))
         every = list(range(len(data.index.episodes)))
@@ -287,8 +288,12 @@ def _check_output_folder(output: Path) -> None:
 
 def _check_checkpoint(path: str, button_order: Optional[str], buttons: Optional[Sequence[str]],
                       trust_pickle: bool) -> None:
-    """A checkpoint loads as a policy, on the CPU and then let go, and its weights are numbers."""
-    policy = load_policy(path, button_order=button_order, buttons=buttons, trust_pickle=trust_pickle, verbose=False)
+    """A checkpoint loads as a policy (on the CPU, then let go), with weights that are numbers."""
+    _require_finite_weights(load_policy(path, button_order=button_order, buttons=buttons, trust_pickle=trust_pickle,
+                                        verbose=False), path)
+
+
+def _require_finite_weights(policy, path: str) -> None:
     if policy.nonfinite_weights():
         raise DataError("the weights hold NaN or infinity", file=str(path),
                         hint="use an earlier checkpoint of the run, or export it again")
