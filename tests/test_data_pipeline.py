@@ -89,6 +89,8 @@ def test_a_folder_reads_each_recording_once_through_links_and_loops_and_leaves_h
     (root / "b_again.parquet").symlink_to(root / "real" / "b.parquet")
     write_nitrogen_parquet(root / ".cache" / "copy.parquet", n=6)
     (root / "real" / "._a.parquet").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    (root / "a_first").mkdir()
+    (root / "a_first" / "link").symlink_to("../real")  # walked before real/ by name: still read as real/
     data = prepared(root)
     assert [e.name for e in data.index.episodes] == [str(root / "real" / "a.parquet"), str(root / "real" / "b.parquet")]
 

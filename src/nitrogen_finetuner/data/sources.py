@@ -223,28 +223,28 @@ def load_hub_dataset(name: str, split: str) -> list[Source]:
 
 
 def _files_below(folder: Path) -> list[Path]:
-    """Every file under ``folder``, sorted, each once: links are followed, but a file or folder
-    reached again through a link (or a link loop) is read once, by its own path where it has one;
-    hidden files and folders (``.cache``, macOS's ``._`` copies) are left out, as ``datasets``
-    leaves them out. A subfolder that cannot be read stops with its name (``rglob`` would leave
-    its recordings out without a word)."""
+    """Every file under ``folder``, sorted, each once: links are followed, but only after every
+    folder reached without one, so a file is named by its own path where it has one, and a file
+    or folder reached again (a link to a folder already read, a link loop) is read once. Hidden
+    files and folders (``.cache``, macOS's ``._`` copies) are left out, as ``datasets`` leaves
+    them out. A subfolder that cannot be read stops with its name (``rglob`` would leave its
+    recordings out without a word)."""
     def unreadable(err: OSError):
         raise err
 
-    def links_last(path: Path) -> tuple[bool, str]:
-        return path.is_symlink(), str(path)
-
-    walked, found = set(), []
-    for root, folders, names in os.walk(folder, onerror=unreadable, followlinks=True):
-        if os.path.realpath(root) in walked:
-            folders[:] = []
-            continue
-        walked.add(os.path.realpath(root))
-        # os.walk goes into the folders in this order: a folder's own path before links to it.
-        folders[:] = [f.name for f in sorted((Path(root) / f for f in folders if not f.startswith(".")), key=links_last)]
-        found += [Path(root) / name for name in names if not name.startswith(".") and (Path(root) / name).is_file()]
+    walked, found, links = set(), [], [Path(folder)]
+    while links:
+        for root, folders, names in os.walk(links.pop(0), onerror=unreadable, followlinks=True):
+            if os.path.realpath(root) in walked:
+                folders[:] = []
+                continue
+            walked.add(os.path.realpath(root))
+            visible = sorted(f for f in folders if not f.startswith("."))
+            links += [Path(root) / f for f in visible if (Path(root) / f).is_symlink()]
+            folders[:] = [f for f in visible if not (Path(root) / f).is_symlink()]
+            found += [Path(root) / name for name in names if not name.startswith(".") and (Path(root) / name).is_file()]
     unique = {}
-    for path in sorted(found, key=links_last):
+    for path in sorted(found, key=Path.is_symlink):  # a file's own path before a link to it
         unique.setdefault(os.path.realpath(path), path)
     return sorted(unique.values())
 
