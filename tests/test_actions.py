@@ -69,6 +69,8 @@ def test_other_action_dims_take_their_buttons_from_configuration():
         ActionLayout.resolve(9, old_layout=False, buttons=["A", "B", "SELECT", "START", ""])
     with pytest.raises(LayoutError, match="LEFT_X is a stick axis, which every layout has after the buttons"):
         ActionLayout.resolve(9, old_layout=False, buttons=["LEFT_X", "B", "SELECT", "START", "UP"])
+    with pytest.raises(LayoutError, match="right_y is a stick axis"):
+        ActionLayout.resolve(9, old_layout=False, buttons=["A", "B", "SELECT", "START", "right_y"])
 
 
 def test_button_orders_are_named_settings():

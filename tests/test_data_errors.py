@@ -152,7 +152,7 @@ def test_a_damaged_parquet_page_is_one_line_and_training_saves_before_it(tmp_pat
     path = write_nitrogen_parquet(tmp_path / "actions" / "run.parquet", n=16)
     damage_page(path, 1, "south")  # read when the data is indexed
     assert_one_line_error(inspect(path, tmp_path, capsys=capsys), str(path),
-                          "a damaged parquet file: its columns cannot be read (", "copy it again from the recording")
+                          "a damaged parquet file: rows 8-15 cannot be read (", "copy it again from the recording")
     for i in range(3):  # frames are read as training goes: rows 40-47 of the first file come late
         write_nitrogen_parquet(tmp_path / "frames" / f"run_{i}.parquet", n=48)
     damage_page(tmp_path / "frames" / "run_0.parquet", 5, "image")

@@ -49,7 +49,7 @@ class ActionLayout:
         if not all(isinstance(name, str) and name.strip() for name in self.buttons):
             raise LayoutError(f"every button needs a name (a trailing comma in --buttons leaves one empty): "
                               f"{list(self.buttons)}")
-        sticks = [name for name in self.buttons if name in STICK_SLOTS]
+        sticks = [name for name in self.buttons if name.upper() in STICK_SLOTS]
         if sticks:
             raise LayoutError(f"{sticks[0]} is a stick axis, which every layout has after the buttons: name only "
                               f"the buttons, in slot order")

@@ -93,8 +93,17 @@ class ParquetSource(Source):
         try:
             table = self.file.read(columns=columns)
         except (pa.ArrowException, OSError) as err:
-            raise self._damaged(err) from None
+            raise self._damaged(err, self._damaged_block(columns)) from None
         return {c: _to_numpy(table.column(c)) for c in columns}
+
+    def _damaged_block(self, columns: list[str]) -> Optional[tuple[int, int]]:
+        """The first block (row group) of these columns that cannot be read, to name its rows."""
+        for group, block in enumerate(self.blocks()):
+            try:
+                self.file.read_row_group(group, columns=columns)
+            except (pa.ArrowException, OSError):
+                return block
+        return None
 
     def blocks(self) -> list[tuple[int, int]]:
         sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
