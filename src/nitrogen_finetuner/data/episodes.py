@@ -182,8 +182,9 @@ def _frame_numbers(values: np.ndarray, source: str, column: str, skip_bad_rows: 
     return numbers
 
 
-def _check_time_order(rows: np.ndarray, timestamps: np.ndarray, source: str, column: str) -> None:
-    times = _frame_numbers(timestamps, source, column, skip_bad_rows=True)[rows]
+def _check_time_order(rows: np.ndarray, times: np.ndarray, source: str, column: str) -> None:
+    """Rows in file order whose times (``_frame_numbers``; NaN: unreadable) never run back."""
+    times = times[rows]
     readable = rows[~np.isnan(times)]
     back = np.flatnonzero(np.diff(times[~np.isnan(times)]) < 0)
     if back.size:
@@ -273,6 +274,7 @@ def build_index(
         clock = next((c for c in source.column_names() if c.lower() == "timestamp"), None) \
             if frame_col is None and frame_column is None else None
         data = source.read_columns(binding.columns + [c for c in (episode_col, frame_col, clock) if c])
+        times = _frame_numbers(data[clock], source.name, clock, skip_bad_rows=True) if clock else None
         actions, bad = binding.convert(data, source.name, first_row=0, skip_bad_rows=skip_bad_rows)
         bad_total += int(bad.sum())
         # A row without its place in time or its episode is left out, and counted as bad.
@@ -289,7 +291,7 @@ def build_index(
             if not len(rows) and len(placed):  # every row left out
                 continue
             if clock:
-                _check_time_order(rows, data[clock], source.name, clock)
+                _check_time_order(rows, times, source.name, clock)
             in_file = source.name if key is None else f"{source.name} [{episode_col}={key}]"
             # The Arrow files of one saved or hub dataset are shards, not recordings: an episode that
             # a shard boundary cuts stays one recording, kept on one side of the validation split.
