@@ -351,6 +351,10 @@ def test_a_cpu_run_leaves_a_core_to_each_data_worker_and_gives_the_caller_its_se
     assert torch.get_num_threads() == 1 and not torch.are_deterministic_algorithms_enabled()
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's count stands
     assert cpu_threads(num_workers=1) is None
+    resized = []  # and the pool is left alone: resizing it at the end once hung a process under torchrun
+    monkeypatch.setattr(torch, "set_num_threads", resized.append)
+    train(config(recordings, tmp_path / "again", max_steps=1, num_workers=1))
+    assert resized == []
 
 
 def test_lora_trains_adapters_and_the_action_head_only(recordings, tmp_path):

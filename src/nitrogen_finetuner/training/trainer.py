@@ -175,7 +175,8 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
         with RunFolderLock(Path(config.output), int(os.environ.get("RANK", "0")) == 0):
             return _train(config, resume, stop)
     finally:  # the caller's process (a notebook) gets its settings back
-        torch.set_num_threads(threads)
+        if torch.get_num_threads() != threads:  # resizing the pool once hung a torchrun process at exit
+            torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
