@@ -21,7 +21,7 @@ import torch
 from .actions import ActionLayout, UniversalVectorProcessor
 from .actions.layout import LayoutError
 from .data.errors import DataError
-from .model.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from .model.checkpoint import LoadedCheckpoint, load_checkpoint, nonfinite_tensors, save_checkpoint
 from .model.configuration import CheckpointConfig
 from .model.modeling import NitroGenModel
 from .model.sampling import CudaGraphSampler
@@ -171,7 +171,7 @@ class NitroGenPolicy:
 
     def nonfinite_weights(self) -> list[str]:
         """The names of the weights that hold NaN or infinity (a diverged run's)."""
-        return [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        return nonfinite_tensors(self.model.state_dict())
 
 
 def checkpoint_layout(

@@ -248,9 +248,10 @@ def _files_below(folder: Path) -> list[Path]:
                 folders[:] = []
                 continue
             walked.add(os.path.realpath(root))
+            linked = {f for f in folders if (Path(root) / f).is_symlink()}
             visible = sorted(f for f in folders if not f.startswith("."))
-            links += [Path(root) / f for f in visible if (Path(root) / f).is_symlink()]
-            folders[:] = [f for f in visible if not (Path(root) / f).is_symlink()]
+            links += [Path(root) / f for f in visible if f in linked]
+            folders[:] = [f for f in visible if f not in linked]
             found += [Path(root) / name for name in names if not name.startswith(".") and (Path(root) / name).is_file()]
     unique = {}
     for path in sorted(found, key=Path.is_symlink):  # a file's own path before a link to it

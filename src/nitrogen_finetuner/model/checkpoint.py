@@ -225,6 +225,11 @@ def _entries(ckpt: dict, path) -> tuple[dict, dict, int, int]:
     return state_dict, extra, *counts
 
 
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or infinity (a diverged run's weights)."""
+    return [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
 def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Contiguous float32 CPU copies of exactly the tensors the official model class holds."""
     return {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()

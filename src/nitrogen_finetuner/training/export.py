@@ -12,13 +12,12 @@ import copy
 from pathlib import Path
 from typing import Optional
 
-import torch
 from peft import PeftModel
 
 from ..data.episodes import read_held_out
 from ..data.errors import DataError
 from ..files import output_file, refuse_existing
-from ..model.checkpoint import save_checkpoint
+from ..model.checkpoint import nonfinite_tensors, save_checkpoint
 from ..model.presets import PRESETS
 from ..policy import __version__
 from .adapters import load_trainable_state, prepare_trainable
@@ -65,7 +64,7 @@ def export_run(
     if use_ema and state.ema is None:
         raise DataError("this checkpoint has no EMA weights (the run had no ema_decay)", file=str(path))
     weights = state.ema if (use_ema is not False and state.ema is not None) else state.weights
-    broken = next((name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    broken = next(iter(nonfinite_tensors(weights)), None)
     if broken is not None:  # a checkpoint saved before the trainer refused such weights
         names = [d.name for d in found]
         earlier = names[:names.index(path.name)] if path.name in names else []
