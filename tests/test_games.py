@@ -106,6 +106,16 @@ def test_shortened_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert ModelInputs.of_checkpoint(str(tmp_path / "demo" / "model.pt")).action_shift == 0
 
 
+def test_a_base_file_without_data_is_a_forgotten_data_not_the_demo(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NITROGEN_FINETUNER_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "--base", "ng.pt", "--output", str(tmp_path / "run")]) == 2
+    assert ("no --data: without data, train runs the built-in demo, which fine-tunes a preset, not --base ng.pt "
+            "(give --data with the recordings") in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()  # nothing recorded or started
+    assert main(["train", "--base", "released", "--print-config"]) == 0  # a preset is still the demo's to take
+    assert "base: released" in capsys.readouterr().out
+
+
 def test_running_the_demo_again_takes_the_next_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert next_demo_folder() == "runs/demo"

@@ -141,6 +141,11 @@ def test_predict_accepts_pil_images_and_draws_noise_when_none(case_checkpoints):
             policy.predict(wrong)
     with pytest.raises(ValueError, match="noise must hold finite real floating-point numbers"):  # not the weights'
         policy.predict(frame, noise=np.full((6, 25), np.nan))
+    for not_numbers in ("abc", [["a"] * 25] * 6, object()):
+        with pytest.raises(ValueError, match="noise: a tensor or array of numbers, got "):
+            policy.predict(frame, noise=not_numbers)
+        with pytest.raises(ValueError, match="noise: a tensor or array of numbers, got "):
+            policy.predict_batch([frame], noise=not_numbers)
     with pytest.raises(TypeError, match="predict_batch takes a list of frames, got ndarray"):
         policy.predict_batch(frame)
     with pytest.raises(ValueError, match="at least one frame"):

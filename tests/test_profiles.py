@@ -344,6 +344,9 @@ def test_the_two_axes_of_one_stick_read_alike():
     assert actions[0, SLOT["LEFT_Y"]] == 0.0
     with pytest.raises(DataError, match="the left stick's columns read as two ranges"):  # one given, one detected
         convert(columns, stick_range={"left_y": "float_pm1"})
+    with pytest.raises(DataError, match=r"rec.parquet: stick_range gives the left stick's columns two ranges: 'left_x' "
+                                        r"float_01, 'left_y' float_pm1 \(one stick's x and y are written alike"):
+        convert(columns, stick_range={"left_x": "float_01", "left_y": "float_pm1"})
     # An unused axis (all 0 in a signed range) is centred whatever the other axis reads.
     columns = {"A": np.zeros(4), "LB": np.zeros(4), "Left X": np.array([0, 30000, -30000, 0]), "Left Y": np.zeros(4)}
     binding, _, _ = convert({k: v.astype(np.int64) for k, v in columns.items()}, profile="generic",

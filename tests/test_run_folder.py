@@ -568,7 +568,8 @@ def test_skipped_bad_frames_may_empty_a_micro_batch_but_not_a_whole_step(tmp_pat
     assert all(map(math.isfinite, logged(tmp_path / "run", "train/loss")))
     skipped = json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_bad_frames"]
     assert skipped >= 1 and logged(tmp_path / "run", "train/skipped_bad_frames")[-1] == skipped
-    assert f"{skipped} bad frame(s) left out of training (skip_bad_rows)" in capsys.readouterr().out
+    assert f"bad frames left out of training {skipped} time(s) (skip_bad_rows; a bad frame counts once in each epoch " \
+        "that reads it)" in capsys.readouterr().out
     folder = write_frames_folder(tmp_path / "gone", 24)
     shutil.rmtree(folder / "frames")  # every frame is missing
     capsys.readouterr()

@@ -192,6 +192,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .games.demo import DEMO_SETTINGS, next_demo_folder  # noqa: PLC0415
         from .games.recorder import demo_dataset, demo_folder
 
+        if str(overrides.get("base", "tiny")) not in PRESETS:  # most likely a forgotten --data
+            raise DataError(f"no --data: without data, train runs the built-in demo, which fine-tunes a preset, "
+                            f"not --base {overrides['base']}",
+                            hint=f"give --data with the recordings to fine-tune on; the demo's are cached in "
+                                 f"{demo_folder()} once it has run")
         if not args.print_config:
             print("no --data given: recording the built-in games (cached) and fine-tuning the tiny preset on them")
             demo_dataset()

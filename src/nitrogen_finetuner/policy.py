@@ -97,7 +97,7 @@ class NitroGenPolicy:
                             "(for one frame, use predict)")
         if not images:
             raise ValueError("predict_batch needs at least one frame")
-        raw = self.sample(self.preprocess(images), None if noise is None else torch.as_tensor(noise)).cpu()
+        raw = self.sample(self.preprocess(images), None if noise is None else _noise_tensor(noise)).cpu()
         require_finite_actions(raw.float().numpy(), self.source)
         decoded = self.processor.unpack(raw)
         return {"raw": raw.numpy(), **{k: v.numpy() for k, v in decoded.items()}}
@@ -105,7 +105,7 @@ class NitroGenPolicy:
     def predict(self, image, noise: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
         """The action chunk for one frame; ``noise`` (horizon, action_dim) is the Euler start."""
         if noise is not None:
-            noise = torch.as_tensor(noise)
+            noise = _noise_tensor(noise)
             if tuple(noise.shape) != (self.horizon, self.action_dim):
                 raise ValueError(f"noise must have shape ({self.horizon}, {self.action_dim}), got {tuple(noise.shape)}")
             noise = noise.unsqueeze(0)
@@ -214,6 +214,14 @@ def _device(device) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device {str(device)!r}: the policy runs on cpu, cuda or mps")
     return device
+
+
+def _noise_tensor(noise) -> torch.Tensor:
+    """A tensor of the noise the caller gave (a tensor, an array, nested lists), or one ValueError."""
+    try:
+        return torch.as_tensor(noise)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"noise: a tensor or array of numbers, got {type(noise).__name__}") from None
 
 
 def _dtype(dtype) -> torch.dtype:

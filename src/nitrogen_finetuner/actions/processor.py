@@ -420,9 +420,16 @@ class ColumnBinding:
         by_axis = {target.slots[0]: column for column, (target, _) in self._targets.items() if target.kind == "axis"}
         for side in STICK_SIDES:
             pair = [by_axis.get(f"{side}_X"), by_axis.get(f"{side}_Y")]
-            if None in pair or all(c in self.given_ranges for c in pair):
+            if None in pair:
                 continue
             (x, y), (x_range, y_range) = pair, [self.stick_ranges.get(c) for c in pair]
+            if all(c in self.given_ranges for c in pair):
+                if x_range != y_range:
+                    raise DataError(f"stick_range gives the {side.lower()} stick's columns two ranges: {x!r} "
+                                    f"{x_range}, {y!r} {y_range}", file=source,
+                                    hint="one stick's x and y are written alike: give both the range the recorder "
+                                         "wrote")
+                continue
             if not (x_range and y_range) or self.agree(x, y_range) or self.agree(y, x_range):
                 continue
             if x_range != y_range:

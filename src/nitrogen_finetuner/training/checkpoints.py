@@ -44,7 +44,7 @@ class Progress:
     best_val_loss: Optional[float] = None
     train_windows: Optional[int] = None  # windows of the training episodes: a resume checks it reads the same data
     processes: Optional[int] = None  # under data.shard blocks the data order depends on them
-    skipped_bad_frames: int = 0  # training frames skip_bad_rows left out so far
+    skipped_bad_frames: int = 0  # times skip_bad_rows left a training frame out so far (once per epoch per frame)
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -803,7 +803,8 @@ class RunLogger:
                    "best_val_loss": progress.best_val_loss, "skipped_bad_frames": progress.skipped_bad_frames}
         write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         if progress.skipped_bad_frames:
-            self.note(f"{progress.skipped_bad_frames} bad frame(s) left out of training (skip_bad_rows)")
+            self.note(f"bad frames left out of training {progress.skipped_bad_frames} time(s) (skip_bad_rows; a bad frame "
+                      "counts once in each epoch that reads it)")
         self.close()
 
     def close(self) -> None:
