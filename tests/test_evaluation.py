@@ -657,6 +657,35 @@ def test_eval_scores_the_recordings_the_run_held_out_after_the_data_grew(tmp_pat
     assert "none of the 2 recordings run" in capsys.readouterr().err
 
 
+def test_held_out_recordings_are_matched_by_where_they_lie_not_by_file_name(tmp_path, capsys):
+    from nitrogen_finetuner.training.trainer import train
+    from runs import config
+
+    data = tmp_path / "data"  # two games' recordings, named alike in their folders
+    for game in ("runner", "collector"):
+        for i in range(3):
+            write_nitrogen_parquet(data / game / f"episode_{i}.parquet", n=24, start=10 * i)
+    train(config(data, tmp_path / "run", max_steps=1, val_fraction=0.5, seed=3, export_at_end=True))
+    held_out = json.loads((tmp_path / "run" / "held_out.json").read_text())["recordings"]
+
+    def scored(folder: Path) -> tuple[list[str], str]:
+        argv = ["eval", "--checkpoint", str(tmp_path / "run" / "model.pt"), "--data", str(folder), "--episodes", "val",
+                "--max-chunks", "1", "--output", str(tmp_path / "eval")]
+        assert main(argv) == 0, capsys.readouterr().err
+        names = json.loads((tmp_path / "eval" / "report.json").read_text())["episode_names"]
+        return sorted(Path(name).relative_to(folder.parent).as_posix() for name in names), capsys.readouterr().out
+
+    runner = sorted(name for name in held_out if name.startswith("runner/"))
+    assert runner and len(runner) < len(held_out)  # the split holds out recordings of both games
+    names, printed = scored(data / "runner")  # one game's folder within the data the run read
+    assert names == runner
+    assert f"the {len(held_out)} it recorded, {len(held_out) - len(runner)} of them not in this data" in printed
+    shutil.copytree(data, tmp_path / "copy" / "data")  # a copy elsewhere: matched by the end of each path
+    shutil.rmtree(data)
+    names, _ = scored(tmp_path / "copy" / "data" / "runner")
+    assert names == runner
+
+
 def test_an_exported_copy_far_from_its_run_keeps_the_runs_held_out_split(recordings, tmp_path):
     from nitrogen_finetuner.evaluation.report import Split, held_out_split
     from nitrogen_finetuner.training.trainer import train

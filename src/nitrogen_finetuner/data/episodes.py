@@ -385,12 +385,41 @@ def recording_key(recording: str, dataset_name: str) -> str:
     """A recording's name as any reader of the same data spells it, wherever the data now lies:
     its path within the dataset's folder (a file of its own: its file name; the hub's cache: the
     file name), with its episode value (``sub/run.parquet [session=3]``)."""
+    name, value = _episode_value(recording)
+    return (recording_key_within(recording, dataset_name) if Path(dataset_name).expanduser().is_dir() else None) \
+        or Path(name).name + value
+
+
+def recording_key_within(recording: str, dataset_name: str) -> Optional[str]:
+    """``recording_key`` of a recording that lies in the dataset's folder (or is its file), else
+    None: a file elsewhere with the same name is another recording. Links count under either
+    spelling of the path."""
+    name, value = _episode_value(recording)
+    root = Path(dataset_name).expanduser()
+    for file, place in ((os.path.abspath(name), os.path.abspath(root)), (os.path.realpath(name), os.path.realpath(root))):
+        if root.is_dir():
+            relative = os.path.relpath(file, place)
+            if relative != ".." and not relative.startswith(".." + os.sep):
+                return Path(relative).as_posix() + value
+        elif file == place:
+            return Path(name).name + value
+    return None
+
+
+def recording_key_endings(recording: str) -> list[str]:
+    """The names a recording may have had in a run that read it from a folder elsewhere: the
+    endings of its path, longest first (``a/sub/run.parquet``, ``sub/run.parquet``, ``run.parquet``)."""
+    name, value = _episode_value(recording)
+    parts = Path(os.path.abspath(name)).parts[1:]
+    return ["/".join(parts[i:]) + value for i in range(len(parts))]
+
+
+def _episode_value(recording: str) -> tuple[str, str]:
+    """A recording's file and its episode value (`` [session=3]``; "" for a file of its own)."""
     name, bracket, value = recording.rpartition(" [")
     if not (bracket and value.endswith("]") and "=" in value):  # no episode value: a folder may hold " ["
-        name, bracket, value = recording, "", ""
-    root = Path(dataset_name).expanduser()
-    relative = os.path.relpath(name, root) if root.is_dir() else ".."
-    return (Path(name).name if relative.startswith("..") else relative) + bracket + value
+        return recording, ""
+    return name, bracket + value
 
 
 def read_held_out(run_dir: Path) -> Optional[list[str]]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..actions.layout import STICK_SLOTS
 from ..data.config import DataConfig
-from ..data.episodes import read_held_out, recording_key, split_episodes
+from ..data.episodes import read_held_out, recording_key, recording_key_endings, recording_key_within, split_episodes
 from ..data.errors import DataError, user_message
 from ..data.pipeline import ModelInputs, prepare_data
 from ..model.checkpoint import read_record
@@ -98,19 +98,22 @@ class Split:
         recordings it holds. Recordings added to the data since the run are in neither set."""
         if self.recordings is None:
             return split_episodes(recordings, self.val_fraction, self.seed)[1], 0
-        # The data may be the folder the run read, or a folder or file within it: a name matches the
-        # end of a recorded one (sub/run.parquet is within data/sub/run.parquet).
-        endings: dict[str, str] = {}
-        for recorded in self.recordings:
-            parts = recorded.split("/")
-            for i in range(len(parts)):
-                endings.setdefault("/".join(parts[i:]), recorded)
-        keys = [recording_key(r, dataset) for r in recordings]
-        chosen = [e for e, key in enumerate(keys) if key in endings]
-        present = len({endings[key] for key in keys if key in endings})
+        held_out = set(self.recordings)
+        # Where the data the run read is still here, a recording is one of its own only if it lies
+        # there (the data may be that folder, a folder or file within it, or a folder around it).
+        # Data that moved (or was copied) matches by the end of its path: data/sub/run.parquet is
+        # the run's sub/run.parquet.
+        roots = [d for d in self.run_data if Path(d).expanduser().exists()]
+        keys = [next((k for k in (recording_key_within(r, root) for root in roots) if k is not None), None)
+                for r in recordings]
+        if not any(keys):
+            keys = [next((k for k in recording_key_endings(r) if k in held_out), None) for r in recordings]
+        chosen = [e for e, key in enumerate(keys) if key in held_out]
+        present = len({keys[e] for e in chosen})
         if self.recordings and not present:
             raise DataError(f"none of the {len(self.recordings)} recordings run {', '.join(self.runs)} held out is in "
-                            f"this data as it reads now (it held out {self.recordings[0]!r}, here: {keys[0]!r})",
+                            f"this data as it reads now (it held out {self.recordings[0]!r}, here: "
+                            f"{recording_key(recordings[0], dataset)!r})",
                             file=dataset, hint="give the data the run trained on, read with the run's data settings "
                                                "(such as --episode-column; see its config.yaml), or "
                                                "--episodes all for other data")
