@@ -243,14 +243,22 @@ def test_predict_command_on_frames_and_a_video(tiny_checkpoint, tmp_path, capsys
 
 def test_predict_reads_an_animated_gif_frame_by_frame_and_names_a_file_with_no_video(tiny_checkpoint, tmp_path,
                                                                                        capsys, monkeypatch):
-    frames = [Image.new("RGB", (32, 32), (10 * i, 0, 0)) for i in range(20)]  # as rollout writes its games
+    # As rollout writes its games, with a stretch where nothing moves (steps 4 to 15), which
+    # Pillow stores as one frame that lasts 12 frame times.
+    frames = [Image.new("RGB", (32, 32), (10 * shade, 0, 0)) for shade in [*range(4), *[4] * 12, *range(5, 9)]]
     frames[0].save(tmp_path / "game.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    with Image.open(tmp_path / "game.gif") as stored:
+        assert stored.n_frames == 9
     argv = ["predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "game.gif")]
     with monkeypatch.context() as without_pyav:
         without_pyav.setitem(sys.modules, "av", None)  # Pillow reads GIFs: the video extra is not needed
         assert main([*argv, "--output", str(tmp_path / "a.jsonl")]) == 0
     lines = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
-    assert [(line["frame"], line["time_s"]) for line in lines] == [(0, 0.0), (18, 0.9)]
+    assert [(line["frame"], line["time_s"]) for line in lines] == [(0, 0.0), (18, 0.9)]  # the game's steps
+    capsys.readouterr()
+    (tmp_path / "cut.gif").write_bytes((tmp_path / "game.gif").read_bytes()[:300])  # a download cut short
+    assert main(["predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "cut.gif")]) == 2
+    assert f"{tmp_path / 'cut.gif'}: cannot read the GIF (" in failure(capsys)
     av = pytest.importorskip("av")
     assert main([*argv, "--output", str(tmp_path / "a.jsonl"), "--force", "--overlay", str(tmp_path / "o.mp4")]) == 0
     with av.open(str(tmp_path / "o.mp4")) as container:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 from fractions import Fraction
 from pathlib import Path
@@ -83,14 +84,23 @@ def _video_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
 
 
 def _gif_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
-    try:
+    """A GIF's frames, each as many times as it lasts frame times: a GIF writer (Pillow, for
+    ``rollout``) merges a frame that repeats the one before into a longer one, and the frame
+    numbers stay those of the game's steps."""
+    try:  # a first pass reads every frame's duration: a damaged file stops before any work
         with Image.open(path) as gif:
-            time_s = 0.0
-            for i, frame in enumerate(ImageSequence.Iterator(gif)):
-                yield i, time_s, np.asarray(frame.convert("RGB"))
-                time_s += frame.info.get("duration", 0) / 1000
-    except (OSError, SyntaxError) as err:  # Pillow's errors for a damaged file
-        raise DataError(f"cannot read the GIF ({err})", file=str(path), hint="give image or video files") from None
+            durations = [frame.info.get("duration", 0) for frame in ImageSequence.Iterator(gif)]
+            tick = Counter(duration for duration in durations if duration > 0).most_common(1)
+            time_s, i = 0.0, 0
+            for frame, duration in zip(ImageSequence.Iterator(gif), durations):
+                pixels = np.asarray(frame.convert("RGB"))
+                repeats = max(1, round(duration / tick[0][0])) if tick else 1
+                for _ in range(repeats):
+                    yield i, time_s, pixels
+                    time_s, i = time_s + duration / repeats / 1000, i + 1
+    except Exception as err:  # Pillow raises many types for a damaged file
+        raise DataError(f"cannot read the GIF ({err or type(err).__name__})", file=str(path),
+                        hint="give image or video files") from None
 
 
 def _frame_rate(path: Path) -> Fraction:
