@@ -133,6 +133,10 @@ def test_eval_command_writes_report_and_figures(tiny_checkpoint, tmp_path, capsy
             assert image.format == "PNG"
     assert main(argv) == 0
     assert json.loads((out / "report.json").read_text()) == report  # a rerun gives the same numbers
+    (out / "traces_notes.png").mkdir()  # not eval's plot: left alone
+    assert main(argv[:3] + argv[5:-1]) == 0  # one checkpoint now, into the same folder
+    assert sorted(p.name for p in out.iterdir()) == ["f1.png", "horizon.png", "report.json", "traces_notes.png",
+                                                     "traces_tiny.png"]  # not the earlier plots of tiny_2
 
 
 def test_a_trace_is_drawn_at_the_rows_its_chunks_stand_for_with_gaps_where_nothing_was_scored():
@@ -272,6 +276,26 @@ def test_predict_reads_an_animated_gif_frame_by_frame_and_names_a_file_with_no_v
             container.mux(packet)
     assert main(["predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "sound.mp4")]) == 2
     assert f"{tmp_path / 'sound.mp4'}: the file holds no video stream" in failure(capsys)
+
+
+def test_rollout_and_eval_check_their_output_folder_before_any_work(tiny_checkpoint, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    (tmp_path / "taken" / "rollout_runner.gif").mkdir(parents=True)
+    rollout = ["rollout", "--checkpoint", str(tiny_checkpoint), "--game", "runner", "--episodes", "1", "--output"]
+    for argv, message in [
+        ([*rollout, str(blocker)], f"{blocker}: a file of that name is in the way: rollout writes its files into a "
+                                   "folder (give a folder's name with --output)"),
+        (["eval", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path), "--output", str(blocker)],
+         f"{blocker}: a file of that name is in the way: eval writes its files into a folder"),
+        ([*rollout, str(tmp_path / "my.gif")], f"{tmp_path / 'my.gif'}: --output is the folder rollout writes "
+                                               "rollout_runner.gif into, not the GIF"),
+        ([*rollout, str(tmp_path / "taken")], f"{tmp_path / 'taken' / 'rollout_runner.gif'}: a folder of the GIF's "
+                                              "name is in the way"),
+    ]:
+        assert main(argv) == 2, argv
+        assert message in failure(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "taken"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from .actions.layout import BUTTON_ORDERS, LayoutError
 from .data.errors import DataError, invalid_setting, user_message
-from .files import output_file, refuse_existing, replaced_when_done
+from .files import check_output_folder, output_file, refuse_existing, replaced_when_done
 from .model.checkpoint import CheckpointError, parse_config, save_checkpoint
 from .model.presets import PRESETS, build_preset
 from .policy import __version__, checkpoint_layout, load_policy
@@ -255,7 +255,15 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.replan_every is not None and not 1 <= args.replan_every <= policy.horizon:
         raise DataError(f"--replan-every {args.replan_every} is outside 1..{policy.horizon}",
                         file=args.checkpoint, hint=f"the checkpoint predicts {policy.horizon} actions per chunk")
-    gif = Path(args.output) / f"rollout_{args.game}.gif"
+    output = Path(args.output)
+    gif = output / f"rollout_{args.game}.gif"
+    if output.suffix.lower() == ".gif" and not output.is_dir():
+        raise DataError(f"--output is the folder rollout writes {gif.name} into, not the GIF", file=args.output,
+                        hint="give a folder's name; --output . writes into this folder")
+    check_output_folder(output, "rollout")  # before the games are played
+    if gif.is_dir():
+        raise DataError("a folder of the GIF's name is in the way", file=str(gif),
+                        hint="move it, or give another --output")
     result = rollout(args.game, lambda seed: policy_player(policy, seed, args.replan_every),
                      range(args.seed, args.seed + args.episodes), gif=gif)
     print(f"{args.game}: success {result.success_rate:.0%} over {result.episodes} episode(s), "

@@ -41,6 +41,19 @@ def output_file(name: str | os.PathLike) -> Path:
     return Path(name)
 
 
+def check_output_folder(folder: Path, command: str) -> None:
+    """The folder a command writes its files into can be made where it is asked for; checked
+    before any work, though the folder is made only when there is something to write."""
+    existing = next(place for place in (folder, *folder.parents) if place.exists())
+    if existing == folder and not folder.is_dir():
+        raise DataError(f"a file of that name is in the way: {command} writes its files into a folder",
+                        file=str(folder), hint="give a folder's name with --output")
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
+
+
 def refuse_existing(path: Path, force: bool) -> None:
     """An existing file is replaced only with ``--force``: never real weights by accident."""
     if path.exists() and not force:

@@ -9,9 +9,7 @@ for frames that do not decode (``--skip-bad-rows``).
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -23,6 +21,7 @@ from ..data.config import DataConfig
 from ..data.episodes import read_held_out, recording_key, recording_key_endings, recording_key_within, split_episodes
 from ..data.errors import DataError, user_message
 from ..data.pipeline import ModelInputs, prepare_data
+from ..files import check_output_folder
 from ..model.checkpoint import read_record
 from ..policy import load_policy, require_finite_actions
 from ..training.config import resolve_config
@@ -217,7 +216,7 @@ def run_eval(
     is not used)."""
     split = held_out_split(checkpoints, val_fraction, seed) if episodes == "val" else None
     seed = split.seed if split else (DEFAULT_SEED if seed is None else seed)
-    _check_output_folder(output)
+    check_output_folder(output, "eval")  # made once a checkpoint is evaluated: a failure before leaves none
     for path in checkpoints[1:]:  # a mistake in a later one stops the command before hours on the first
         _check_checkpoint(path, button_order, buttons, trust_pickle)
     reports, orders, files, fits, shifts, chosen, names = {}, {}, {}, {}, {}, None, []
@@ -276,17 +275,11 @@ def run_eval(
     if orders:
         report["button_order_check"] = orders
     (output / "report.json").write_text(json.dumps(report, indent=2))
+    drawn = {f"traces_{label}.png" for label in reports} | {f"button_order_{label}.png" for label in orders}
+    for stale in [*output.glob("traces_*.png"), *output.glob("button_order_*.png")]:  # an earlier eval's, here
+        if stale.name not in drawn and stale.is_file():
+            stale.unlink()
     return report, format_table(report, output)
-
-
-def _check_output_folder(output: Path) -> None:
-    """The report's folder can be made where it is asked for (it is made once a checkpoint has
-    been evaluated, so a failure before leaves none)."""
-    existing = next(folder for folder in (output, *output.parents) if folder.exists())
-    if not existing.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
 
 
 def _check_checkpoint(path: str, button_order: Optional[str], buttons: Optional[Sequence[str]],

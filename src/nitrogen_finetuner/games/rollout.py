@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..files import replaced_when_done
 from ..policy import NitroGenPolicy
 from . import GAMES
 from .base import GamepadAction
@@ -93,7 +94,9 @@ def rollout(game_name: str, make_player: Callable[[int], Player], seeds: Sequenc
 
 
 def save_gif(frames: list[np.ndarray], path: Path, scale: int = 4) -> Path:
+    """The frames as a looping GIF at about the games' 30 frames/s (GIF counts in 10 ms), written
+    whole or not at all."""
     images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=33, loop=0)
+    with replaced_when_done(path) as partial:
+        images[0].save(partial, format="GIF", save_all=True, append_images=images[1:], duration=33, loop=0)
     return path
