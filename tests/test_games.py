@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,7 +16,7 @@ from nitrogen_finetuner.data.config import DataConfig
 from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
 from nitrogen_finetuner.games import GAMES
 from nitrogen_finetuner.games.demo import next_demo_folder
-from nitrogen_finetuner.games.base import GamepadAction
+from nitrogen_finetuner.games.base import BUTTONS, GamepadAction
 from nitrogen_finetuner.games.recorder import record_game
 from nitrogen_finetuner.games.rollout import policy_player, random_player, rollout
 
@@ -36,6 +37,37 @@ def test_experts_succeed_where_random_play_fails(name):
         successes.append(info["success"])
     assert np.mean(successes) >= 0.9
     assert rollout(name, lambda s: random_player(s, LAYOUT.buttons), range(10)).success_rate <= 0.1
+
+
+@pytest.mark.parametrize("name", sorted(GAMES))
+def test_the_games_follow_gymnasiums_rules(name):
+    from gymnasium.utils.env_checker import check_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # render-mode notes: the games draw every frame
+        check_env(GAMES[name]())  # spaces, seeding, and dict actions sampled from the action space
+    game = GAMES[name]()
+    with pytest.raises(RuntimeError, match=f"{name}: call reset"):
+        game.step(GamepadAction())
+    game.reset(seed=5)
+    episodes = [np.stack([game.reset()[0]] + [game.step(GamepadAction())[0] for _ in range(10)]) for _ in range(2)]
+    game.reset(seed=5)  # no seed after a seed goes on from it: the same two games again
+    assert all(np.array_equal(np.stack([game.reset()[0]] + [game.step(GamepadAction())[0] for _ in range(10)]), e)
+               for e in episodes)
+    south = {"buttons": np.array([b == "SOUTH" for b in BUTTONS], np.int8), "j_left": np.zeros(2, np.float32),
+             "j_right": np.zeros(2, np.float32)}
+    game.reset(seed=1)
+    as_dict = [game.step(south)[0] for _ in range(10)]
+    game.reset(seed=1)
+    assert all(np.array_equal(game.step(GamepadAction(frozenset({"SOUTH"})))[0], f) for f in as_dict)
+    with pytest.raises(TypeError, match="a step takes a GamepadAction or a dict with buttons, j_left and j_right"):
+        game.step({"SOUTH": 1})
+    done = False
+    while not done:
+        _, _, terminated, truncated, _ = game.step(GamepadAction())
+        done = terminated or truncated
+    with pytest.raises(RuntimeError, match="the episode is over"):
+        game.step(GamepadAction())
 
 
 def test_runner_jumps_with_south_only():

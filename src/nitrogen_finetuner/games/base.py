@@ -2,7 +2,9 @@
 
 Each step takes one gamepad state (``GamepadAction``: pressed button names, left and right stick
 in [-1, 1], y > 0 down), which is one action row, and returns a 64x64 RGB frame. Each game has a
-success measure and a scripted expert that plays from the game state.
+success measure and a scripted expert that plays from the game state. For gymnasium's tools
+(``action_space.sample()``, its env checker) a step also takes the same state as a dict of the
+``action_space``: ``buttons`` 0/1 in the universal button order, ``j_left`` and ``j_right``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from typing import Any, Optional
 import gymnasium as gym
 import numpy as np
 
+from ..actions.layout import BUTTON_ORDERS, DEFAULT_BUTTON_ORDER
+
 FRAME = 64
+BUTTONS = BUTTON_ORDERS[DEFAULT_BUTTON_ORDER]  # the universal button names, in the action_space's order
 
 
 @dataclass
@@ -33,20 +38,30 @@ class GamepadGame(gym.Env):
 
     def __init__(self):
         self.observation_space = gym.spaces.Box(0, 255, (FRAME, FRAME, 3), np.uint8)
+        stick = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Dict({"buttons": gym.spaces.MultiBinary(len(BUTTONS)), "j_left": stick,
+                                             "j_right": stick})
         self.rng = np.random.default_rng()
         self.steps = 0
+        self.over: Optional[bool] = None  # None until the first reset
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        self.rng = np.random.default_rng(seed)
-        self.steps = 0
+        # A seed gives the same game every time; no seed goes on from the last one given (gymnasium's way).
+        self.rng = np.random.default_rng(seed if seed is not None else self.np_random.integers(2**63))
+        self.steps, self.over = 0, False
         self.start()
         return self.render(), self.info()
 
-    def step(self, action: GamepadAction) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: GamepadAction | dict) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self.over is None:
+            raise RuntimeError(f"{self.name}: call reset() before step()")
+        if self.over:
+            raise RuntimeError(f"{self.name}: the episode is over (terminated or truncated): call reset()")
         self.steps += 1
-        reward, terminated = self.advance(action)
+        reward, terminated = self.advance(gamepad_action(action))
         truncated = self.steps >= self.max_steps and not terminated
+        self.over = terminated or truncated
         return self.render(), reward, terminated, truncated, self.info()
 
     # games implement these
@@ -68,6 +83,21 @@ class GamepadGame(gym.Env):
 
     def info(self) -> dict[str, Any]:
         return {"success": self.success(), "steps": self.steps}
+
+
+def gamepad_action(action: GamepadAction | dict) -> GamepadAction:
+    """A step's action as a ``GamepadAction``, from one or from a dict of the ``action_space``."""
+    if isinstance(action, GamepadAction):
+        return action
+    if not isinstance(action, dict) or set(action) != {"buttons", "j_left", "j_right"}:
+        raise TypeError(f"a step takes a GamepadAction or a dict with buttons, j_left and j_right, got "
+                        f"{type(action).__name__}")
+    pressed = np.asarray(action["buttons"])
+    if pressed.shape != (len(BUTTONS),):
+        raise ValueError(f"buttons: one 0/1 per universal button ({len(BUTTONS)}), got shape {pressed.shape}")
+    return GamepadAction(buttons=frozenset(name for name, on in zip(BUTTONS, pressed) if on),
+                         j_left=tuple(float(v) for v in action["j_left"]),
+                         j_right=tuple(float(v) for v in action["j_right"]))
 
 
 def canvas(colour: tuple[int, int, int]) -> np.ndarray:
