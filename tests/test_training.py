@@ -286,6 +286,16 @@ def test_gradient_accumulation_trains_the_weights_of_one_big_batch(recordings, t
     assert resumed.losses == pytest.approx(whole.losses[1:], rel=1e-5)
 
 
+def test_an_epoch_ends_at_the_same_window_whatever_the_micro_batch_size(recordings, tmp_path):
+    # 42 training windows, batch 4: an epoch is 10 steps (40 windows) in micro-batches of 4 or of 1
+    settings = dict(method="full", max_steps=12, dropout=0.0, checkpoint_every=0)
+    whole = train(config(recordings, tmp_path / "whole", **settings))
+    split = train(config(recordings, tmp_path / "split", micro_batch_size=1, **settings))
+    assert split.losses == pytest.approx(whole.losses, rel=1e-5)
+    with pytest.raises(DataError, match="the training episodes hold 42 windows, fewer than one batch of 44"):
+        train(config(recordings, tmp_path / "big", batch_size=44, micro_batch_size=4, max_steps=1))
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_bf16_weights_follow_a_float32_run_and_keep_float32_master_weights(recordings, tmp_path, method):
     settings = dict(method=method, max_steps=3, dropout=0.0, checkpoint_every=0, val_every=3, val_chunks=2,
@@ -605,9 +615,10 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
     train(config(recordings, run_dir, base=str(tmp_path / "ng.pt"), max_steps=2))
     files_before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
                     if p.is_file() and "tensorboard" not in p.parts and p.name != "metrics.jsonl"}
-    fewer = tmp_path / "fewer"
+    fewer, short = tmp_path / "fewer", tmp_path / "short"
     for i in range(2):
         write_nitrogen_parquet(fewer / f"episode_{i}.parquet", n=24, start=10 * i)
+        write_nitrogen_parquet(short / f"episode_{i}.parquet", n=6, start=10 * i)
     for flags, message in [
         (["--method", "full"], 'method is "full" now, but the run trained with "lora" (a run resumes with what it '
                                "trains; start a new run to change it)"),
@@ -618,6 +629,7 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
         (["--set", "val_fraction=0.5"], "val_fraction is 0.5 now, but the run trained with 0.1"),
         (["--set", "data.image_fit=stretch"], 'data.image_fit is "stretch" now, but the run trained with "pad"'),
         (["--data", str(fewer)], "the data makes 21 training windows now, but the run trained on 42"),
+        (["--data", str(short)], "the data makes 3 training windows now, but the run trained on 42"),  # < a batch
         (["--base", "tiny"], "tiny: not the base this run was trained from"),
         (["--data", str(tmp_path / "elsewhere")], "no such file or folder"),
     ]:

@@ -20,6 +20,7 @@ them in. Everything depends only on the seed and the epoch.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from typing import Iterator, NamedTuple, Optional, Sequence
@@ -62,6 +63,7 @@ class WindowDataset(IterableDataset):
         world_size: int = 1,
         shard: str = "windows",
         drop_last: bool = True,
+        step_windows: Optional[int] = None,
     ):
         if shard not in SHARD_MODES:
             raise ValueError(f"shard must be one of {SHARD_MODES}, got {shard!r}")
@@ -69,7 +71,9 @@ class WindowDataset(IterableDataset):
         self.episodes = list(range(len(index.episodes))) if episodes is None else list(episodes)
         self.shuffle, self.seed, self.shuffle_buffer = shuffle, seed, shuffle_buffer
         self.skip_bad_rows, self.rank, self.world_size = skip_bad_rows, rank, world_size
-        self.shard, self.drop_last = shard, drop_last
+        # Windows one optimizer step takes over all processes (batch_size): a training epoch of
+        # whole steps ends at the same window whatever the micro-batch size or process count.
+        self.shard, self.drop_last, self.step_windows = shard, drop_last, step_windows
         self.epoch, self.skip_batches = 0, 0
         self.is_start = {}  # per selected episode: True at frame positions that start a window
         for e in self.episodes:
@@ -86,8 +90,17 @@ class WindowDataset(IterableDataset):
 
     def batches_per_epoch(self) -> int:
         """Batches each rank yields per epoch (``windows`` mode; an estimate for ``blocks``)."""
+        whole_steps = self._whole_step_batches()
+        if whole_steps is not None:
+            return whole_steps
         per_rank = self.num_windows / self.world_size
         return int(per_rank // self.batch_size) if self.drop_last else int(np.ceil(per_rank / self.batch_size))
+
+    def _whole_step_batches(self) -> Optional[int]:
+        """The global batches of an epoch that ends with a whole step (``windows`` mode, training)."""
+        if self.shard != "windows" or not self.drop_last or not self.step_windows:
+            return None
+        return self.num_windows // self.step_windows * (self.step_windows // (self.batch_size * self.world_size))
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Select the epoch's order; skip its first batches (already trained on, when resuming)."""
@@ -148,7 +161,7 @@ class WindowDataset(IterableDataset):
             rng = np.random.default_rng([self.seed, self.epoch])
             stream = self._candidates(self._block_order(), rng)
             global_batches = self._batches(stream, self.batch_size * self.world_size)
-            for k, global_batch in enumerate(global_batches):
+            for k, global_batch in enumerate(itertools.islice(global_batches, self._whole_step_batches())):
                 if k >= self.skip_batches and k % workers == worker:
                     yield self._materialize(global_batch[self.rank :: self.world_size])
             return

@@ -77,6 +77,7 @@ class PreparedData:
         world_size: int = 1,
         train: bool = True,
         drop_last: bool = True,
+        step_windows: Optional[int] = None,
     ) -> WindowDataset:
         """Batches of windows of the chosen episodes. Augmentation (when configured) only with
         ``train``; without it (validation) the split over processes is always by window, so every
@@ -88,6 +89,7 @@ class PreparedData:
             self.index, self.spec, transform, batch_size, episodes=episodes, shuffle=shuffle, seed=seed,
             shuffle_buffer=self.config.shuffle_buffer, skip_bad_rows=self.config.skip_bad_rows,
             rank=rank, world_size=world_size, shard=self.config.shard if train else "windows", drop_last=drop_last,
+            step_windows=step_windows,
         )
 
     def frame_size(self) -> Optional[tuple[int, int]]:

@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..data.config import DataConfig
 from ..data.errors import DamagedFileError, DataError, user_message
 from ..data.episodes import HELD_OUT_FILE, recording_key, split_episodes
 from ..data.pipeline import prepare_data
@@ -48,7 +49,7 @@ from .base import load_base, record_base, set_dropout
 from .batches import continue_data_position, micro_batches, one_pass, padding_window, window_noise
 from .bf16_weights import Bf16Weights
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
-                          set_rng_state)
+                          read_progress, set_rng_state)
 from .compiling import compile_layers, eager
 from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_settings, dump_config, resolve_config,
                      run_config_file, with_absolute_paths)
@@ -94,6 +95,15 @@ def follow_schedule(optimizer, scheduler, config: TrainConfig, step: int) -> Non
     for group in optimizer.param_groups:
         group["initial_lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
         group["lr"] = config.learning_rate * lr_schedule(config)(step)
+
+
+def require_same_windows(saved: Progress, windows: int, data: DataConfig) -> None:
+    """A resume reads the data its run trained on: the same number of training windows."""
+    if saved.train_windows not in (None, windows):  # None: a checkpoint from before the count
+        raise DataError(f"the data makes {windows} training windows now, but the run trained on "
+                        f"{saved.train_windows}", file=data.dataset_name,
+                        hint="resume on the data the run trained on (it may have moved: --data gives its path); "
+                             "start a new run for other data")
 
 
 def _mixed_precision(choice: str, on_gpu: bool) -> str:
@@ -260,7 +270,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     model_cfg = base.model.config
     data = prepare_data(config.data, base.model_inputs(config.data.prediction_horizon))
     train_episodes, val_episodes = split_episodes(data.index.recordings, config.val_fraction, config.seed)
-    train_set = data.dataset(micro, train_episodes, seed=config.seed, rank=rank, world_size=world)
+    train_set = data.dataset(micro, train_episodes, seed=config.seed, rank=rank, world_size=world,
+                             step_windows=config.batch_size)
     val_set = data.dataset(micro, val_episodes, shuffle=False, rank=rank, world_size=world, train=False,
                            drop_last=False) if val_episodes else None
     if train_set.num_windows == 0:
@@ -272,9 +283,11 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                         file=config.data.dataset_name,
                         hint="record longer episodes" + (", or set val_fraction lower" if val_episodes else "")
                         + (" (data.frame_column: none reads the rows in file order)" if gaps else ""))
-    if train_set.batches_per_epoch() < 1:
-        raise DataError(f"the training episodes hold {train_set.num_windows} windows, fewer than one global "
-                        f"batch of {micro * world}", file=config.data.dataset_name, hint="lower batch_size")
+    if resume and checkpoint_dirs(run_dir):  # other data is named as such, not as too little data for the batch
+        require_same_windows(read_progress(checkpoint_dirs(run_dir)[-1]), train_set.num_windows, config.data)
+    if train_set.num_windows < config.batch_size or train_set.batches_per_epoch() < 1:
+        raise DataError(f"the training episodes hold {train_set.num_windows} windows, fewer than one batch of "
+                        f"{config.batch_size}", file=config.data.dataset_name, hint="lower batch_size")
     readers = world * max(1, config.num_workers)
     if config.data.shard == "blocks" and len(train_set.blocks) < readers:  # one would read nothing, and wait
         raise DataError(f"data.shard blocks gives each of the {readers} readers (processes x workers) blocks of its "
@@ -331,11 +344,6 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                   "draws start afresh, so with dropout on this resume is not bit for bit")
         progress = state.progress
         continue_data_position(progress, micro * world, run_dir)
-        if progress.train_windows not in (None, train_set.num_windows):  # None: a checkpoint before the count
-            raise DataError(f"the data makes {train_set.num_windows} training windows now, but the run trained on "
-                            f"{progress.train_windows}", file=config.data.dataset_name,
-                            hint="resume on the data the run trained on (it may have moved: --data gives its path); "
-                                 "start a new run for other data")
         if config.data.shard == "blocks" and progress.processes not in (None, world):
             raise DataError(f"the run trained with {progress.processes} process(es), and this resume has {world}: with "
                             "data.shard blocks the order it reads the data in depends on them", file=str(run_dir),
