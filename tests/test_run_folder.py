@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nitrogen_finetuner.cli import main
@@ -427,6 +428,32 @@ def test_a_run_folder_recovers_from_a_deleted_config_and_a_damaged_preset_base(r
 def test_a_folder_named_like_a_date_stays_a_name(recordings, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--data", str(recordings), "--set", "output=2024-01-05", "--print-config"]) == 0
+
+
+def test_set_overrides_apply_in_the_order_last_given_and_a_data_section_is_not_the_demo(recordings, tmp_path, capsys,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def printed(*flags: str) -> dict:
+        assert main(["train", *flags, "--print-config"]) == 0
+        return yaml.safe_load(capsys.readouterr().out)
+
+    config = printed("--data", str(recordings), "--set", "lora.rank=8", "--set", "lora={alpha: 4}",
+                     "--set", "lora.rank=9")
+    assert (config["lora"]["rank"], config["lora"]["alpha"]) == (9, 4)  # set again after the section it replaced
+    config = printed("--set", f"data={{dataset_name: {recordings}}}")  # the data named as a section: not the demo
+    assert (config["method"], config["max_steps"], config["data"]["dataset_name"]) == ("lora", 200, str(recordings))
+    assert printed("--data", str(recordings), "--set", "output=~/runs/x")["output"] == str(tmp_path / "home/runs/x")
+
+
+def test_a_run_folder_inside_the_data_folder_is_refused(recordings, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(recordings, data)
+    for output in (data / "run", data):
+        assert main(["train", "--data", str(data), "--output", str(output), *FAST]) == 2
+        assert "the run folder is inside the data folder, whose files are all read as recordings" \
+            in one_error_line(capsys)
+    assert sorted(p.name for p in data.iterdir()) == sorted(p.name for p in recordings.iterdir())
 
 
 def test_export_never_replaces_the_runs_base_or_checkpoints_and_asks_before_replacing_a_file(recordings, tmp_path,

@@ -174,7 +174,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.stop_signals import StopRequest, TrainingStopped, interrupted
     from .training.trainer import train
 
-    overrides = dict(parse_override(item) for item in args.set)
+    overrides = {}
+    for key, value in map(parse_override, args.set):  # in the order last given: after a section it replaces
+        overrides.pop(key, None)
+        overrides[key] = value
     for flag, key in (("base", "base"), ("data", "data.dataset_name"), ("output", "output"),
                       ("max_steps", "max_steps"), ("method", "method"), ("skip_bad_rows", "data.skip_bad_rows")):
         if getattr(args, flag) is not None:
@@ -187,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             hint="leave out --output (or copy the run folder first)")
         config_file = config_file or str(run_config_file(args.resume))
         overrides["output"] = args.resume
-    demo = config_file is None and "data.dataset_name" not in overrides
+    demo = config_file is None and not {"data", "data.dataset_name"} & overrides.keys()
     if demo:  # no config and no data: the built-in games, end to end
         from .games.demo import DEMO_SETTINGS, next_demo_folder  # noqa: PLC0415
         from .games.recorder import demo_dataset, demo_folder

@@ -253,7 +253,7 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     """The config with its local data and base as absolute paths, so that the run folder's
     config.yaml still finds them when the run is resumed or exported from another folder."""
     data, base = Path(config.data.dataset_name).expanduser(), Path(config.base).expanduser()
-    updates = {}
+    updates = {"output": os.path.expanduser(config.output)}  # a config file's ~/runs/x, which no shell expands
     if data.exists():
         updates["data"] = config.data.model_copy(update={"dataset_name": str(data.resolve())})
     if config.base not in PRESETS and base.exists():

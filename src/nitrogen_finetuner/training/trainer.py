@@ -179,6 +179,11 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
 
     The run folder is locked while it trains: a second training into it would mix the two runs'
     checkpoints, base and logs without a word."""
+    config = with_absolute_paths(config)
+    data_dir = Path(config.data.dataset_name)
+    if data_dir.is_dir() and Path(config.output).resolve().is_relative_to(data_dir.resolve()):
+        raise DataError("the run folder is inside the data folder, whose files are all read as recordings (the run's "
+                        "metrics.jsonl among them)", file=config.output, hint=f"give --output a folder outside {data_dir}")
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
@@ -202,7 +207,6 @@ def cpu_threads(num_workers: int) -> Optional[int]:
 
 def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> TrainResult:
     # ------------------------------------------------------------------------------- set up
-    config = with_absolute_paths(config)
     # cpu=True on machines without CUDA (or with ACCELERATE_USE_CPU, as `accelerate launch --cpu`
     # sets it): it is what makes torchrun / accelerate launch use gloo.
     on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
