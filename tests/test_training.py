@@ -560,7 +560,12 @@ def test_keep_best_spares_the_lowest_validation_loss_checkpoint_across_a_resume(
     train(config(recordings, plain, max_steps=1))  # val_every 0: validated once, at the end, and logged
     assert logged(plain, "val/loss") == [json.loads((plain / "summary.json").read_text())["val_loss"]]
     assert main(["export", str(plain), str(tmp_path / "none.pt"), "--checkpoint", "best"]) == 2
-    assert "the run kept no best checkpoint" in capsys.readouterr().err
+    assert "the run kept no best checkpoint (train with keep_best: true" in capsys.readouterr().err
+    asked, one = tmp_path / "asked", tmp_path / "one"  # keep_best, but one recording: nothing held out
+    write_nitrogen_parquet(one / "episode_0.parquet", n=24)
+    train(config(one, asked, max_steps=2, keep_best=True))
+    assert main(["export", str(asked), str(tmp_path / "none.pt"), "--checkpoint", "best"]) == 2
+    assert "the run kept no best checkpoint: none of its checkpoints had a validation loss" in capsys.readouterr().err
 
 
 def test_the_run_says_which_profile_reads_the_actions_and_which_columns_nothing_reads(recordings, tmp_path, capsys):

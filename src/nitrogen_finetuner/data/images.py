@@ -23,12 +23,16 @@ class ImageDecodeError(ValueError):
     """The stored value is not an image we can read; the caller adds file, row and column."""
 
 
-def bad_image_row(err: ImageDecodeError, file: str, row: int, column: str,
-                  how_to_skip: str = "pass --skip-bad-rows") -> DataError:
+COMMAND_HINT = "fix or remove the row, or pass --skip-bad-rows"  # data inspect, eval
+# A run's windows are fixed: a resume refuses data that lost a row.
+TRAINING_HINT = "fix the frame in place, or set data.skip_bad_rows (--skip-bad-rows) to leave it out"
+
+
+def bad_image_row(err: ImageDecodeError, file: str, row: int, column: str, hint: str = COMMAND_HINT) -> DataError:
     """The one line for a frame that does not decode, wherever it is read (``data inspect``,
-    training's loader, ``eval`` and training's sampled validation chunks). ``how_to_skip`` says how to
-    leave such rows out where the reader is: a command's flag, or the config key."""
-    return DataError(str(err), file=file, row=row, column=column, hint=f"fix or remove the row, or {how_to_skip}")
+    training's loader, ``eval`` and training's sampled validation chunks); ``hint`` says what to do
+    where the reader is (``COMMAND_HINT`` or ``TRAINING_HINT``)."""
+    return DataError(str(err), file=file, row=row, column=column, hint=hint)
 
 
 def decode_image(value: Any, base_dir: Optional[Path] = None) -> Image.Image:

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .episodes import DatasetIndex
-from .images import FrameTransform, ImageDecodeError, bad_image_row, decode_image
+from .images import TRAINING_HINT, FrameTransform, ImageDecodeError, bad_image_row, decode_image
 from .windows import WindowSpec
 
 SHARD_MODES = ("windows", "blocks")
@@ -184,7 +184,7 @@ class WindowDataset(IterableDataset):
                 if self.skip_bad_rows:
                     continue
                 raise bad_image_row(err, source.name, c.row, self.index.image_columns[c.source],
-                                    how_to_skip="set data.skip_bad_rows (--skip-bad-rows)") from None
+                                    TRAINING_HINT) from None
             # Per-window augmentation stream: the same window is augmented the same way whatever
             # the batch order, the number of workers or a resume.
             rng = np.random.default_rng([self.seed, self.epoch, c.episode, c.frame])

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..data.images import FrameTransform, ImageDecodeError, bad_image_row, decode_image
+from ..data.images import TRAINING_HINT, FrameTransform, ImageDecodeError, bad_image_row, decode_image
 from ..data.pipeline import PreparedData
 from ..policy import NitroGenPolicy
 from .metrics import button_metrics, chunk_consistency, error_by_horizon_step, stick_metrics
@@ -46,11 +46,11 @@ def query_frames(data: PreparedData, episodes: Sequence[int], limit: Optional[in
 
 
 def load_frames(
-    data: PreparedData, queries: list[tuple[int, int]], how_to_skip: str = "set data.skip_bad_rows (--skip-bad-rows)",
+    data: PreparedData, queries: list[tuple[int, int]], hint: str = TRAINING_HINT,
 ) -> tuple[list[Optional[np.ndarray]], dict[int, str]]:
     """The frames of the queries, decoded and fitted as in training, reading each block once.
 
-    A frame that does not decode raises the one-line DataError (``how_to_skip`` ends its hint),
+    A frame that does not decode raises the one-line DataError with ``hint``,
     or, with the data's ``skip_bad_rows``, is None; the second value then says why, per query.
     """
     index, transform = data.index, FrameTransform(data.transform.size, data.transform.fit)
@@ -75,19 +75,19 @@ def load_frames(
                         frames[k] = transform(decode_image(value, source.base_dir))
                     except ImageDecodeError as err:
                         if not data.config.skip_bad_rows:
-                            raise bad_image_row(err, source.name, first + offset, column, how_to_skip) from None
+                            raise bad_image_row(err, source.name, first + offset, column, hint) from None
                         bad[k] = f"{source.name} row {first + offset}: {err}"
     return frames, bad
 
 
 def predict_chunks(
     policy: NitroGenPolicy, data: PreparedData, episodes: Sequence[int], seed: int = 0,
-    batch_size: int = 16, limit: Optional[int] = None, how_to_skip: str = "set data.skip_bad_rows (--skip-bad-rows)",
+    batch_size: int = 16, limit: Optional[int] = None, hint: str = TRAINING_HINT,
 ) -> Chunks:
     """A chunk per queried frame (at most ``limit`` queries); with the data's ``skip_bad_rows``
     the queries whose frame does not decode are left out and listed in ``skipped``."""
     queries = query_frames(data, episodes, limit)
-    frames, bad = load_frames(data, queries, how_to_skip)
+    frames, bad = load_frames(data, queries, hint)
     skipped = [bad[k] for k in sorted(bad)]
     queries = [q for k, q in enumerate(queries) if k not in bad]
     frames = [f for k, f in enumerate(frames) if k not in bad]

@@ -20,6 +20,7 @@ from ..actions.layout import STICK_SLOTS
 from ..data.config import DataConfig
 from ..data.episodes import read_held_out, recording_key, recording_key_endings, recording_key_within, split_episodes
 from ..data.errors import DataError, user_message
+from ..data.images import COMMAND_HINT
 from ..data.pipeline import ModelInputs, prepare_data
 from ..files import check_output_folder
 from ..model.checkpoint import read_record
@@ -236,7 +237,7 @@ def run_eval(
                                 hint="evaluate with --episodes all, or pass --val-fraction")
             raise DataError("no held-out episodes: the dataset has fewer than two recordings",
                             file=data_config.dataset_name, hint="evaluate with --episodes all")
-        chunks = predict_chunks(policy, data, chosen, seed=seed, limit=limit, how_to_skip="pass --skip-bad-rows")
+        chunks = predict_chunks(policy, data, chosen, seed=seed, limit=limit, hint=COMMAND_HINT)
         if not len(chunks.episodes):
             if chunks.skipped:
                 raise DataError(f"the frame of every chunk queried does not decode ({len(chunks.skipped)} left out "

@@ -56,9 +56,14 @@ def export_run(
     path = run_checkpoint(run_dir, checkpoint, found) if checkpoint else found[-1]
     if best:
         best_step = read_progress(found[-1]).best_step if found else None
-        if best_step is None:
+        if best_step is None and not config.keep_best:
             raise DataError("the run kept no best checkpoint", file=str(run_dir),
                             hint="train with keep_best: true and a validation set (val_fraction > 0)")
+        if best_step is None:  # keep_best, and no step both validated and checkpointed
+            raise DataError("the run kept no best checkpoint: none of its checkpoints had a validation loss",
+                            file=str(run_dir), hint="it had no held-out recording (its data holds one), or val_every "
+                                                    "and checkpoint_every share no step; export without --checkpoint "
+                                                    "best for its newest")
         path = checkpoint_dir(run_dir, best_step)
     state = load_weights(path)
     if use_ema and state.ema is None:
