@@ -24,6 +24,19 @@ def test_released_layout_packs_buttons_then_sticks_in_model_space():
     np.testing.assert_array_equal(packed, expected)
 
 
+def test_pack_refuses_sticks_of_the_wrong_shape_or_range_and_takes_lists():
+    processor = UniversalVectorProcessor(ActionLayout.resolve(25, old_layout=False))
+    with pytest.raises(LayoutError, match=r"j_left: \[x, y\] values \(..., 2\), got shape \(3,\)"):
+        processor.pack(np.zeros(21), np.zeros(3), np.zeros(2))
+    with pytest.raises(ValueError, match=r"j_right: stick values lie in \[-1, 1\]"):
+        processor.pack(np.zeros(21), np.zeros(2), np.array([5.0, 0.0]))
+    with pytest.raises(LayoutError, match="expected 21 buttons, got shape"):
+        processor.pack(np.zeros(20), np.zeros(2), np.zeros(2))
+    packed = processor.pack([0] * 21, [0.0, 1.0], [-1.0, 0.0])
+    assert packed.shape == (25,) and packed[-4:].tolist() == [0.5, 1.0, 0.0, 0.5]
+    assert processor.unpack(packed.tolist())["j_left"].tolist() == [0.0, 1.0]
+
+
 def test_old_layout_puts_sticks_first():
     layout = ActionLayout.resolve(25, old_layout=True)
     packed = UniversalVectorProcessor(layout).pack(

@@ -11,7 +11,9 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -20,6 +22,7 @@ from golden.cases import make_images, make_noise
 from nitrogen_finetuner import files, load_policy
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.training.config import resolve_config, run_config_file
+from nitrogen_finetuner.training.trainer import train
 from nitrogen_finetuner.model import checkpoint as checkpoint_module
 from nitrogen_finetuner.model.checkpoint import EXTRA_KEY, CheckpointError, read_checkpoint, save_checkpoint
 from nitrogen_finetuner.model.presets import build_preset
@@ -36,6 +39,18 @@ def test_file_needing_arbitrary_unpickling_is_refused_unless_trusted(case_checkp
         load_policy(path, verbose=False)
     policy = load_policy(path, trust_pickle=True, verbose=False)
     assert policy.predict(make_images("interleaved_sinusoidal")[0], noise=make_noise("interleaved_sinusoidal")[0])
+    # The README's safe copy, also of a config that holds numpy numbers and paths
+    ckpt["ckpt_config"]["model_cfg"]["action_dim"] = np.int64(ckpt["ckpt_config"]["model_cfg"]["action_dim"])
+    ckpt["ckpt_config"]["output_dir"] = Path("runs/exp")  # a key of a training script's config
+    torch.save(ckpt, path)
+    load_policy(path, trust_pickle=True, verbose=False).save(tmp_path / "safe.pt")
+    safe = torch.load(tmp_path / "safe.pt", weights_only=True)
+    assert type(safe["ckpt_config"]["model_cfg"]["action_dim"]) is int
+    assert safe["ckpt_config"]["output_dir"] == str(Path("runs/exp"))
+    ckpt["ckpt_config"]["output_dir"] = argparse.Namespace()  # nothing a config holds: named, not saved
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="ckpt_config.output_dir: a Namespace, which only an unpickler"):
+        load_policy(path, trust_pickle=True, verbose=False).save(tmp_path / "other.pt")
 
 
 @pytest.mark.parametrize(
@@ -80,6 +95,12 @@ def test_wrong_contents_are_explained(tmp_path, case_checkpoints):
         torch.save(ckpt, path)
         with pytest.raises(CheckpointError, match=message):
             load_policy(path, verbose=False)
+    ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
+    ckpt["ckpt_config"]["modality_cfg"]["frame_per_sample"] = 2  # loaded, and played with one frame
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="ckpt_config: invalid config at modality_cfg: Value error, "
+                                              "frame_per_sample is 2: this tool runs single-frame models"):
+        load_policy(path, verbose=False)
     ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
     ckpt["model"] = {k: v.int() for k, v in ckpt["model"].items()}
     torch.save(ckpt, path)
@@ -186,10 +207,31 @@ def test_the_python_api_takes_what_a_notebook_passes(tmp_path, monkeypatch):
     assert main(["init", str(tmp_path / "tiny.pt")]) == 0
     policy = load_policy("~/tiny.pt", dtype="bfloat16", verbose=False)
     assert next(policy.model.parameters()).dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="dtype: a floating-point torch dtype"):
-        load_policy(tmp_path / "tiny.pt", dtype="int8", verbose=False)
+    for dtype in ("int8", torch.float8_e4m3fn):  # float8: no convolution runs on it
+        with pytest.raises(ValueError, match="dtype: torch.float32, torch.bfloat16, torch.float16 or torch.float64"):
+            load_policy(tmp_path / "tiny.pt", dtype=dtype, verbose=False)
     config = resolve_config(overrides={"data.dataset_name": tmp_path / "data", "output": tmp_path / "run"})
     assert (config.data.dataset_name, config.output) == (str(tmp_path / "data"), str(tmp_path / "run"))
+    with pytest.raises(TypeError, match="overrides: a dict of dotted keys to values"):
+        resolve_config(overrides=[("max_steps", 3)])
+    with pytest.raises(TypeError, match="file: the path of a YAML config, got dict"):
+        resolve_config({"max_steps": 3})
+    with pytest.raises(TypeError, match="train takes a TrainConfig"):
+        train({"max_steps": 3})
+    policy = load_policy(tmp_path / "tiny.pt", verbose=False)
+    size = policy.model.vision_encoder.config.image_size
+    for wrong in (torch.zeros(1, 3, size // 2, size // 2), torch.zeros(1, 3, size, size, dtype=torch.uint8),
+                  np.zeros((1, 3, size, size), np.float32)):
+        with pytest.raises(ValueError, match=rf"pixel_values: a float tensor \(B, 3, {size}, {size}\)"):
+            policy.sample(wrong)
+    # step and epoch are whole numbers: a numpy or tensor integer is one, anything else is refused at once
+    policy.save(tmp_path / "counted.pt", step=np.int64(5), epoch=torch.tensor(2))
+    assert (load_policy(tmp_path / "counted.pt", verbose=False).step, torch.load(tmp_path / "counted.pt",
+                                                                                 weights_only=True)["epoch"]) == (5, 2)
+    for step in ("5", 1.5, True, -3):
+        with pytest.raises(ValueError, match=f"step: a whole number >= 0, got {step!r}"):
+            policy.save(tmp_path / "wrong.pt", step=step)
+    assert not (tmp_path / "wrong.pt").exists()
 
 
 def test_a_seed_too_large_for_64_bits_is_an_argument_error(tmp_path, capsys):
@@ -241,7 +283,9 @@ def test_a_lost_config_is_read_from_the_newest_checkpoint_past_a_million_steps(t
 def test_a_file_where_a_folder_belongs_is_one_line_naming_it(tmp_path, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("")
-    for command in (["init", str(blocker / "x.pt")], ["train", "--output", str(blocker), "--data", str(tmp_path)]):
+    data = tmp_path / "data"
+    data.mkdir()
+    for command in (["init", str(blocker / "x.pt")], ["train", "--output", str(blocker), "--data", str(data)]):
         assert main(command) == 2, command
         assert capsys.readouterr().err.strip() == (f"nitrogen-finetune: error: {blocker}: File exists "
                                                   "(a file of that name is in the way: choose another path)"), command
@@ -304,3 +348,7 @@ def test_info_counts_a_game_token_and_shows_the_shift_the_run_trained_with(tmp_p
     printed = capsys.readouterr().out
     assert "action_shift 0" in printed
     assert "max_sequence_length 6 (1 game token, 4 visual tokens, 1 padding)" in printed
+    checkpoint["ckpt_config"]["tokenizer_cfg"]["max_sequence_length"] = 4  # no room for the game token
+    torch.save(checkpoint, out)
+    assert main(["info", str(out)]) == 2
+    assert f"{out}: its game token and 4 visual tokens exceed max_sequence_length 4" in capsys.readouterr().err

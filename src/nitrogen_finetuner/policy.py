@@ -73,6 +73,11 @@ class NitroGenPolicy:
 
     def sample(self, pixel_values: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Model-space action chunks (B, horizon, action_dim) for preprocessed frames."""
+        size = self.model.vision_encoder.config.image_size
+        if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point() or \
+                tuple(pixel_values.shape[1:]) != (3, size, size):
+            shown = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise ValueError(f"pixel_values: a float tensor (B, 3, {size}, {size}) as preprocess makes it, got {shown}")
         batch = pixel_values.shape[0]
         if noise is None:
             noise = torch.randn(batch, self.horizon, self.action_dim)
@@ -228,9 +233,9 @@ def _dtype(dtype) -> torch.dtype:
     if isinstance(dtype, str):  # "bfloat16", "torch.bfloat16" or "bf16", as configs and command lines write it
         name = dtype.lower().removeprefix("torch.")
         dtype = getattr(torch, DTYPE_NAMES.get(name, name), None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError("dtype: a floating-point torch dtype, such as torch.float32 or torch.bfloat16 (or its name: "
-                         "float32, bfloat16, bf16)")
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):  # float8 has no convolution
+        raise ValueError("dtype: torch.float32, torch.bfloat16, torch.float16 or torch.float64 (or its name: "
+                         "float32, bfloat16, bf16, ...)")
     return dtype
 
 

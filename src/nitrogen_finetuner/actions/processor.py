@@ -504,6 +504,11 @@ class ColumnBinding:
 
 
 # ---------------------------------------------------------------------------------- processor
+def _array(values) -> Array:
+    """A tensor as it is; anything else (a list, an array) as a numpy array of numbers."""
+    return values if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float32)
+
+
 def _concat(parts: list[Array]) -> Array:
     if isinstance(parts[0], torch.Tensor):
         return torch.cat([p.to(torch.float32) for p in parts], dim=-1)
@@ -559,14 +564,21 @@ class UniversalVectorProcessor:
     # ------------------------------------------------------------------------ gamepad state
     def pack(self, buttons: Array, j_left: Array, j_right: Array) -> Array:
         """buttons (..., n_buttons) in {0, 1}; sticks (..., 2) in [-1, 1] -> (..., action_dim)."""
-        if buttons.shape[-1] != self.layout.n_buttons:
-            raise LayoutError(f"expected {self.layout.n_buttons} buttons, got {buttons.shape[-1]}")
+        buttons, j_left, j_right = (_array(values) for values in (buttons, j_left, j_right))
+        if buttons.shape[-1:] != (self.layout.n_buttons,):
+            raise LayoutError(f"expected {self.layout.n_buttons} buttons, got shape {tuple(buttons.shape)}")
+        for name, stick in (("j_left", j_left), ("j_right", j_right)):
+            if stick.shape[-1:] != (2,):
+                raise LayoutError(f"{name}: [x, y] values (..., 2), got shape {tuple(stick.shape)}")
+            if not ((stick >= -1) & (stick <= 1)).all():
+                raise ValueError(f"{name}: stick values lie in [-1, 1]")
         sticks = [(j_left + 1) / 2, (j_right + 1) / 2]
         parts = sticks + [buttons] if self.layout.old_layout else [buttons] + sticks
         return _concat(parts)
 
     def unpack(self, actions: Array) -> dict[str, Array]:
         """(..., action_dim) model-space vectors -> buttons {0, 1}, sticks clipped to [-1, 1]."""
+        actions = _array(actions)
         if actions.shape[-1] != self.layout.action_dim:
             raise LayoutError(f"expected {self.layout.action_dim} action values, got {actions.shape[-1]}")
         sticks = actions[..., self.layout.stick_slice] * 2 - 1

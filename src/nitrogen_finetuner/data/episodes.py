@@ -386,8 +386,8 @@ def recording_key(recording: str, dataset_name: str) -> str:
     its path within the dataset's folder (a file of its own: its file name; the hub's cache: the
     file name), with its episode value (``sub/run.parquet [session=3]``)."""
     name, value = _episode_value(recording)
-    return (recording_key_within(recording, dataset_name) if Path(dataset_name).expanduser().is_dir() else None) \
-        or Path(name).name + value
+    within = recording_key_within(recording, dataset_name) if Path(dataset_name).expanduser().is_dir() else None
+    return within or Path(name).name + value
 
 
 def recording_key_within(recording: str, dataset_name: str) -> Optional[str]:

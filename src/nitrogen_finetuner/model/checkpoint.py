@@ -10,14 +10,16 @@ save never leaves a broken checkpoint behind.
 from __future__ import annotations
 
 import errno
+import numbers
 import os
 import pickle
 import re
 import tempfile
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 
@@ -110,7 +112,7 @@ def parse_config(raw: dict, source: str = "ckpt_config") -> CheckpointConfig:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise CheckpointError(f"{source}: invalid config at {where}: {first['msg']}") from None
+        raise CheckpointError(f"{source}: invalid config{f' at {where}' if where else ''}: {first['msg']}") from None
 
 
 @dataclass
@@ -154,6 +156,10 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Load
     state_dict, extra, step, epoch = _entries(ckpt, path)
     if not any(k.startswith(VISION_PREFIX) for k in state_dict):
         raise CheckpointError(f"{path}: the state dict holds no vision_encoder.* weights")
+    tokenizer = config.tokenizer_cfg
+    if "game_embedding.weight" in state_dict and tokenizer.num_visual_tokens_per_frame >= tokenizer.max_sequence_length:
+        raise CheckpointError(f"{path}: its game token and {tokenizer.num_visual_tokens_per_frame} visual tokens "
+                              f"exceed max_sequence_length {tokenizer.max_sequence_length}")
     try:
         with torch.device("meta"):
             model = build_model(config, state_dict, extra.get("vision_tower"))
@@ -218,11 +224,42 @@ def _entries(ckpt: dict, path) -> tuple[dict, dict, int, int]:
                               f"or delete the entry to load the weights with the default layout)")
     counts = []
     for key in ("step", "epoch"):
-        value = ckpt.get(key, 0) or 0
-        if isinstance(value, bool) or not isinstance(value, int):
+        value = ckpt.get(key, 0)
+        count = 0 if value is None else whole_number(value)
+        if count is None:
             raise CheckpointError(f"{path}: its '{key}' entry is {value!r}, not a whole number")
-        counts.append(value)
+        counts.append(count)
     return state_dict, extra, *counts
+
+
+def whole_number(value: Any) -> Optional[int]:
+    """A step or epoch count as an int (from a Python or numpy integer, or a 0-d integer tensor);
+    None for anything else, bools included."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not (
+            value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+        value = value.item()
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
+
+
+def plain_values(value: Any, where: str = "ckpt_config") -> Any:
+    """A config as the types every loader reads safely: numpy numbers and paths, which a file
+    loaded with trust_pickle may hold, become numbers and text, so a saved copy loads with
+    ``weights_only`` (anything else such a file holds is refused, by where it is)."""
+    if isinstance(value, dict):
+        if not all(type(key) is str for key in value):
+            raise CheckpointError(f"{where}: its keys are not all text")
+        return {key: plain_values(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = (plain_values(item, f"{where}[{i}]") for i, item in enumerate(value))
+        return list(items) if isinstance(value, list) else tuple(items)
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, np.generic) and isinstance(value.item(), (bool, int, float, str)):
+        return value.item()
+    if isinstance(value, PurePath):
+        return str(value)
+    raise CheckpointError(f"{where}: a {type(value).__name__}, which only an unpickler reads: a checkpoint "
+                          "config holds numbers, text, lists and dicts")
 
 
 def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -250,11 +287,15 @@ def save_checkpoint(
         raise CheckpointError(f"{path}: an official-format checkpoint is a torch.save file, which the official "
                               "loader and torch.load read by its name: name it .pt")
     path.parent.mkdir(parents=True, exist_ok=True)
+    given = {"step": step, "epoch": epoch}
+    counts = {key: whole_number(value) for key, value in given.items()}
+    wrong = next((key for key, count in counts.items() if count is None or count < 0), None)
+    if wrong is not None:
+        raise ValueError(f"{wrong}: a whole number >= 0, got {given[wrong]!r}")
     payload = {
         "model": official_state_dict(model),
-        "ckpt_config": ckpt_config,
-        "step": step,
-        "epoch": epoch,
+        "ckpt_config": plain_values(ckpt_config),
+        **counts,
         EXTRA_KEY: {**(extra or {}), "vision_tower": tower_record(model.vision_encoder.config)},
     }
     if path.is_dir():

@@ -137,6 +137,9 @@ class ModalityConfig(_Config):
             self.frame_spacing = self.action_per_chunk
         if self.action_shift < 1:
             raise ValueError("action_shift must be at least 1")
+        if self.frame_per_sample != 1:  # the released model's; a frame history is not implemented
+            raise ValueError(f"frame_per_sample is {self.frame_per_sample}: this tool runs single-frame models "
+                             "(frame_per_sample 1, as released)")
         return self
 
 

@@ -224,6 +224,11 @@ def _set_dotted(tree: dict, key: str, value: Any, file: Optional[Path]) -> None:
 
 def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[str, Any]] = None) -> TrainConfig:
     """Defaults, then the YAML file, then dotted overrides (``lora.rank``, ``data.dataset_name``)."""
+    if file is not None and not isinstance(file, (str, os.PathLike)):
+        raise TypeError(f"file: the path of a YAML config, got {type(file).__name__} (settings go in overrides)")
+    if overrides is not None and not (isinstance(overrides, dict) and all(isinstance(k, str) for k in overrides)):
+        raise TypeError("overrides: a dict of dotted keys to values, e.g. {'lora.rank': 8, 'data.dataset_name': "
+                        "'recordings/'}")
     tree: dict = {}
     if file is not None:
         path = Path(file)

@@ -179,6 +179,8 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
 
     The run folder is locked while it trains: a second training into it would mix the two runs'
     checkpoints, base and logs without a word."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"train takes a TrainConfig (from resolve_config), got {type(config).__name__}")
     config = with_absolute_paths(config)
     data_dir = Path(config.data.dataset_name)
     if data_dir.is_dir() and Path(config.output).resolve().is_relative_to(data_dir.resolve()):
