@@ -268,6 +268,16 @@ def test_frames_kept_every_other_or_counted_in_milliseconds_are_no_gaps(tmp_path
     assert [len(e) for e in prepared(path, frame_column="none").index.episodes] == [12]
 
 
+def test_whole_millisecond_and_date_time_stamps_of_a_varying_frame_rate_are_no_gaps(tmp_path):
+    steps = [16, 30, 16, 25, 16, 35, 22, 16, 28, 19, 33]  # 16 ms most often, the median 22: no step is 1.75 x it
+    ms = np.concatenate([[0], np.cumsum(steps)])
+    late = ms + (ms >= ms[8]) * 100  # a real gap: 100 ms missing before frame 8
+    for column, pieces in [(pa.array(ms, pa.int64()), [12]), (pa.array(ms.astype("datetime64[ms]")), [12]),
+                           (pa.array(late.astype("datetime64[ms]")), [8, 4])]:
+        path = write_nitrogen_parquet(tmp_path / "vrr.parquet", n=12, extra={"timestamp": column})
+        assert [len(e) for e in prepared(path, frame_column="timestamp").index.episodes] == pieces
+
+
 def test_the_validation_split_keeps_the_pieces_of_a_recording_together():
     recordings = ["a", "a", "b", "c", "c", "d"]
     for seed in range(10):

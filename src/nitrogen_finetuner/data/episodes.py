@@ -199,16 +199,18 @@ def _frame_label(number: float) -> str:
     return str(int(number)) if number == int(number) else f"{number:.12g}"
 
 
-def _usual_step(steps: np.ndarray) -> float:
+def _usual_step(steps: np.ndarray, timestamps: bool) -> float:
     """The step between two frames: the most common one for frame numbers (a split that dropped
-    frames at random still steps by 1 most often), the median for timestamps (which jitter)."""
-    if np.all(steps == np.round(steps)):
+    frames at random still steps by 1 most often), the median for timestamps (which jitter, in
+    whole milliseconds too)."""
+    if not timestamps and np.all(steps == np.round(steps)):
         values, counts = np.unique(steps, return_counts=True)
         return float(values[np.argmax(counts)])
     return float(np.median(steps))
 
 
-def _in_frame_order(rows: np.ndarray, frames: np.ndarray, source: str, column: str) -> list[np.ndarray]:
+def _in_frame_order(rows: np.ndarray, frames: np.ndarray, source: str, column: str,
+                    timestamps: bool) -> list[np.ndarray]:
     """An episode's rows sorted by frame number, cut where a step exceeds the usual one by 3/4
     (a recording keeps every frame, or every n-th, or counts milliseconds with jitter)."""
     order = np.argsort(frames[rows], kind="stable")
@@ -221,7 +223,7 @@ def _in_frame_order(rows: np.ndarray, frames: np.ndarray, source: str, column: s
                         hint="drop the repeated rows, or name the column that tells episodes apart (episode_column)")
     if not len(steps):
         return [rows]
-    return np.split(rows, np.flatnonzero(steps > 1.75 * _usual_step(steps)) + 1)
+    return np.split(rows, np.flatnonzero(steps > 1.75 * _usual_step(steps, timestamps)) + 1)
 
 
 class _BoundSource(NamedTuple):
@@ -280,6 +282,9 @@ def build_index(
         # A row without its place in time or its episode is left out, and counted as bad.
         placed = np.ones(source.num_rows(), bool)
         frames = _frame_numbers(data[frame_col], source.name, frame_col, skip_bad_rows) if frame_col else None
+        # A clock (a date-time column, or one named for time: timestamp, time_ms) rather than a frame counter.
+        timestamps = frame_col is not None and (np.asarray(data[frame_col]).dtype.kind in "mM"
+                                                or "time" in frame_col.lower())
         if frames is not None:
             placed &= ~np.isnan(frames)
         if episode_col:
@@ -297,7 +302,7 @@ def build_index(
             # a shard boundary cuts stays one recording, kept on one side of the validation split.
             recording = f"{source.path.parent} [{episode_col}={key}]" if key is not None and \
                 isinstance(source, ArrowFileSource) else in_file
-            pieces = [rows] if frames is None else _in_frame_order(rows, frames, source.name, frame_col)
+            pieces = [rows] if frames is None else _in_frame_order(rows, frames, source.name, frame_col, timestamps)
             gaps += len(pieces) - 1
             for piece in pieces:
                 name = in_file if len(pieces) == 1 else \
