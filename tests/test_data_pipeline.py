@@ -237,6 +237,13 @@ def test_an_analog_trigger_reads_on_the_scale_of_the_whole_dataset(tmp_path):
                for e in data.index.episodes}
     # The same trigger under another spelling of its name takes the 0..255 scale too.
     assert pressed == {"wide.parquet": 2, "resting.parquet": 4, "digital.parquet": 0, "zero_one.parquet": 0}
+    # In one file, a trigger resting at 0 and 1 goes with the file's other trigger, which shows 0..255.
+    right = LAYOUT.slot_names.index("RIGHT_TRIGGER")
+    one = write_nitrogen_parquet(tmp_path / "one" / "both.parquet", n=8, extra={
+        "left_trigger": np.array(triggers["wide.parquet"], np.uint8),
+        "right_trigger": np.array(triggers["resting.parquet"], np.uint8)})
+    actions = prepared(one).index.episodes[0].actions
+    assert actions[:, slot].tolist() == [0, 1, 1, 0, 0, 0, 0, 0] and actions[:, right].tolist() == [0] * 8
 
 
 def test_one_stray_trigger_value_is_an_error_in_its_row_not_the_scale(tmp_path):

@@ -323,17 +323,22 @@ def build_index(
 
 
 def _agree_trigger_scales(files: list[_BoundSource]) -> None:
-    """A file whose analog trigger holds only 0 and 1 reads it on the scale that the dataset's
-    other files show for the same trigger, when they agree: in 0..255 recordings a 1 is a trigger
-    at rest, not a press."""
+    """An analog trigger that holds only 0 and 1 reads on the scale the same trigger shows in the
+    dataset's other files, or else the file's other trigger, or else the dataset's triggers, where
+    they agree: in a 0..255 recording a 1 is a trigger at rest, not a press."""
     scales: dict[str, set[float]] = {}  # trigger slot -> the scales files show for it
     for f in files:
         for slot, scale in f.trigger_scales.values():
             if scale is not None:
                 scales.setdefault(slot, set()).add(scale)
+    everywhere = set().union(*scales.values())
     for f in files:
-        f.binding.trigger_scales = {column: next(iter(scales[slot])) for column, (slot, scale) in f.trigger_scales.items()
-                                    if scale is None and len(scales.get(slot, ())) == 1}
+        in_file = {scale for _, scale in f.trigger_scales.values() if scale is not None}
+        f.binding.trigger_scales = {}
+        for column, (slot, scale) in f.trigger_scales.items():
+            shown = next((s for s in (scales.get(slot, set()), in_file, everywhere) if s), set())
+            if scale is None and len(shown) == 1:
+                f.binding.trigger_scales[column] = next(iter(shown))
 
 
 def _check_tables_list_each_frame_once(sources: list[Source], image_columns: list[str]) -> None:
