@@ -483,6 +483,8 @@ def test_a_failed_push_to_the_hub_is_one_line_and_keeps_the_export(recordings, t
 
 def test_training_loss_falls_by_half_on_a_learnable_dataset(tmp_path):
     """Red frames: SOUTH held, left stick right; blue frames: nothing, left stick left."""
+    data = tmp_path / "data"
+    data.mkdir()
     for e in range(4):
         red = [(t // 6 + e) % 2 == 0 for t in range(48)]
         columns = {
@@ -492,8 +494,8 @@ def test_training_loss_falls_by_half_on_a_learnable_dataset(tmp_path):
             "j_left": [[0.8, 0.0] if r else [-0.8, 0.0] for r in red],
             "j_right": [[0.0, 0.0]] * 48,
         }
-        pq.write_table(pa.table(columns), tmp_path / f"episode_{e}.parquet")
-    run = train(config(tmp_path, tmp_path / "run", max_steps=400, method="full", learning_rate=2e-3, batch_size=16,
+        pq.write_table(pa.table(columns), data / f"episode_{e}.parquet")
+    run = train(config(data, tmp_path / "run", max_steps=400, method="full", learning_rate=2e-3, batch_size=16,
                        warmup_steps=5, checkpoint_every=0, log_every=50,
                        **{"data.action_shift": 0, "data.prediction_horizon": 1, "val_fraction": 0}))
     first, last = np.mean(run.losses[:10]), np.mean(run.losses[-10:])
