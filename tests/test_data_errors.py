@@ -303,7 +303,9 @@ def test_a_table_written_with_semicolons_or_windows_paths_says_so(tmp_path, caps
                           "no image column", "(its values are separated by ';': write the table with commas)")
     folder = write_frames_folder(tmp_path / "windows", 24)
     table = folder / "actions.csv"
-    table.write_text(table.read_text().replace("frames/", "frames\\"))
+    table.write_text(table.read_text().replace("frames/", "frames\\"))  # a table written on Windows reads
+    assert inspect(folder, tmp_path, capsys=capsys).returncode == 0
+    table.write_text(table.read_text().replace("frames\\", "shots\\"))  # and names its missing frame
     assert_one_line_error(inspect(folder, tmp_path, capsys=capsys),
                           "row 0, column 'image': image file", "does not exist; a Windows path? write it with / "
                                                                "(relative to the table)")

@@ -7,6 +7,7 @@ tower's range happens on the training device (``ImagePreprocessor.normalize``).
 from __future__ import annotations
 
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +49,12 @@ def decode_image(value: Any, base_dir: Optional[Path] = None) -> Image.Image:
         if isinstance(value, (bytes, bytearray, memoryview)):
             image = Image.open(io.BytesIO(value))
         elif isinstance(value, str):
-            path = Path(value)
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
+            path = _frame_path(value, base_dir)
+            if not path.is_file() and "\\" in value and os.sep == "/":  # a table written on Windows
+                path = _frame_path(value.replace("\\", "/"), base_dir)
             if not path.is_file():
                 windows = "; a Windows path? write it with / (relative to the table)" if "\\" in value else ""
-                raise ImageDecodeError(f"image file {path} does not exist{windows}")
+                raise ImageDecodeError(f"image file {_frame_path(value, base_dir)} does not exist{windows}")
             image = Image.open(path)
         else:
             raise ImageDecodeError(f"expected image bytes, a path or an Image struct, got {type(value).__name__}")
@@ -64,6 +65,11 @@ def decode_image(value: Any, base_dir: Optional[Path] = None) -> Image.Image:
         reason = re.sub(r" <[^<>]* at 0x[0-9a-f]+>", "", str(err))[:120]  # no "<_io.BytesIO object at 0x7f...>"
         raise ImageDecodeError(f"cannot decode the image ({type(err).__name__}: {reason})") from None
     return rgb_image(image)
+
+
+def _frame_path(value: str, base_dir: Optional[Path]) -> Path:
+    path = Path(value)
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
 
 
 @dataclass(frozen=True)
