@@ -270,7 +270,14 @@ def test_a_folder_mixing_parquet_files_and_actions_tables_is_refused(tmp_path, c
     write_frames_folder(tmp_path / "data" / "more", 24)
     assert_one_line_error(inspect(tmp_path / "data", tmp_path, capsys=capsys),
                           f"{tmp_path / 'data'}: the folder holds parquet files and also actions tables "
-                          "(more/actions.csv): which are the recordings?")
+                          "(more/actions.csv): which are the recordings?", "(give the folder that holds only "
+                          "the recordings (a LeRobot dataset's data/, say) or one file")
+    (tmp_path / "notes").mkdir()  # a file beside the tables that holds no recording
+    write_frames_folder(tmp_path / "notes" / "run", 24)
+    (tmp_path / "notes" / "session.csv").write_text("key,value\nconsole,ps4\n")
+    assert_one_line_error(inspect(tmp_path / "notes", tmp_path, capsys=capsys),
+                          "session.csv: no image column (columns: key, value)", "a file beside the recordings "
+                          "that holds none: move it out of the data folder")
 
 
 def test_two_actions_tables_listing_the_same_frames_are_refused(tmp_path, capsys):

@@ -143,6 +143,16 @@ def test_episode_column_splits_a_file(tmp_path):
                 assert w["actions_mask"][:, SOUTH].tolist() == [True, False, False, False]
 
 
+def test_a_lerobot_camera_column_is_the_image_column_when_it_is_the_only_camera(tmp_path):
+    rows = {"observation.images.top": image_structs(6), **nitrogen_rows(6), "episode_index": [0] * 6,
+            "frame_index": list(range(6))}
+    pq.write_table(pa.table(rows), tmp_path / "one_camera.parquet")
+    assert prepared(tmp_path / "one_camera.parquet").index.image_columns == ["observation.images.top"]
+    pq.write_table(pa.table({**rows, "observation.images.wrist": image_structs(6)}), tmp_path / "two.parquet")
+    with pytest.raises(DataError, match="no image column .*name it with image_column"):  # which camera? the user says
+        prepared(tmp_path / "two.parquet")
+
+
 def test_frame_index_puts_shuffled_rows_in_time_order_and_a_gap_cuts_the_recording(tmp_path):
     n = 14
     table = {"image": image_structs(n), "frame_index": list(range(n)), **nitrogen_rows(n)}

@@ -118,7 +118,8 @@ def _find_image_column(source: Source, columns: list[str], wanted: Optional[str]
     if wanted is not None or source.num_rows() == 0:
         return _find_column(columns, wanted, IMAGE_COLUMNS, "image", source.name)
     lowered = {c.lower(): c for c in columns}
-    named = [lowered[c] for c in IMAGE_COLUMNS if c in lowered]
+    cameras = [c for c in columns if c.lower().startswith("observation.images.")]  # LeRobot's, one per camera
+    named = [lowered[c] for c in IMAGE_COLUMNS if c in lowered] + (cameras if len(cameras) == 1 else [])
     return next((c for c in named if _may_be_a_frame(source.read_value(c, 0))), named[0] if named else None)
 
 
@@ -254,7 +255,8 @@ def build_index(
         if image_col is None:
             separator = other_separator_hint(columns[0]) if len(columns) == 1 else None
             raise DataError(f"no image column (columns: {', '.join(columns)})", file=source.name,
-                            hint=separator or "name it with image_column")
+                            hint=separator or "name it with image_column; a file beside the recordings that holds "
+                                              "none: move it out of the data folder")
         episode_col = _find_column(columns, episode_column, EPISODE_COLUMNS, "episode", source.name)
         if source.num_rows() == 0:
             raise DataError("the file has no rows", file=source.name, hint="remove it or record some gameplay")

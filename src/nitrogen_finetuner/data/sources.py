@@ -282,8 +282,8 @@ def open_sources(dataset_name: str, split: str = "train") -> list[Source]:
         if parquet and tables:
             raise DataError(f"the folder holds parquet files and also actions tables "
                             f"({', '.join(str(p.relative_to(path)) for p in tables[:3])}): which are the recordings?",
-                            file=str(path), hint="keep one kind in the folder (move the others out), "
-                                                 "or give one file as the data")
+                            file=str(path), hint="give the folder that holds only the recordings (a LeRobot "
+                                                 "dataset's data/, say) or one file, or keep one kind in the folder")
         if parquet:
             return [ParquetSource(p) for p in parquet]
         if tables:
