@@ -207,8 +207,11 @@ def test_press_rates_count_only_the_files_that_can_press(tmp_path, capsys):
     assert result.returncode == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["button_press_rate"]["SOUTH"] == 0.5  # not 8 presses over 16 rows, half of which cannot press
-    assert report["frame_size"] == [40, 30] and "frames       40x30 (the first); image_fit crop makes them square" \
-        in result.stdout
+    assert report["frame_size"] == [40, 30] and report["frame_sizes"] == [[40, 30, 16]]
+    assert "frames       40x30 (16); image_fit crop makes the 16 not square square" in result.stdout
+    pq.write_table(pa.table({"image": image_structs(8, size=(64, 64)), **no_south}), tmp_path / "b.parquet")
+    result = inspect(tmp_path, tmp_path, "--profile", "nitrogen", capsys=capsys)  # every frame counts, not the first
+    assert "frames       40x30 (8), 64x64 (8); image_fit pad makes the 8 not square square" in result.stdout
 
 
 def test_a_value_that_is_no_number_is_a_bad_row(tmp_path, capsys):

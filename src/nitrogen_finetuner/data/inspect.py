@@ -8,6 +8,7 @@ contact sheet of sample frames with their decoded actions.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -22,8 +23,9 @@ STICK_NAMES = ("LEFT_X", "LEFT_Y", "RIGHT_X", "RIGHT_Y")
 
 
 def check_images(data: PreparedData) -> dict:
-    """Decode every frame that belongs to an episode; stop at the first bad one unless skipping."""
-    index, bad, first_bad = data.index, 0, []
+    """Decode every frame that belongs to an episode, counting their sizes; stop at the first
+    bad one unless skipping."""
+    index, bad, first_bad, sizes = data.index, 0, [], Counter()
     for s, source in enumerate(index.sources):
         column, (episode_of, _) = index.image_columns[s], index.row_lookup[s]
         for block in source.blocks():
@@ -33,14 +35,15 @@ def check_images(data: PreparedData) -> dict:
                     if episode_of[row] < 0:
                         continue
                     try:
-                        decode_image(value, source.base_dir)
+                        sizes[decode_image(value, source.base_dir).size] += 1
                     except ImageDecodeError as err:
                         if not data.config.skip_bad_rows:
                             raise bad_image_row(err, source.name, row, column) from None
                         bad += 1
                         if len(first_bad) < 5:
                             first_bad.append(f"{source.name} row {row}: {err}")
-    return {"bad_images": bad, "first_bad_images": first_bad}
+    return {"bad_images": bad, "first_bad_images": first_bad,
+            "frame_sizes": [[width, height, count] for (width, height), count in sizes.most_common()]}
 
 
 def summarize(data: PreparedData) -> dict:
@@ -97,7 +100,14 @@ def format_report(report: dict) -> str:
         f"episodes     {report['episodes']} in {report['files']} file(s), {report['frames']} frames "
         f"(shortest episode {report['shortest_episode']})",
     ]
-    if report["frame_size"]:
+    if report.get("frame_sizes"):  # every frame decoded
+        sizes = report["frame_sizes"]
+        shown = ", ".join(f"{w}x{h} ({n})" for w, h, n in sizes[:3]) + (f" and {len(sizes) - 3} more sizes"
+                                                                         if len(sizes) > 3 else "")
+        not_square = sum(n for w, h, n in sizes if w != h)
+        fitted = f"; image_fit {report['image_fit']} makes the {not_square} not square square" if not_square else ""
+        lines.append(f"frames       {shown}{fitted}, then resized to the vision tower's input")
+    elif report["frame_size"]:
         width, height = report["frame_size"]
         fitted = "" if width == height else f"; image_fit {report['image_fit']} makes them square"
         lines.append(f"frames       {width}x{height} (the first){fitted}, then resized to the vision tower's input")
