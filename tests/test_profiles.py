@@ -95,7 +95,7 @@ def test_detect_profile_by_column_names(profile, columns):
 def test_profiles_that_tie_and_read_a_column_differently_need_the_console_named():
     # A, B, Start and the d-pad: a NES, a SNES, a Genesis or an Xbox pad, whose "A" sit in three places.
     columns = ["P1 A", "P1 B", "P1 Start", "P1 Up", "P1 Down", "P1 Left", "P1 Right"]
-    with pytest.raises(DataError, match=r"rec.csv: the columns fit the nes, snes, genesis, xbox profiles equally, "
+    with pytest.raises(DataError, match=r"rec.csv: the columns fit the nes, snes, genesis, gamecube, xbox profiles equally, "
                                         r"and these read 'P1 A' differently \(name the console .*data.profile"):
         detect_profile(columns, source="rec.csv")
     assert detect_profile(columns + ["P1 Select"]).name == "nes"  # nes and snes tie, and agree
@@ -293,6 +293,16 @@ def test_n64_c_buttons_drive_the_right_stick_and_the_analog_y_flips():
     np.testing.assert_allclose(actions, expected, atol=1e-6)
     np.testing.assert_array_equal(binding.slot_mask, mask(
         "SOUTH", "LEFT_TRIGGER", "LEFT_X", "LEFT_Y", "RIGHT_X", "RIGHT_Y"))
+
+
+def test_a_gamecube_pad_reads_by_position_with_both_sticks():
+    columns = {name: np.array([name == "A", name == "Z"]) for name in ("A", "B", "X", "Y", "Z", "L", "R", "Start")}
+    columns.update({"Main Stick X": np.array([255, 128], np.uint8), "Main Stick Y": np.array([255, 128], np.uint8),
+                    "C Stick X": np.array([128, 0], np.uint8), "C Stick Y": np.array([128, 128], np.uint8)})
+    binding, actions, _ = convert(columns)
+    assert binding.profile.name == "gamecube" and binding.columns == list(columns)  # not a SNES pad, sticks unread
+    np.testing.assert_allclose(actions, np.stack([vec(SOUTH=1, LEFT_X=1.0, LEFT_Y=(1 - 127 / 127) / 2),
+                                                  vec(RIGHT_SHOULDER=1, RIGHT_X=0.0)]), atol=1e-6)
 
 
 def test_switch_face_buttons_sit_by_position_like_the_snes():

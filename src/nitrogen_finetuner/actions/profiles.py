@@ -172,6 +172,18 @@ PROFILES: dict[str, ConsoleProfile] = {p.name: p for p in (
         stick_range="int8",
     ),
     ConsoleProfile(
+        "gamecube",
+        "GameCube pad (Dolphin's names), by position: A (the big one) -> SOUTH, B left -> WEST, "
+        "X right -> EAST, Y top -> NORTH, Z -> RIGHT_SHOULDER; L/R are the triggers, may be analog "
+        "0..255; Main Stick and C Stick uint8, 128 neutral, +y up (flipped).",
+        buttons={"a": "SOUTH", "b": "WEST", "x": "EAST", "y": "NORTH", "z": "RIGHT_SHOULDER",
+                 "l": "LEFT_TRIGGER", "r": "RIGHT_TRIGGER", "start": "START", **_BIZHAWK_DPAD},
+        stick_axes={"main_stick_x": ("LEFT_X", 1), "main_stick_y": ("LEFT_Y", -1),
+                    "c_stick_x": ("RIGHT_X", 1), "c_stick_y": ("RIGHT_Y", -1)},
+        analog_triggers=frozenset({"l", "r"}),
+        stick_range="uint8",
+    ),
+    ConsoleProfile(
         "playstation",
         "PlayStation DualShock (BizHawk Octoshock names): Cross/Circle/Square/Triangle by "
         "position; L2/R2 may be analog 0..255; sticks uint8 0..255, 128 neutral, y down.",
