@@ -83,6 +83,11 @@ def test_wrong_contents_are_explained(tmp_path, case_checkpoints):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="model_cfg.action_horizon"):
         load_policy(path, verbose=False)
+    for value in (None, False, 0.0):  # another script's "no count yet"
+        ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
+        ckpt["epoch"] = value
+        torch.save(ckpt, path)
+        assert load_policy(path, verbose=False).epoch == 0
     for entry, value, message in [  # files from other tools: each was a traceback
         ("step", "abc", "its 'step' entry is 'abc', not a whole number"),
         ("nitrogen_finetuner", "garbage", "its 'nitrogen_finetuner' entry is not one this tool writes"),

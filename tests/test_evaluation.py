@@ -259,6 +259,15 @@ def test_predict_reads_an_animated_gif_frame_by_frame_and_names_a_file_with_no_v
         assert main([*argv, "--output", str(tmp_path / "a.jsonl")]) == 0
     lines = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [(line["frame"], line["time_s"]) for line in lines] == [(0, 0.0), (18, 0.9)]  # the game's steps
+    from nitrogen_finetuner.evaluation.predict import _gif_frames
+    from nitrogen_finetuner.games.rollout import save_gif
+
+    steps = [0, 0, 1, 1, 2, 2, 3, 4, 4, 5, 5]  # most frames held: stored 60, 60, 60, 30, 60, 60 ms
+    save_gif([np.full((4, 4, 3), 40 * s, np.uint8) for s in steps], tmp_path / "held.gif")
+    assert [int(pixels[0, 0, 0]) // 40 for _, _, pixels in _gif_frames(tmp_path / "held.gif")] == steps
+    distinct = [Image.new("RGB", (8, 8), (30 * k, 0, 0)) for k in range(6)]
+    distinct[0].save(tmp_path / "fast.gif", save_all=True, append_images=distinct[1:], duration=[20, 30] * 3)  # 40 fps
+    assert len(list(_gif_frames(tmp_path / "fast.gif"))) == 6
     capsys.readouterr()
     (tmp_path / "cut.gif").write_bytes((tmp_path / "game.gif").read_bytes()[:300])  # a download cut short
     assert main(["predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "cut.gif")]) == 2
@@ -716,6 +725,43 @@ def test_held_out_recordings_are_matched_by_where_they_lie_not_by_file_name(tmp_
     shutil.rmtree(data)
     names, _ = scored(tmp_path / "copy" / "data" / "runner")
     assert names == runner
+
+
+def test_held_out_recordings_are_found_after_the_data_moved_into_its_old_folder_or_was_saved_to_disk(tmp_path):
+    import datasets
+
+    from nitrogen_finetuner.actions.layout import ActionLayout
+    from nitrogen_finetuner.data.config import DataConfig
+    from nitrogen_finetuner.data.episodes import recording_key
+    from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
+    from nitrogen_finetuner.evaluation.report import Split
+
+    inputs = ModelInputs(ActionLayout.resolve(25, False), horizon=4, action_shift=1, image_size=16)
+
+    def recordings_of(path: Path) -> list[str]:
+        return prepare_data(DataConfig(dataset_name=str(path)), inputs).index.recordings
+
+    def held_out_by(run_data: Path, held: list[int]) -> Split:
+        recorded = recordings_of(run_data)
+        return Split(0.5, 0, ("run",), (), (str(run_data),), tuple(recording_key(recorded[e], str(run_data))
+                                                                    for e in held))
+
+    data = tmp_path / "data"
+    for i in range(4):
+        write_nitrogen_parquet(data / f"episode_{i}.parquet", n=12, start=10 * i)
+    split = held_out_by(data, [3])
+    (data / "v1").mkdir()  # the recordings moved into a folder of their own, beside newer ones
+    for i in range(4):
+        (data / f"episode_{i}.parquet").rename(data / "v1" / f"episode_{i}.parquet")
+        write_nitrogen_parquet(data / "v2" / f"episode_{i}.parquet", n=12, start=50 + 10 * i)
+    moved = recordings_of(data / "v1")
+    assert split.choose(moved, str(data / "v1")) == ([3], 1)
+    saved = tmp_path / "saved"  # one save_to_disk folder whose recordings are episode ids
+    rows = {"image": image_structs(40), **nitrogen_rows(40), "episode_id": [i // 10 for i in range(40)]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(saved))
+    split = held_out_by(saved, [0, 2])
+    saved.rename(tmp_path / "elsewhere")
+    assert split.choose(recordings_of(tmp_path / "elsewhere"), str(tmp_path / "elsewhere")) == ([0, 2], 2)
 
 
 def test_an_exported_copy_far_from_its_run_keeps_the_runs_held_out_split(recordings, tmp_path):

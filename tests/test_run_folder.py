@@ -210,6 +210,13 @@ def test_an_export_needs_only_the_weights_and_a_missing_file_is_named(recordings
     assert one_error_line(capsys) == (f"nitrogen-finetune: error: {newest}: checkpoint step_000004 is incomplete: "
                                       "optimizer.pt is missing (copy it again if it came from elsewhere; else delete "
                                       "the folder, and --resume continues from step_000002)")
+    progress = (newest / "progress.json").read_text()
+    for damage, message in [("", "is incomplete: progress.json is missing"), (progress[:10], "cannot be read (")]:
+        (newest / "progress.json").unlink(missing_ok=True)
+        if damage:  # cut short
+            (newest / "progress.json").write_text(damage)
+        assert main(["train", "--resume", str(run_dir), "--max-steps", "6", *FAST]) == 2
+        assert f"checkpoint step_000004 {message}" in one_error_line(capsys)
 
 
 def test_a_resume_without_its_random_state_is_refused_unless_the_process_is_new(recordings, tmp_path, capsys):

@@ -57,9 +57,11 @@ class ConsoleProfile:
     "LEFT"/"RIGHT". stick_buttons: digital column -> (stick axis, value it pushes the axis to).
     analog_triggers: button columns that may hold analog values. stick_range: the encoding the
     console's recorders write its sticks in, which values that fit it are read as (a stick held in
-    one direction all file long leaves no resting value to detect a range from). A slot that no
-    column of a file drives stays out of the loss: a missing column says nothing about that button
-    or stick. Keys are stored normalized.
+    one direction all file long leaves no resting value to detect a range from). detected_by: when
+    given, detection offers the profile only to files with one of these columns (a console whose
+    button names other consoles share, told apart by its sticks). A slot that no column of a file
+    drives stays out of the loss: a missing column says nothing about that button or stick. Keys
+    are stored normalized.
     """
 
     name: str
@@ -70,6 +72,7 @@ class ConsoleProfile:
     stick_buttons: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     analog_triggers: frozenset[str] = frozenset()
     stick_range: Optional[str] = None
+    detected_by: frozenset[str] = frozenset()
 
     def __post_init__(self):
         for axis, sign in self.stick_axes.values():
@@ -82,7 +85,8 @@ class ConsoleProfile:
             raise ValueError(f"profile {self.name}: stick pairs go to LEFT or RIGHT")
         for name in ("buttons", "stick_axes", "stick_pairs", "stick_buttons"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
-        object.__setattr__(self, "analog_triggers", frozenset(normalize_column(c) for c in self.analog_triggers))
+        for name in ("analog_triggers", "detected_by"):
+            object.__setattr__(self, name, frozenset(normalize_column(c) for c in getattr(self, name)))
 
     @property
     def columns(self) -> frozenset[str]:
@@ -182,6 +186,7 @@ PROFILES: dict[str, ConsoleProfile] = {p.name: p for p in (
                     "c_stick_x": ("RIGHT_X", 1), "c_stick_y": ("RIGHT_Y", -1)},
         analog_triggers=frozenset({"l", "r"}),
         stick_range="uint8",
+        detected_by=frozenset({"main_stick_x", "main_stick_y", "c_stick_x", "c_stick_y"}),
     ),
     ConsoleProfile(
         "playstation",
@@ -236,7 +241,8 @@ def detect_profile(columns: Iterable[str], source: Optional[str] = None) -> Cons
     ties, as the universal slots are what they name."""
     columns = list(columns)
     names = {normalize_column(c) for c in columns}
-    best = max(PROFILES.values(), key=lambda p: len(names & p.columns))
+    offered = [p for p in PROFILES.values() if not p.detected_by or names & p.detected_by]
+    best = max(offered, key=lambda p: len(names & p.columns))
     if not names & best.columns:
         raise DataError(
             f"no console profile knows any of the columns {sorted(columns)}", file=source,
@@ -244,7 +250,7 @@ def detect_profile(columns: Iterable[str], source: Optional[str] = None) -> Cons
         )
     if best.name == "generic":
         return best
-    tied = [p for p in PROFILES.values() if len(names & p.columns) == len(names & best.columns)]
+    tied = [p for p in offered if len(names & p.columns) == len(names & best.columns)]
     for name in sorted(names & best.columns):
         readings = {p.name: p.reading(name) for p in tied if name in p.columns}
         if len(set(readings.values())) > 1:

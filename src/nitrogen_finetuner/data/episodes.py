@@ -418,6 +418,13 @@ def recording_key_within(recording: str, dataset_name: str) -> Optional[str]:
     return None
 
 
+def recorded_in_place(key: str, dataset_name: str) -> bool:
+    """Whether the file a ``recording_key`` names is still where the dataset had it."""
+    name, _ = _episode_value(key)
+    root = Path(dataset_name).expanduser()
+    return (root / name).exists() if root.is_dir() else root.is_file() and root.name == name
+
+
 def recording_key_endings(recording: str) -> list[str]:
     """The names a recording may have had in a run that read it from a folder elsewhere: the
     endings of its path, longest first (``a/sub/run.parquet``, ``sub/run.parquet``, ``run.parquet``)."""

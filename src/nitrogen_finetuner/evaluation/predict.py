@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections import Counter
 from contextlib import contextmanager, nullcontext
 from fractions import Fraction
 from pathlib import Path
@@ -84,17 +83,18 @@ def _video_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
 
 
 def _gif_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
-    """A GIF's frames, each as many times as it lasts frame times: a GIF writer (Pillow, for
-    ``rollout``) merges a frame that repeats the one before into a longer one, and the frame
-    numbers stay those of the game's steps."""
+    """A GIF's frames, each as many times as it lasts frame times (the shortest duration): a GIF
+    writer (Pillow, for ``rollout``) merges a frame that repeats the one before into a longer one,
+    and the frame numbers stay those of the game's steps. A frame up to 1.75 frame times long
+    counts once: GIF keeps time in 10 ms, so 40 fps alternates 20 and 30 ms."""
     try:  # a first pass reads every frame's duration: a damaged file stops before any work
         with Image.open(path) as gif:
             durations = [frame.info.get("duration", 0) for frame in ImageSequence.Iterator(gif)]
-            tick = Counter(duration for duration in durations if duration > 0).most_common(1)
+            tick = min((duration for duration in durations if duration > 0), default=None)
             time_s, i = 0.0, 0
             for frame, duration in zip(ImageSequence.Iterator(gif), durations):
                 pixels = np.asarray(frame.convert("RGB"))
-                repeats = max(1, round(duration / tick[0][0])) if tick else 1
+                repeats = max(1, int(duration / tick + 0.25)) if tick else 1
                 for _ in range(repeats):
                     yield i, time_s, pixels
                     time_s, i = time_s + duration / repeats / 1000, i + 1

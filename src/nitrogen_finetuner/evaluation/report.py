@@ -18,7 +18,8 @@ import numpy as np
 
 from ..actions.layout import STICK_SLOTS
 from ..data.config import DataConfig
-from ..data.episodes import read_held_out, recording_key, recording_key_endings, recording_key_within, split_episodes
+from ..data.episodes import (read_held_out, recorded_in_place, recording_key, recording_key_endings,
+                             recording_key_within, split_episodes)
 from ..data.errors import DataError, user_message
 from ..data.images import COMMAND_HINT
 from ..data.pipeline import ModelInputs, prepare_data
@@ -98,17 +99,21 @@ class Split:
         recordings it holds. Recordings added to the data since the run are in neither set."""
         if self.recordings is None:
             return split_episodes(recordings, self.val_fraction, self.seed)[1], 0
-        held_out = set(self.recordings)
-        # Where the data the run read is still here, a recording is one of its own only if it lies
-        # there (the data may be that folder, a folder or file within it, or a folder around it).
-        # Data that moved (or was copied) matches by the end of its path: data/sub/run.parquet is
-        # the run's sub/run.parquet.
+        # A held-out recording still where the run read it is matched there, by its path within the
+        # run's data (the data given may be that folder, a folder or file within it, or one around
+        # it): a file of the same name elsewhere in it is another recording. One that moved is
+        # matched by the end of its path (data/sub/run.parquet is the run's sub/run.parquet), and so
+        # is every one when the data given lies outside the run's (a copy).
         roots = [d for d in self.run_data if Path(d).expanduser().exists()]
-        keys = [next((k for k in (recording_key_within(r, root) for root in roots) if k is not None), None)
-                for r in recordings]
-        if not any(keys):
-            keys = [next((k for k in recording_key_endings(r) if k in held_out), None) for r in recordings]
-        chosen = [e for e, key in enumerate(keys) if key in held_out]
+        in_place = {k for k in self.recordings if any(recorded_in_place(k, root) for root in roots)}
+        exacts = [next((k for k in (recording_key_within(r, root) for root in roots) if k is not None), None)
+                  for r in recordings]
+        by_ending = set(self.recordings) - in_place if any(exacts) else set(self.recordings)
+        keys = []
+        for r, exact in zip(recordings, exacts):
+            endings = [recording_key(r, dataset), *recording_key_endings(r)]  # a dataset folder's own key: ". [..]"
+            keys.append(exact if exact in in_place else next((k for k in endings if k in by_ending), None))
+        chosen = [e for e, key in enumerate(keys) if key is not None]
         present = len({keys[e] for e in chosen})
         if self.recordings and not present:
             raise DataError(f"none of the {len(self.recordings)} recordings run {', '.join(self.runs)} held out is in "

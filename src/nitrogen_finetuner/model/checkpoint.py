@@ -225,7 +225,7 @@ def _entries(ckpt: dict, path) -> tuple[dict, dict, int, int]:
     counts = []
     for key in ("step", "epoch"):
         value = ckpt.get(key, 0)
-        count = 0 if value is None else whole_number(value)
+        count = 0 if value is None or isinstance(value, (bool, float)) and not value else whole_number(value)
         if count is None:
             raise CheckpointError(f"{path}: its '{key}' entry is {value!r}, not a whole number")
         counts.append(count)

@@ -170,6 +170,13 @@ def read_progress(checkpoint: Path) -> Progress:
     return Progress(**json.loads((checkpoint / "progress.json").read_text()))
 
 
+def load_progress(checkpoint: Path) -> Progress:
+    """A checkpoint's progress, or one line naming the checkpoint when it is missing or damaged."""
+    _present(checkpoint, "progress.json")
+    with _readable(checkpoint):
+        return read_progress(checkpoint)
+
+
 def load_weights(checkpoint: Path) -> LoadedWeights:
     """What an export needs of a checkpoint folder: its progress, trained and EMA weights."""
     ema_file = checkpoint / "ema.safetensors"

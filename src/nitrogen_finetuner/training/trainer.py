@@ -48,8 +48,8 @@ from .adapters import base_model, load_trainable_state, prepare_trainable, train
 from .base import load_base, record_base, set_dropout
 from .batches import continue_data_position, micro_batches, one_pass, padding_window, window_noise
 from .bf16_weights import Bf16Weights
-from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_training_state,
-                          read_progress, set_rng_state)
+from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_progress,
+                          load_training_state, set_rng_state)
 from .compiling import compile_layers, eager
 from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_settings, dump_config, resolve_config,
                      run_config_file, with_absolute_paths)
@@ -290,7 +290,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                         hint="record longer episodes" + (", or set val_fraction lower" if val_episodes else "")
                         + (" (data.frame_column: none reads the rows in file order)" if gaps else ""))
     if resume and checkpoint_dirs(run_dir):  # other data is named as such, not as too little data for the batch
-        require_same_windows(read_progress(checkpoint_dirs(run_dir)[-1]), train_set.num_windows, config.data)
+        require_same_windows(load_progress(checkpoint_dirs(run_dir)[-1]), train_set.num_windows, config.data)
     if train_set.num_windows < config.batch_size or train_set.batches_per_epoch() < 1:
         raise DataError(f"the training episodes hold {train_set.num_windows} windows, fewer than one batch of "
                         f"{config.batch_size}", file=config.data.dataset_name, hint="lower batch_size")
