@@ -338,7 +338,7 @@ def _agree_trigger_scales(files: list[_BoundSource]) -> None:
         in_file = {scale for _, scale in f.trigger_scales.values() if scale is not None}
         f.binding.trigger_scales = {}
         for column, (slot, scale) in f.trigger_scales.items():
-            shown = next((s for s in (scales.get(slot, set()), in_file, everywhere) if s), set())
+            shown = next((s for s in (scales.get(slot), in_file, everywhere) if s), set())
             if scale is None and len(shown) == 1:
                 f.binding.trigger_scales[column] = next(iter(shown))
 
@@ -398,8 +398,7 @@ def recording_key(recording: str, dataset_name: str) -> str:
     its path within the dataset's folder (a file of its own: its file name; the hub's cache: the
     file name), with its episode value (``sub/run.parquet [session=3]``)."""
     name, value = _episode_value(recording)
-    within = recording_key_within(recording, dataset_name) if Path(dataset_name).expanduser().is_dir() else None
-    return within or Path(name).name + value
+    return recording_key_within(recording, dataset_name) or Path(name).name + value
 
 
 def recording_key_within(recording: str, dataset_name: str) -> Optional[str]:

@@ -109,10 +109,9 @@ class Split:
         exacts = [next((k for k in (recording_key_within(r, root) for root in roots) if k is not None), None)
                   for r in recordings]
         by_ending = set(self.recordings) - in_place if any(exacts) else set(self.recordings)
-        keys = []
-        for r, exact in zip(recordings, exacts):
-            endings = [recording_key(r, dataset), *recording_key_endings(r)]  # a dataset folder's own key: ". [..]"
-            keys.append(exact if exact in in_place else next((k for k in endings if k in by_ending), None))
+        keys = [exact if exact in in_place else
+                next((k for k in (recording_key(r, dataset), *recording_key_endings(r)) if k in by_ending), None)
+                for r, exact in zip(recordings, exacts)]  # recording_key: a dataset folder's own ". [..]"
         chosen = [e for e, key in enumerate(keys) if key is not None]
         present = len({keys[e] for e in chosen})
         if self.recordings and not present:

@@ -41,7 +41,6 @@ class GamepadGame(gym.Env):
         stick = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.action_space = gym.spaces.Dict({"buttons": gym.spaces.MultiBinary(len(BUTTONS)), "j_left": stick,
                                              "j_right": stick})
-        self.rng = np.random.default_rng()
         self.steps = 0
         self.over: Optional[bool] = None  # None until the first reset
 

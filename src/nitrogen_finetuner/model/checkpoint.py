@@ -286,12 +286,12 @@ def save_checkpoint(
     if path.suffix.lower() == ".safetensors":  # torch.load reads such a name as safetensors, and fails
         raise CheckpointError(f"{path}: an official-format checkpoint is a torch.save file, which the official "
                               "loader and torch.load read by its name: name it .pt")
-    path.parent.mkdir(parents=True, exist_ok=True)
     given = {"step": step, "epoch": epoch}
     counts = {key: whole_number(value) for key, value in given.items()}
     wrong = next((key for key, count in counts.items() if count is None or count < 0), None)
     if wrong is not None:
         raise ValueError(f"{wrong}: a whole number >= 0, got {given[wrong]!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": official_state_dict(model),
         "ckpt_config": plain_values(ckpt_config),
