@@ -178,6 +178,10 @@ def test_a_damaged_checkpoint_is_one_line_and_the_one_before_it_resumes(recordin
     shutil.rmtree(newest)
     assert main(["train", "--resume", str(run_dir), "--max-steps", "6", *FAST]) == 0
     assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.step == 6
+    (checkpoint_dirs(run_dir)[-1] / "progress.json").write_text('{"step": 6, "ep')  # cut short
+    assert main(["export", str(run_dir), str(tmp_path / "best.pt"), "--checkpoint", "best"]) == 2
+    line = one_error_line(capsys)
+    assert "checkpoint step_000006 cannot be read" in line and "delete the folder" in line
 
 
 def test_an_export_needs_only_the_weights_and_a_missing_file_is_named(recordings, tmp_path, capsys):

@@ -166,7 +166,7 @@ class LoadedTrainingState(LoadedWeights):
     scaler: Optional[dict] = None  # fp16's loss scale and its growth tracker
 
 
-def read_progress(checkpoint: Path) -> Progress:
+def _read_progress(checkpoint: Path) -> Progress:
     return Progress(**json.loads((checkpoint / "progress.json").read_text()))
 
 
@@ -174,7 +174,7 @@ def load_progress(checkpoint: Path) -> Progress:
     """A checkpoint's progress, or one line naming the checkpoint when it is missing or damaged."""
     _present(checkpoint, "progress.json")
     with _readable(checkpoint):
-        return read_progress(checkpoint)
+        return _read_progress(checkpoint)
 
 
 def load_weights(checkpoint: Path) -> LoadedWeights:
@@ -182,7 +182,8 @@ def load_weights(checkpoint: Path) -> LoadedWeights:
     ema_file = checkpoint / "ema.safetensors"
     _present(checkpoint, "progress.json", "weights.safetensors")
     with _readable(checkpoint):
-        return LoadedWeights(progress=read_progress(checkpoint), weights=load_file(str(checkpoint / "weights.safetensors")),
+        return LoadedWeights(progress=_read_progress(checkpoint),
+                             weights=load_file(str(checkpoint / "weights.safetensors")),
                              ema=load_file(str(ema_file)) if ema_file.exists() else None)
 
 

@@ -22,7 +22,7 @@ from ..model.presets import PRESETS
 from ..policy import __version__
 from .adapters import load_trainable_state, prepare_trainable
 from .base import load_base
-from .checkpoints import checkpoint_dir, checkpoint_dirs, load_weights, read_progress
+from .checkpoints import checkpoint_dir, checkpoint_dirs, load_progress, load_weights
 from .config import resolve_config, run_config_file
 from .run_lock import training_now
 
@@ -55,7 +55,7 @@ def export_run(
                         hint="it stopped before its first checkpoint: train it again, or with --resume once it has one")
     path = run_checkpoint(run_dir, checkpoint, found) if checkpoint else found[-1]
     if best:
-        best_step = read_progress(found[-1]).best_step if found else None
+        best_step = load_progress(found[-1]).best_step if found else None
         if best_step is None and not config.keep_best:
             raise DataError("the run kept no best checkpoint", file=str(run_dir),
                             hint="train with keep_best: true and a validation set (val_fraction > 0)")
