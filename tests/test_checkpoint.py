@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,11 @@ def test_the_python_api_takes_what_a_notebook_passes(tmp_path, monkeypatch):
     assert main(["init", str(tmp_path / "tiny.pt")]) == 0
     policy = load_policy("~/tiny.pt", dtype="bfloat16", verbose=False)
     assert next(policy.model.parameters()).dtype == torch.bfloat16
+    with pytest.warns(UserWarning, match="the policy plays in bfloat16, so the saved weights are rounded to it"):
+        policy.save(tmp_path / "rounded.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_policy(tmp_path / "rounded.pt", verbose=False).save(tmp_path / "copy.pt")  # float32: nothing lost
     for dtype in ("int8", torch.float8_e4m3fn):  # float8: no convolution runs on it
         with pytest.raises(ValueError, match="dtype: torch.float32, torch.bfloat16, torch.float16 or torch.float64"):
             load_policy(tmp_path / "tiny.pt", dtype=dtype, verbose=False)

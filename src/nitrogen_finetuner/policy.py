@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -137,6 +138,11 @@ class NitroGenPolicy:
         if broken:
             raise DataError(f"the policy's weight {broken[0]} holds NaN or infinity: it would save a model that "
                             "predicts no numbers", file=str(path))
+        lossy = sorted({str(p.dtype).removeprefix("torch.") for p in self.model.parameters()
+                        if p.dtype in (torch.bfloat16, torch.float16)})
+        if lossy:  # the checkpoint stores float32, but the precision lost in loading is gone for good
+            warnings.warn(f"{path}: the policy plays in {', '.join(lossy)}, so the saved weights are rounded to it; "
+                          "load it with dtype float32 to save it without loss", stacklevel=2)
         extra = {**self.extra, "version": __version__, "action_layout": self.layout.to_dict(),
                  "image_fit": self.preprocessor.fit}
         return save_checkpoint(
