@@ -107,6 +107,12 @@ def test_wrong_contents_are_explained(tmp_path, case_checkpoints):
     with pytest.raises(CheckpointError, match="ckpt_config: invalid config at modality_cfg: Value error, "
                                               "frame_per_sample is 2: this tool runs single-frame models"):
         load_policy(path, verbose=False)
+    ckpt["ckpt_config"]["modality_cfg"]["frame_per_sample"] = 1
+    ckpt["ckpt_config"]["tokenizer_cfg"]["tokenizer_id"] = "gemma"  # the official config refuses it
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="invalid config at tokenizer_cfg.tokenizer_id: Input should be "
+                                              "'nitrogen'"):
+        load_policy(path, verbose=False)
     ckpt = read_checkpoint(case_checkpoints["plain_old_layout"])
     ckpt["model"] = {k: v.int() for k, v in ckpt["model"].items()}
     torch.save(ckpt, path)

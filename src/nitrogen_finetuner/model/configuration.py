@@ -7,7 +7,7 @@ are kept (``extra="allow"``) so a round trip never drops information.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -111,7 +111,7 @@ class GameMappingConfig(_Config):
 class TokenizerConfig(_Config):
     """``ckpt_config["tokenizer_cfg"]``: how frames and actions become token sequences."""
 
-    tokenizer_id: str = "nitrogen"
+    tokenizer_id: Literal["nitrogen"] = "nitrogen"  # the official config allows no other
     training: bool = True
     num_visual_tokens_per_frame: int = 256
     max_action_dim: int = 25
