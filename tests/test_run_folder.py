@@ -436,9 +436,22 @@ def test_a_run_folder_recovers_from_a_deleted_config_and_a_damaged_preset_base(r
     assert "--resume continues the run in" in one_error_line(capsys)
 
 
-def test_a_folder_named_like_a_date_stays_a_name(recordings, tmp_path, monkeypatch):
+def test_text_settings_keep_what_yaml_would_read_as_a_date_or_a_number(recordings, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--data", str(recordings), "--set", "output=2024-01-05", "--print-config"]) == 0
+    (tmp_path / "run.yaml").write_text(f"output: 2024.10\ndata:\n  dataset_name: {recordings}\n  split: 007\n"
+                                       "  mapping: {0x1F: SOUTH}\nmax_steps: 0010\n")
+    for given in ("2024-01-05", "2024.10", "007", "0x1F", "1_000", "1e3"):
+        assert main(["train", "--data", str(recordings), "--set", f"output={given}", "--print-config"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["output"] == given
+    assert main(["train", "run.yaml", "--print-config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert (config["output"], config["data"]["split"], config["data"]["mapping"]) == ("2024.10", "007", {"0x1F": "SOUTH"})
+    assert config["max_steps"] == 8  # a number setting reads YAML's numbers as YAML does (0010 is octal)
+    for mapping, message in [("{on: SOUTH}", "a column name reads as YAML's true: quote it"),
+                             ("{null: SOUTH}", "a column name reads as YAML's null: quote it"),
+                             ("{A: no}", "A: false is no action slot: give one (SOUTH, LEFT_X, ...), or null")]:
+        assert main(["train", "--data", str(recordings), "--set", f"data.mapping={mapping}", "--print-config"]) == 2
+        assert f"invalid setting data.mapping: {message}" in one_error_line(capsys)
 
 
 def test_set_overrides_apply_in_the_order_last_given_and_a_data_section_is_not_the_demo(recordings, tmp_path, capsys,

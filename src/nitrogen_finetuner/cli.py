@@ -361,6 +361,7 @@ def _stick_range(text: str):
         return text
     import yaml  # noqa: PLC0415
 
+    from .data.config import as_written  # noqa: PLC0415
     from .training.config import ConfigYamlLoader, yaml_problem  # noqa: PLC0415
 
     try:
@@ -369,7 +370,7 @@ def _stick_range(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid YAML mapping ({yaml_problem(err)})") from None
     if not isinstance(ranges, dict) or not all(isinstance(v, str) for v in ranges.values()):
         raise argparse.ArgumentTypeError(f"expected a range or a mapping {{COLUMN: RANGE, ...}}, got {text!r}")
-    return {str(k): v for k, v in ranges.items()}
+    return {str(k): v for k, v in as_written(ranges).items()}
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:

@@ -27,6 +27,35 @@ def numbers_are_not_true_or_false(model: type[BaseModel], value, info: Validatio
     return value
 
 
+class WrittenInt(int):
+    """A YAML integer that keeps the text it was written as (``written``), for settings that take text."""
+    written: str
+
+
+class WrittenFloat(float):
+    """A YAML float that keeps the text it was written as (``written``), for settings that take text."""
+    written: str
+
+
+def as_written(value):
+    """``value`` with every YAML number in it back to the text it was written as."""
+    if isinstance(value, dict):
+        return {as_written(k): as_written(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_written(v) for v in value]
+    return getattr(value, "written", value)
+
+
+def _takes_text(annotation) -> bool:
+    return annotation is str or any(_takes_text(arg) for arg in get_args(annotation))
+
+
+def text_as_written(model: type[BaseModel], value, info: ValidationInfo):
+    """``output: 2024.10`` names the folder 2024.10, not 2024.1 (nor ``007`` the folder 7): a setting
+    that takes text gets a YAML number as it was written."""
+    return as_written(value) if _takes_text(model.model_fields[info.field_name].annotation) else value
+
+
 class DataConfig(BaseModel):
     """How recordings become training windows. Unset values come from the checkpoint."""
 
@@ -63,11 +92,26 @@ class DataConfig(BaseModel):
 
     _auto = model_validator(mode="before")(classmethod(auto_means_null))
     _numbers = field_validator("*", mode="before")(classmethod(numbers_are_not_true_or_false))
+    _text = field_validator("*", mode="before")(classmethod(text_as_written))
 
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, value: str) -> str:  # checked now: --print-config checks a config
         checked_profile(value)
+        return value
+
+    @field_validator("mapping", mode="before")
+    @classmethod
+    def _yaml_words(cls, value):
+        """YAML reads the words on, off, yes, no, true, false and null as true, false and null: said
+        here, instead of a complaint about column "1" or "None"."""
+        for column, slot in value.items() if isinstance(value, dict) else ():
+            if column is None or isinstance(column, bool):
+                word = "null" if column is None else str(column).lower()
+                raise ValueError(f"a column name reads as YAML's {word}: quote it, e.g. {{'on': SOUTH}}")
+            if isinstance(slot, bool):
+                raise ValueError(f"{column}: {str(slot).lower()} is no action slot: give one (SOUTH, LEFT_X, ...), "
+                                 "or null to leave the column out")
         return value
 
     @field_validator("stick_range")

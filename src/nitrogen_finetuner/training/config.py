@@ -16,7 +16,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..data.config import DataConfig, auto_means_null, numbers_are_not_true_or_false
+from ..data.config import (DataConfig, WrittenFloat, WrittenInt, auto_means_null, numbers_are_not_true_or_false,
+                           text_as_written)
 from ..data.errors import DataError, first_complaint, invalid_setting, user_message
 from ..model.presets import PRESETS
 from .checkpoints import STEP_DIR, checkpoint_dirs
@@ -41,6 +42,7 @@ class _Section(BaseModel):
 
     _auto = model_validator(mode="before")(classmethod(auto_means_null))
     _numbers = field_validator("*", mode="before")(classmethod(numbers_are_not_true_or_false))
+    _text = field_validator("*", mode="before")(classmethod(text_as_written))
 
 
 class LoraConfig(_Section):
@@ -183,8 +185,19 @@ class TrainConfig(_Section):
 
 
 class ConfigYamlLoader(yaml.SafeLoader):
-    """YAML without its date type (`output: 2024-01-05` is a folder name, not a date) and without
-    repeated keys, which plain YAML resolves silently by keeping the last one."""
+    """YAML without its date type (`output: 2024-01-05` is a folder name, not a date), with numbers
+    that keep their text (`output: 2024.10` is a folder name too, see ``text_as_written``) and
+    without repeated keys, which plain YAML resolves silently by keeping the last one."""
+
+    def construct_written_int(self, node):
+        number = WrittenInt(self.construct_yaml_int(node))
+        number.written = node.value
+        return number
+
+    def construct_written_float(self, node):
+        number = WrittenFloat(self.construct_yaml_float(node))
+        number.written = node.value
+        return number
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -201,6 +214,8 @@ class ConfigYamlLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+ConfigYamlLoader.add_constructor("tag:yaml.org,2002:int", ConfigYamlLoader.construct_written_int)
+ConfigYamlLoader.add_constructor("tag:yaml.org,2002:float", ConfigYamlLoader.construct_written_float)
 ConfigYamlLoader.yaml_implicit_resolvers = {
     first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
