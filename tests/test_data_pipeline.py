@@ -117,6 +117,21 @@ def test_rows_read_in_file_order_that_run_back_in_time_are_refused(tmp_path):
     assert list(prepared(tmp_path / "ordered.parquet").index.episodes[0].rows) == [0, 1, 2, 3, 4, 5]
 
 
+def test_a_recording_whose_rows_are_not_together_is_refused_where_rows_are_read_in_file_order(tmp_path):
+    ids = [0, 0, 0, 1, 1, 1, 0, 0, 2, 2]  # recording 0 goes on after recording 1: a shuffled table, say
+    table = pa.table({"image": image_structs(10), **nitrogen_rows(10), "episode_id": ids})
+    pq.write_table(table, tmp_path / "mixed.parquet")
+    with pytest.raises(DataError, match=r"row 6, column 'episode_id': the rows of episode 0 are not together.*"
+                                        r"set data.frame_column: none \(--frame-column none\)"):
+        prepared(tmp_path / "mixed.parquet")
+    apart = prepared(tmp_path / "mixed.parquet", frame_column="none").index.episodes  # the user says file order
+    assert [list(e.rows) for e in apart] == [[0, 1, 2, 6, 7], [3, 4, 5], [8, 9]]
+    numbered = table.append_column("frame_index", pa.array([0, 1, 2, 0, 1, 2, 3, 4, 0, 1]))
+    pq.write_table(numbered, tmp_path / "numbered.parquet")  # a frame_index orders each recording
+    assert [list(e.rows) for e in prepared(tmp_path / "numbered.parquet").index.episodes] == \
+        [[0, 1, 2, 6, 7], [3, 4, 5], [8, 9]]
+
+
 def test_a_recording_is_named_from_within_its_dataset_wherever_the_dataset_lies(tmp_path):
     from nitrogen_finetuner.data.episodes import recording_key
 
