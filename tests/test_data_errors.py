@@ -322,5 +322,12 @@ def test_a_table_written_with_semicolons_or_windows_paths_says_so(tmp_path, caps
     folder = write_frames_folder(tmp_path / "decimal_commas", 24)  # as spreadsheets write in many countries
     table = folder / "actions.csv"
     table.write_text(table.read_text().replace(",", ";").replace(".", ","))
-    assert_one_line_error(inspect(folder, tmp_path, capsys=capsys), "cannot parse the actions table",
-                          "(its values are separated by ';': write the table with commas)")
+    assert_one_line_error(inspect(folder, tmp_path, capsys=capsys), "actions.csv, row 0: the row holds ",
+                          "values, and the header names 1 column (its values are separated by ';': write the table "
+                          "with commas)")
+    folder = write_frames_folder(tmp_path / "short_row", 24)
+    lines = (folder / "actions.csv").read_text().splitlines()
+    lines[6] = lines[6].rsplit(",", 2)[0]  # a row cut short: its last two values are missing
+    (folder / "actions.csv").write_text("\n".join(lines) + "\n")
+    assert_one_line_error(inspect(folder, tmp_path, capsys=capsys), "actions.csv, row 5: the row holds ",
+                          "values, and the header names ", "(give the row one value per column: an empty one between")

@@ -178,12 +178,28 @@ class ArrowFileSource(TableSource):
 
 
 def _read_table(path: Path) -> pa.Table:
+    short_or_long = []  # a CSV row with another number of values than the header has names
+
+    def stop_at(row):
+        short_or_long.append(row)
+        return "error"
+
     try:
-        if path.suffix.lower() == ".csv":
-            return pyarrow.csv.read_csv(path)
+        if path.suffix.lower() == ".csv":  # one thread: the parser then counts the rows
+            return pyarrow.csv.read_csv(path, read_options=pyarrow.csv.ReadOptions(use_threads=False),
+                                        parse_options=pyarrow.csv.ParseOptions(invalid_row_handler=stop_at))
         return pyarrow.json.read_json(path)
     except pa.ArrowInvalid as err:
         header = path.open(encoding="utf-8", errors="replace").readline() if path.suffix.lower() == ".csv" else ""
+        if short_or_long and short_or_long[0].number is not None:
+            row = short_or_long[0]
+            values, names = (f"{n} {word}{'' if n == 1 else 's'}" for n, word in
+                             ((row.actual_columns, "value"), (row.expected_columns, "column")))
+            raise DataError(f"the row holds {values}, and the header names {names}", file=str(path),
+                            row=row.number - 2,  # counted from 1, the header's line first
+                            hint=other_separator_hint(header) or "give the row one value per column: an empty one "
+                            "between two commas where it has none, and quotes around a value that holds a comma") \
+                from None
         raise DataError(f"cannot parse the actions table ({str(err).splitlines()[0][:150]})", file=str(path),
                         hint=other_separator_hint(header)) from None
 
