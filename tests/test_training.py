@@ -802,6 +802,7 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     (None, ["lora={rank: 4, rank: 8}"], "not a valid YAML value (the key 'rank' is given twice at line 1, column 11)"),
     (None, ['output=" "'], "invalid setting output: the run folder name is empty"),
     (None, ["lora.rnak=8"], "unknown setting lora.rnak (did you mean lora.rank?)"),
+    (None, ["LORA.RANK=8"], "unknown setting LORA (did you mean lora?)"),
     (None, ["learning_rate=1e39"], "invalid setting learning_rate: Input should be less than or equal to 1"),
     (None, ["weight_decay=.inf"], "invalid setting weight_decay: Input should be a finite number"),
     (None, ["seed=-1"], "invalid setting seed: Input should be greater than or equal to 0"),

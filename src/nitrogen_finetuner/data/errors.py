@@ -51,7 +51,9 @@ def invalid_setting(err: ValidationError, file: Optional[str] = None, model: Opt
     where = ".".join(str(p) for p in first["loc"] if not _union_member(p))
     if first["type"] == "extra_forbidden":
         known = _keys_at(model, first["loc"][:-1]) if model else []
-        close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1)
+        given = str(first["loc"][-1])
+        same_letters = [key for key in known if key.lower() == given.lower()]  # `LORA`: settings are lower case
+        close = same_letters or difflib.get_close_matches(given, known, n=1)
         return DataError(f"unknown setting {where}", file=file,
                          hint=f"did you mean {'.'.join([*map(str, first['loc'][:-1]), close[0]])}?" if close
                          else (f"settings here: {', '.join(known)}" if known else None))
