@@ -443,6 +443,9 @@ def test_a_fine_tuned_model_plays_frames_made_square_as_it_trained_on_them(recor
     assert main(["data", "inspect", str(recordings), "--checkpoint", str(run.exported), "--output",
                  str(tmp_path / "inspect"), "--no-image-check"]) == 0  # the checkpoint's fit, unless --image-fit
     assert "frames       40x30 (the first); image_fit crop makes them square" in capsys.readouterr().out
+    assert main(["data", "inspect", str(recordings), "--checkpoint", "tiny", "--output", str(tmp_path / "inspect"),
+                 "--no-image-check"]) == 0  # a preset, as train --base takes one: no fit of its own
+    assert "frames       40x30 (the first); image_fit pad makes them square" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     inspect = data_sub.add_parser("inspect", help="episodes, profile, press rates, stick stats, windows, contact sheet")
     inspect.add_argument("dataset", help="parquet file or folder, save_to_disk folder, frames folder, or hub id")
-    inspect.add_argument("--checkpoint", help="take layout, horizon and frame size from this checkpoint "
+    inspect.add_argument("--checkpoint", help="take layout, horizon and frame size from this checkpoint or preset "
                          "(default: the released NitroGen's)")
     inspect.add_argument("--output", default="data_inspect", help="folder for report.json and contact_sheet.png "
                          "(default: data_inspect)")

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from ..actions.layout import ActionLayout
 from ..model.checkpoint import EXTRA_KEY, parse_config, read_checkpoint
-from ..model.presets import preset_config
+from ..model.presets import PRESETS, preset_config
 from ..model.vision import ImagePreprocessor, resolve_tower_config
 from ..policy import checkpoint_layout
 from ..actions.processor import UniversalVectorProcessor
@@ -47,10 +47,10 @@ class ModelInputs:
 
     @classmethod
     def of_checkpoint(cls, path: Optional[str] = None, trust_pickle: bool = False) -> "ModelInputs":
-        """From a checkpoint's config and tensor shapes (memory-mapped, no model is built);
-        without a path, the released NitroGen's."""
-        if path is None:
-            raw, extra, state_dict = preset_config("released"), {}, None
+        """From a checkpoint's config and tensor shapes (memory-mapped, no model is built), or a
+        preset's (as ``train --base`` takes one); without a path, the released NitroGen's."""
+        if path is None or path in PRESETS:
+            raw, extra, state_dict = preset_config(path or "released"), {}, None
         else:
             ckpt = read_checkpoint(path, trust_pickle)
             raw, extra, state_dict = ckpt["ckpt_config"], ckpt.get(EXTRA_KEY) or {}, ckpt["model"]
