@@ -573,6 +573,24 @@ def test_keep_best_spares_the_lowest_validation_loss_checkpoint_across_a_resume(
     assert "the run kept no best checkpoint: none of its checkpoints had a validation loss" in capsys.readouterr().err
 
 
+def test_keep_best_records_a_last_step_checkpointed_before_its_final_validation(recordings, tmp_path, monkeypatch):
+    # Validated at 3 (no checkpoint there) and, at the end, at 4, whose checkpoint the loop saved before that.
+    settings = dict(keep_best=True, checkpoint_every=2, val_every=3, val_chunks=0, keep_last=1, max_steps=4)
+    train(config(recordings, tmp_path / "straight", **settings))
+    killed_after_saving(monkeypatch, 4)  # before the final validation: the resume only finishes the run
+    with pytest.raises(Killed):
+        train(config(recordings, tmp_path / "finished", **settings))
+    monkeypatch.undo()
+    train(config(recordings, tmp_path / "finished", **settings), resume=True)
+    for run_dir in (tmp_path / "straight", tmp_path / "finished"):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["best_checkpoint"].endswith("step_000004") and summary["best_val_loss"] is not None
+        assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_000004"]
+        assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.best_step == 4
+        assert main(["export", str(run_dir), str(tmp_path / "best.pt"), "--checkpoint", "best", "--force"]) == 0
+        assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] == 4
+
+
 def test_the_run_says_which_profile_reads_the_actions_and_which_columns_nothing_reads(recordings, tmp_path, capsys):
     train(config(recordings, tmp_path / "auto", max_steps=1))
     printed = capsys.readouterr().out

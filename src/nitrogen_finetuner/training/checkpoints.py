@@ -143,12 +143,29 @@ class CheckpointWriter:
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
-            best = None if progress.best_step is None else checkpoint_dir(self.root.parent, progress.best_step)
-            for old in checkpoint_dirs(self.root.parent)[: -self.keep_last]:
-                if old != best:
-                    shutil.rmtree(old, ignore_errors=True)
+            self._rotate(progress)
         self.barrier()
         return final
+
+    def record_progress(self, progress: Progress) -> None:
+        """Rewrite the progress of this step's checkpoint, saved before its validation found it the
+        best (keep_best); atomically, from the main process."""
+        if self.rank != 0:
+            return
+        folder = checkpoint_dir(self.root.parent, progress.step)
+        tmp = folder / ".progress.json.tmp"
+        tmp.write_text(json.dumps(asdict(progress)))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / "progress.json")
+        self._rotate(progress)
+
+    def _rotate(self, progress: Progress) -> None:
+        """Keep the newest keep_last checkpoints, and the best one."""
+        best = None if progress.best_step is None else checkpoint_dir(self.root.parent, progress.best_step)
+        for old in checkpoint_dirs(self.root.parent)[: -self.keep_last]:
+            if old != best:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass

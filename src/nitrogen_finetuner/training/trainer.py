@@ -656,8 +656,11 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     # processes (which cannot save once one has stopped); keep_best saves after it, to record it.
     if not config.keep_best:
         save_unless_saved()
+    best_before = progress.best_step
     if val_set is not None and validated_step != progress.step:  # unless the last step validated
         val_loss = validate_and_log()
+    if progress.best_step != best_before and checkpoint_dirs(run_dir)[-1:] == [checkpoint_dir(run_dir, progress.step)]:
+        writer.record_progress(progress)  # saved in the loop, or before a resume that only finishes the run
     save_unless_saved()
     exported = None
     save_trained_weights(master, run_dir, accelerator.is_main_process)
