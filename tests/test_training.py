@@ -668,6 +668,11 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
     files_after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
                    if p.is_file() and "tensorboard" not in p.parts and p.name != "metrics.jsonl"}
     assert files_after == files_before  # config.yaml included: a failed resume changes nothing
+    written = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(written.replace("\nseed: 0\n", "\nseed: 5\n"))  # edited before --resume
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4"]) == 2
+    assert f"{run_dir / 'config.yaml'}: seed is 5 now, but the run trained with 0" in capsys.readouterr().err
+    (run_dir / "config.yaml").write_text(written)
     (run_dir / "config.yaml").unlink()  # lost: the newest checkpoint's copy stands in, and is checked alike
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--set", "seed=5"]) == 2
     assert "seed is 5 now, but the run trained with 0" in capsys.readouterr().err

@@ -248,7 +248,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                         hint="choose another --output")
     resume_changes = []
     if resume:  # every process: they all stop alike
-        saved = resolve_config(run_config_file(run_dir))  # the newest checkpoint's copy, if config.yaml was lost
+        # What the newest checkpoint trained with: its own copy, which an edit of config.yaml leaves alone.
+        copies = [c / "config.yaml" for c in checkpoint_dirs(run_dir)[-1:] if (c / "config.yaml").is_file()]
+        saved = resolve_config(copies[0] if copies else run_config_file(run_dir))
         changed = changed_kept_setting(saved, config)
         if changed:
             key, before, now, decides = changed
