@@ -638,3 +638,13 @@ def test_a_resume_after_the_data_moved_asks_for_its_new_path(recordings, tmp_pat
     assert one_error_line(capsys) == (f"nitrogen-finetune: error: {data}: the data the run trained on is no longer "
                                       "there (if it moved, give its new path with --data)")
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--data", str(tmp_path / "moved")]) == 0
+
+
+def test_a_resume_that_exports_nothing_says_the_model_is_an_earlier_export(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(recordings), "--output", str(run_dir), "--max-steps", "2", *FAST]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--set", "export_at_end=false", *FAST]) == 0
+    assert f"note        model.pt is an earlier export, not step 4's (export_at_end is false): nitrogen-finetune " \
+           f"export {run_dir} {run_dir / 'model.pt'} --force  writes this step's" in capsys.readouterr().out
+    assert torch.load(run_dir / "model.pt", weights_only=True)["step"] == 2  # kept: step 2's checkpoint may be gone

@@ -821,6 +821,10 @@ class RunLogger:
                    "best_checkpoint": str(checkpoint_dir(self.run_dir, best)) if best else None,
                    "best_val_loss": progress.best_val_loss, "skipped_bad_frames": progress.skipped_bad_frames}
         write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if exported is None and (self.run_dir / "model.pt").is_file():  # a resume with export_at_end turned off
+            self.note(f"model.pt is an earlier export, not step {progress.step}'s (export_at_end is false): "
+                      f"nitrogen-finetune export {shlex.quote(str(self.run_dir))} "
+                      f"{shlex.quote(str(self.run_dir / 'model.pt'))} --force  writes this step's")
         if progress.skipped_bad_frames:
             self.note(f"bad frames left out of training {progress.skipped_bad_frames} time(s) (skip_bad_rows; a bad frame "
                       "counts once in each epoch that reads it)")
