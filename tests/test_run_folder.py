@@ -648,3 +648,32 @@ def test_a_resume_that_exports_nothing_says_the_model_is_an_earlier_export(recor
     assert f"note        model.pt is an earlier export, not step 4's (export_at_end is false): nitrogen-finetune " \
            f"export {run_dir} {run_dir / 'model.pt'} --force  writes this step's" in capsys.readouterr().out
     assert torch.load(run_dir / "model.pt", weights_only=True)["step"] == 2  # kept: step 2's checkpoint may be gone
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a file every write to fails as full")
+def test_a_log_that_cannot_be_written_mid_run_says_what_is_kept_and_how_to_go_on(recordings, tmp_path, capsys,
+                                                                                  monkeypatch):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(recordings), "--output", str(run_dir), "--max-steps", "2", *FAST]) == 0
+    capsys.readouterr()
+    real_open = open  # the run's metrics.jsonl opened on a full disk: its writes fail as the disk's would
+    monkeypatch.setattr(trainer_module, "open", lambda path, mode="r": real_open(
+        "/dev/full" if Path(path).name == "metrics.jsonl" else path, mode), raising=False)
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4", *FAST]) == 2
+    assert one_error_line(capsys) == (
+        f"nitrogen-finetune: error: {run_dir / 'metrics.jsonl'}: the run's log cannot be written (No space left on device): the steps since "
+        f"its newest checkpoint, step_000002, are lost (free some space, then continue with  nitrogen-finetune "
+        f"train --resume {run_dir})")
+    monkeypatch.undo()
+    real_save = trainer_module.CheckpointWriter.save
+
+    def save_then_delete_the_run(self, progress, *args, **kwargs):  # a user's rm -rf while it trains
+        real_save(self, progress, *args, **kwargs)
+        if progress.step == 2:
+            shutil.rmtree(self.root.parent)
+
+    monkeypatch.setattr(trainer_module.CheckpointWriter, "save", save_then_delete_the_run)
+    deleted = tmp_path / "deleted"
+    assert main(["train", "--data", str(recordings), "--output", str(deleted), "--max-steps", "4", *FAST]) == 2
+    assert one_error_line(capsys).endswith(f"{deleted}: the run folder was deleted while the run trained (start "
+                                           "the run again)")

@@ -91,6 +91,11 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
+def run_folder_deleted(run_dir: Path) -> DataError:
+    return DataError("the run folder was deleted while the run trained", file=str(run_dir),
+                     hint="start the run again")
+
+
 class CheckpointWriter:
     """Writes checkpoints from every process: the main one writes the shared files, each process
     its own RNG state, then the main one renames the folder into place."""
@@ -112,6 +117,8 @@ class CheckpointWriter:
         final = checkpoint_dir(self.root.parent, progress.step)
         tmp = final.with_name(f".{final.name}.tmp")
         if self.rank == 0:
+            if not self.root.parent.is_dir():  # not made anew with this one checkpoint in it
+                raise run_folder_deleted(self.root.parent)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.barrier()

@@ -46,7 +46,8 @@ class RunFolderLock:
         if self.file is None:
             return
         self.file.close()  # closing releases the lock
-        if error_type is not None and self.created and [p.name for p in self.run_dir.iterdir()] == [".lock"]:
+        if error_type is not None and self.created and self.run_dir.is_dir() and \
+                [p.name for p in self.run_dir.iterdir()] == [".lock"]:
             shutil.rmtree(self.run_dir)  # a run that could not start leaves no empty folder behind
 
 

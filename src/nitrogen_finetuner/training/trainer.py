@@ -13,6 +13,7 @@ optional EMA, validation on held-out episodes, atomic checkpoints and exact resu
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import json
 import math
@@ -21,6 +22,7 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +51,7 @@ from .base import load_base, record_base, set_dropout
 from .batches import continue_data_position, micro_batches, one_pass, padding_window, window_noise
 from .bf16_weights import Bf16Weights
 from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_progress,
-                          load_training_state, set_rng_state)
+                          load_training_state, run_folder_deleted, set_rng_state)
 from .compiling import compile_layers, eager
 from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_settings, dump_config, resolve_config,
                      run_config_file, with_absolute_paths)
@@ -189,12 +191,29 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
-        with RunFolderLock(Path(config.output), int(os.environ.get("RANK", "0")) == 0):
+        with RunFolderLock(Path(config.output), int(os.environ.get("RANK", "0")) == 0), tensorboard_thread_quiet():
             return _train(config, resume, stop)
     finally:  # the caller's process (a notebook) gets its settings back
         if torch.get_num_threads() != threads:  # resizing the pool once hung a torchrun process at exit
             torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+@contextlib.contextmanager
+def tensorboard_thread_quiet():
+    """TensorBoard writes from a thread of its own, which prints a traceback when a write fails (a
+    full disk); the run's next log call raises the same error, and the run reports it in one line."""
+    before = threading.excepthook
+
+    def hook(args):
+        if type(args.thread).__name__ != "_AsyncWriterThread":
+            before(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = before
 
 
 def cpu_threads(num_workers: int) -> Optional[int]:
@@ -376,7 +395,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
             write_text_atomic(run_dir / HELD_OUT_FILE, json.dumps({"recordings": held_out}, indent=2))
 
     writer = CheckpointWriter(run_dir, config.keep_last, rank, accelerator.wait_for_everyone)
-    logger = RunLogger(run_dir, config, accelerator.is_main_process, resumed_at=progress.step if resume else None)
+    logger = RunLogger(run_dir, config, accelerator.is_main_process, resumed_at=progress.step if resume else None,
+                       processes=world)
     batches = micro_batches(train_set, progress, config.num_workers)
     preprocessor, noise_args = base.preprocessor, (
         data.spec.horizon, model_cfg.action_dim, model_cfg.noise_beta_alpha, model_cfg.noise_beta_beta,
@@ -474,12 +494,13 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
 
     def validate_and_log() -> Optional[float]:
         nonlocal validated_step
-        try:
+        try:  # a bad frame: the steps done are saved first
             val_loss = validate()
-            if val_loss is not None:
-                logger.scalars(progress.step, {"val/loss": val_loss, **sampled_metrics()})
+            metrics = sampled_metrics() if val_loss is not None else {}
         except DataError as err:
             raise saved_before(err) from err
+        if val_loss is not None:
+            logger.scalars(progress.step, {"val/loss": val_loss, **metrics})
         note_best(val_loss)
         validated_step = progress.step
         return val_loss
@@ -741,11 +762,12 @@ def logged_rows(metrics_file: Path, last_step: int, validates_last_step: bool = 
 class RunLogger:
     """metrics.jsonl and TensorBoard always; Weights & Biases when asked for."""
 
-    def __init__(self, run_dir: Path, config: TrainConfig, enabled: bool, resumed_at: Optional[int]):
+    def __init__(self, run_dir: Path, config: TrainConfig, enabled: bool, resumed_at: Optional[int],
+                 processes: int = 1):
         """A new run starts the logs afresh (an earlier attempt in the folder left no checkpoint);
         a resumed run drops what was logged after its checkpoint, which it logs again (a resume
         with no step left to train validates its last step again)."""
-        self.enabled, self.run_dir, self.wandb = enabled, run_dir, None
+        self.enabled, self.run_dir, self.wandb, self.processes = enabled, run_dir, None, processes
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
@@ -802,14 +824,33 @@ class RunLogger:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        for name, value in values.items():
-            self.tensorboard.add_scalar(name, value, step)
         # JSON has no NaN: a value that is not a finite number (a gradient norm) is written as null.
         row = {"step": step, **{k: v if math.isfinite(v) else None for k, v in values.items()}}
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
+        try:  # TensorBoard's writer thread fails first; the next add_scalar raises its error here
+            for name, value in values.items():
+                self.tensorboard.add_scalar(name, value, step)
+            self.metrics.write(json.dumps(row) + "\n")
+            self.metrics.flush()
+        except OSError as err:
+            raise self.unwritable(err) from None
         if self.wandb is not None:
             self.wandb.log(values, step=step)
+
+    def unwritable(self, err: OSError) -> DataError:
+        """A log write that failed mid-run (a full disk, a deleted run folder): what is kept, and
+        how to go on."""
+        for log in (self.metrics, self.tensorboard):  # their unwritten lines would fail again
+            with contextlib.suppress(OSError):
+                log.close()
+        if not self.run_dir.is_dir():
+            return run_folder_deleted(self.run_dir)
+        saved = checkpoint_dirs(self.run_dir)
+        kept = f"the steps since its newest checkpoint, {saved[-1].name}, are lost" if saved else \
+            "it has no checkpoint yet"
+        fix = "free some space" if err.errno == errno.ENOSPC else "make the run folder writable"
+        return DataError(f"the run's log cannot be written ({err.strerror or err}): {kept}", file=str(self.run_dir / "metrics.jsonl"),
+                         hint=f"{fix}, then continue with  {resume_command(self.run_dir, self.processes)}" if saved
+                         else f"{fix}, then start the run again")
 
     def finish(self, progress: Progress, losses: list[float], val_loss: Optional[float],
                exported: Optional[Path]) -> None:
