@@ -573,7 +573,8 @@ def test_keep_best_spares_the_lowest_validation_loss_checkpoint_across_a_resume(
     assert "the run kept no best checkpoint: none of its checkpoints had a validation loss" in capsys.readouterr().err
 
 
-def test_keep_best_records_a_last_step_checkpointed_before_its_final_validation(recordings, tmp_path, monkeypatch):
+def test_keep_best_records_a_last_step_checkpointed_before_its_final_validation(recordings, tmp_path, monkeypatch,
+                                                                                capsys):
     # Validated at 3 (no checkpoint there) and, at the end, at 4, whose checkpoint the loop saved before that.
     settings = dict(keep_best=True, checkpoint_every=2, val_every=3, val_chunks=0, keep_last=1, max_steps=4)
     train(config(recordings, tmp_path / "straight", **settings))
@@ -589,6 +590,15 @@ def test_keep_best_records_a_last_step_checkpointed_before_its_final_validation(
         assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.best_step == 4
         assert main(["export", str(run_dir), str(tmp_path / "best.pt"), "--checkpoint", "best", "--force"]) == 0
         assert torch.load(tmp_path / "best.pt", weights_only=True)["step"] == 4
+    shutil.copytree(tmp_path / "straight", tmp_path / "copy")
+    train(config(recordings, tmp_path / "copy", **{**settings, "max_steps": 6, "keep_last": 2}), resume=True)
+    newest = checkpoint_dirs(tmp_path / "copy")[-1] / "progress.json"  # as if step 4 had stayed the best
+    newest.write_text(json.dumps({**json.loads(newest.read_text()), "best_step": 4}))
+    shutil.rmtree(checkpoint_dirs(tmp_path / "copy")[0])  # and a user deleted it
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "copy"), str(tmp_path / "best.pt"), "--checkpoint", "best", "--force"]) == 2
+    assert "the run's best checkpoint, step_000004, was deleted (export another: --checkpoint step_000006 is its " \
+           "newest)" in capsys.readouterr().err
 
 
 def test_the_run_says_which_profile_reads_the_actions_and_which_columns_nothing_reads(recordings, tmp_path, capsys):

@@ -65,6 +65,9 @@ def export_run(
                                                     "and checkpoint_every share no step; export without --checkpoint "
                                                     "best for its newest")
         path = checkpoint_dir(run_dir, best_step)
+        if not path.is_dir():
+            raise DataError(f"the run's best checkpoint, {path.name}, was deleted", file=str(run_dir),
+                            hint=f"export another: --checkpoint {found[-1].name} is its newest")
     state = load_weights(path)
     if use_ema and state.ema is None:
         raise DataError("this checkpoint has no EMA weights (the run had no ema_decay)", file=str(path))
