@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -541,6 +542,17 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_partial_checkpoin
     assert "checkpoint step_000004: no space left" in err[0] and "step_000002, is kept" in err[0]
     assert f"--resume {run_dir}" in err[0]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]  # no partial folder
+
+    def read_only(tensors, path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.undo()  # the disk has room, and is remounted read-only
+    monkeypatch.setattr(checkpoints_module, "save_file", read_only)
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"nitrogen-finetune: error: {run_dir / 'checkpoints'}: checkpoint step_000004: Read-only file system; the "
+        f"newest complete checkpoint, step_000002, is kept (make the run folder writable, then continue with --resume "
+        f"{run_dir})")
 
 
 def test_keep_best_spares_the_lowest_validation_loss_checkpoint_across_a_resume(recordings, tmp_path, capsys,

@@ -134,13 +134,16 @@ class CheckpointWriter:
         except Exception as err:
             shutil.rmtree(tmp, ignore_errors=True)
             full = no_space_left(self.root, tensor_bytes(weights, ema, optimizer))
-            if full is None:
+            if full is None and not isinstance(err, OSError):
                 raise
             newest = checkpoint_dirs(self.root.parent)
             kept = f"the newest complete checkpoint, {newest[-1].name}, is kept" if newest else "no checkpoint yet"
-            raise DataError(f"checkpoint {final.name}: {full}; {kept}", file=str(self.root),
-                            hint=f"free some space or lower keep_last, then continue with --resume {self.root.parent}",
-                            ) from err
+            # Rotation deletes old checkpoints after the new one is written: keep_last frees nothing now.
+            fix = "free some space (an older checkpoint folder frees its size)" if full else \
+                "make the run folder writable"
+            raise DataError(f"checkpoint {final.name}: {full or err.strerror or err}; {kept}", file=str(self.root),
+                            hint=f"{fix}, then continue with --resume {self.root.parent}" if newest else
+                            f"{fix}, then start the run again") from err
         self.barrier()
         if self.rank == 0:
             apply_umask(tmp)
