@@ -598,6 +598,7 @@ def test_keep_best_records_a_last_step_checkpointed_before_its_final_validation(
     for run_dir in (tmp_path / "straight", tmp_path / "finished"):
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["best_checkpoint"].endswith("step_000004") and summary["best_val_loss"] is not None
+        assert summary["final_train_loss"] == logged(run_dir, "train/loss")[-1]  # also where no step was left
         assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_000004"]
         assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.best_step == 4
         assert main(["export", str(run_dir), str(tmp_path / "best.pt"), "--checkpoint", "best", "--force"]) == 0
@@ -704,6 +705,9 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
     assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.step == 4
     assert "resumed from checkpoints/step_000002 (step 2) with max_steps 4 (was 2), ema_decay 0.9 (was null)" \
         in capsys.readouterr().out
+    assert main(["export", str(run_dir), str(tmp_path / "ema.pt"), "--checkpoint", "step_000002", "--weights",
+                 "ema"]) == 2  # saved before the resume turned EMA on
+    assert "this checkpoint has no EMA weights (ema_decay was off when it was saved)" in capsys.readouterr().err
 
 
 def test_a_resume_under_block_sharding_keeps_its_workers_and_processes(recordings, tmp_path, capsys):

@@ -70,7 +70,7 @@ def export_run(
                             hint=f"export another: --checkpoint {found[-1].name} is its newest")
     state = load_weights(path)
     if use_ema and state.ema is None:
-        raise DataError("this checkpoint has no EMA weights (the run had no ema_decay)", file=str(path))
+        raise DataError("this checkpoint has no EMA weights (ema_decay was off when it was saved)", file=str(path))
     weights = state.ema if (use_ema is not False and state.ema is not None) else state.weights
     broken = next(iter(nonfinite_tensors(weights)), None)
     if broken is not None:  # a checkpoint saved before the trainer refused such weights

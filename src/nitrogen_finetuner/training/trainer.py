@@ -790,6 +790,9 @@ class RunLogger:
                 if row["step"] == resumed_at and name != "step" and value is not None:
                     self.tensorboard.add_scalar(name, value, resumed_at)
         self.metrics = open(metrics_file, "a")
+        # A resume that only finishes the run trains no step: its final loss is the one logged last.
+        self.logged_loss = next((row["train/loss"] for row in map(json.loads, reversed(kept)) if "train/loss" in row),
+                                None)
         if config.wandb:  # installed: checked before the run started
             import wandb  # noqa: PLC0415
 
@@ -857,7 +860,8 @@ class RunLogger:
         if not self.enabled:
             return
         best = progress.best_step
-        summary = {"step": progress.step, "final_train_loss": losses[-1] if losses else None, "val_loss": val_loss,
+        summary = {"step": progress.step, "final_train_loss": losses[-1] if losses else self.logged_loss,
+                   "val_loss": val_loss,
                    "exported": str(exported) if exported else None,
                    "best_checkpoint": str(checkpoint_dir(self.run_dir, best)) if best else None,
                    "best_val_loss": progress.best_val_loss, "skipped_bad_frames": progress.skipped_bad_frames}
