@@ -196,7 +196,8 @@ def test_bad_rows_are_skipped_and_counted_when_asked(tmp_path, capsys):
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["bad_action_rows"] == 1 and report["bad_images"] == 1
     assert "row 1" in report["first_bad_images"][0]
-    assert "bad rows     1 action rows, 1 images" in result.stdout
+    assert "bad rows     1 action rows, 1 images (the windows above count them: training leaves out each window " \
+           "whose frame is bad" in result.stdout
 
 
 def test_press_rates_count_only_the_files_that_can_press(tmp_path, capsys):

@@ -127,7 +127,9 @@ def format_report(report: dict) -> str:
         f"{report['dropped_bad_actions']} whose action rows are all bad"
     )
     lines.append(f"bad rows     {report['bad_action_rows']} action rows" +
-                 (f", {report['bad_images']} images" if "bad_images" in report else ""))
+                 (f", {report['bad_images']} images" if "bad_images" in report else "") +
+                 (" (the windows above count them: training leaves out each window whose frame is bad, as it reads "
+                  "it)" if report.get("bad_images") else ""))
     lines.append("buttons      press rate (- : the source cannot express it, masked out of the loss)")
     rates = [f"{k:<15}{'-' if v is None else f'{v:.3f}':>7}" for k, v in report["button_press_rate"].items()]
     lines += ["  " + "   ".join(rates[i:i + 3]) for i in range(0, len(rates), 3)]
