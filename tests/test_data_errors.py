@@ -185,6 +185,13 @@ def test_missing_dataset(tmp_path, capsys):
     assert_one_line_error(inspect(tmp_path / "nowhere", tmp_path, capsys=capsys), "nowhere", "no such file or folder")
 
 
+def test_an_image_column_of_no_image_type_asks_for_the_frames_column(tmp_path, capsys):
+    path = write(tmp_path / "run.parquet", pixels=[[1, 2, 3]] * 8)  # a column of numbers named as the frames'
+    assert_one_line_error(inspect(path, tmp_path, "--image-column", "pixels", capsys=capsys),
+                          "row 0, column 'pixels': expected image bytes, a path or an Image struct, got list (is it "
+                          "the frames' column? set data.image_column (--image-column) to the one that holds them)")
+
+
 def test_bad_rows_are_skipped_and_counted_when_asked(tmp_path, capsys):
     j_left = nitrogen_rows(8)["j_left"]
     j_left[4] = [float("nan"), 0.0]

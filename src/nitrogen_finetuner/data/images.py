@@ -23,6 +23,8 @@ from .errors import DataError
 class ImageDecodeError(ValueError):
     """The stored value is not an image we can read; the caller adds file, row and column."""
 
+    not_an_image_type = False
+
 
 COMMAND_HINT = "fix or remove the row, or pass --skip-bad-rows"  # data inspect, eval
 # A run's windows are fixed: a resume refuses data that lost a row.
@@ -32,7 +34,10 @@ TRAINING_HINT = "fix the frame in place, or set data.skip_bad_rows (--skip-bad-r
 def bad_image_row(err: ImageDecodeError, file: str, row: int, column: str, hint: str = COMMAND_HINT) -> DataError:
     """The one line for a frame that does not decode, wherever it is read (``data inspect``,
     training's loader, ``eval`` and training's sampled validation chunks); ``hint`` says what to do
-    where the reader is (``COMMAND_HINT`` or ``TRAINING_HINT``)."""
+    where the reader is (``COMMAND_HINT`` or ``TRAINING_HINT``). A value of no image type at all
+    says the column holds no frames, which skipping rows would not mend."""
+    if err.not_an_image_type:
+        hint = "is it the frames' column? set data.image_column (--image-column) to the one that holds them"
     return DataError(str(err), file=file, row=row, column=column, hint=hint)
 
 
@@ -57,7 +62,9 @@ def decode_image(value: Any, base_dir: Optional[Path] = None) -> Image.Image:
                 raise ImageDecodeError(f"image file {_frame_path(value, base_dir)} does not exist{windows}")
             image = Image.open(path)
         else:
-            raise ImageDecodeError(f"expected image bytes, a path or an Image struct, got {type(value).__name__}")
+            err = ImageDecodeError(f"expected image bytes, a path or an Image struct, got {type(value).__name__}")
+            err.not_an_image_type = True
+            raise err
         image.load()
     except ImageDecodeError:
         raise
