@@ -126,6 +126,13 @@ def test_a_recording_whose_rows_are_not_together_is_refused_where_rows_are_read_
         prepared(tmp_path / "mixed.parquet")
     apart = prepared(tmp_path / "mixed.parquet", frame_column="none").index.episodes  # the user says file order
     assert [list(e.rows) for e in apart] == [[0, 1, 2, 6, 7], [3, 4, 5], [8, 9]]
+    clocked = table.append_column("timestamp", pa.array([0.0, 0.1, 0.2, 0.0, 0.1, 0.2, 0.3, 0.4, 0.0, 0.1]))
+    pq.write_table(clocked, tmp_path / "clocked.parquet")  # its order is not lost: the hint reads by its clock
+    with pytest.raises(DataError, match=r"row 6, column 'episode_id': the rows of episode 0 are not together.*"
+                                        r"\(set data.frame_column: timestamp \(--frame-column timestamp\) to read"):
+        prepared(tmp_path / "clocked.parquet")
+    assert [list(e.rows) for e in prepared(tmp_path / "clocked.parquet", frame_column="timestamp").index.episodes] \
+        == [[0, 1, 2, 6, 7], [3, 4, 5], [8, 9]]
     numbered = table.append_column("frame_index", pa.array([0, 1, 2, 0, 1, 2, 3, 4, 0, 1]))
     pq.write_table(numbered, tmp_path / "numbered.parquet")  # a frame_index orders each recording
     assert [list(e.rows) for e in prepared(tmp_path / "numbered.parquet").index.episodes] == \

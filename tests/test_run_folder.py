@@ -445,13 +445,24 @@ def test_text_settings_keep_what_yaml_would_read_as_a_date_or_a_number(recording
         assert yaml.safe_load(capsys.readouterr().out)["output"] == given
     assert main(["train", "run.yaml", "--print-config"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
-    assert (config["output"], config["data"]["split"], config["data"]["mapping"]) == ("2024.10", "007", {"0x1F": "SOUTH"})
+    assert (config["output"], config["data"]["split"]) == ("2024.10", "007")
+    assert config["data"]["mapping"] == {"0x1F": "SOUTH"}
     assert config["max_steps"] == 8  # a number setting reads YAML's numbers as YAML does (0010 is octal)
-    for mapping, message in [("{on: SOUTH}", "a column name reads as YAML's true: quote it"),
-                             ("{null: SOUTH}", "a column name reads as YAML's null: quote it"),
-                             ("{A: no}", "A: false is no action slot: give one (SOUTH, LEFT_X, ...), or null")]:
-        assert main(["train", "--data", str(recordings), "--set", f"data.mapping={mapping}", "--print-config"]) == 2
-        assert f"invalid setting data.mapping: {message}" in one_error_line(capsys)
+    assert main(["train", "--data", str(recordings), "--set", "data.mapping={0x1F: SOUTH, 31: NORTH, 1.0: WEST, "
+                 "1: EAST}", "--print-config"]) == 0  # four columns, though YAML reads two pairs as equal numbers
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["mapping"] == {"0x1F": "SOUTH", "31": "NORTH",
+                                                                          "1.0": "WEST", "1": "EAST"}
+    for setting, message in [("mapping={on: SOUTH}", "mapping: a column name reads as YAML's true: quote it"),
+                             ("mapping={null: SOUTH}", "mapping: a column name reads as YAML's null: quote it"),
+                             ("mapping={A: no}", "mapping: A: false is no action slot: give one (SOUTH, LEFT_X, ...)"),
+                             ("stick_range={on: int16}", "stick_range: a column name reads as YAML's true: quote it")]:
+        assert main(["train", "--data", str(recordings), "--set", f"data.{setting}", "--print-config"]) == 2
+        assert f"invalid setting data.{message}" in one_error_line(capsys)
+    assert main(["data", "inspect", str(recordings), "--stick-range", "{on: int16}", "--output", "report"]) == 2
+    assert "invalid setting stick_range: a column name reads as YAML's true: quote it" in one_error_line(capsys)
+    assert main(["train", "--data", str(recordings), "--set", "output=007", "--max-steps", "2", *FAST]) == 0
+    assert main(["train", "--resume", "007", "--set", "output=007", "--max-steps", "4", *FAST]) == 0  # not 7
+    assert load_training_state(checkpoint_dirs(tmp_path / "007")[-1]).progress.step == 4
 
 
 def test_set_overrides_apply_in_the_order_last_given_and_a_data_section_is_not_the_demo(recordings, tmp_path, capsys,
@@ -661,9 +672,9 @@ def test_a_log_that_cannot_be_written_mid_run_says_what_is_kept_and_how_to_go_on
         "/dev/full" if Path(path).name == "metrics.jsonl" else path, mode), raising=False)
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4", *FAST]) == 2
     assert one_error_line(capsys) == (
-        f"nitrogen-finetune: error: {run_dir / 'metrics.jsonl'}: the run's log cannot be written (No space left on device): the steps since "
-        f"its newest checkpoint, step_000002, are lost (free some space, then continue with  nitrogen-finetune "
-        f"train --resume {run_dir})")
+        f"nitrogen-finetune: error: {run_dir / 'metrics.jsonl'}: the run's log cannot be written (No space left "
+        f"on device): the steps since its newest checkpoint, step_000002, are lost (free some space, then continue "
+        f"with  nitrogen-finetune train --resume {run_dir})")
     monkeypatch.undo()
     real_save = trainer_module.CheckpointWriter.save
 

@@ -543,11 +543,15 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_partial_checkpoin
     assert f"--resume {run_dir}" in err[0]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]  # no partial folder
 
-    def read_only(tensors, path, *args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system", path)
+    real_mkdir = Path.mkdir
+
+    def read_only(folder, *args, **kwargs):
+        if folder.name.startswith(".step_"):
+            raise OSError(errno.EROFS, "Read-only file system", str(folder))
+        return real_mkdir(folder, *args, **kwargs)
 
     monkeypatch.undo()  # the disk has room, and is remounted read-only
-    monkeypatch.setattr(checkpoints_module, "save_file", read_only)
+    monkeypatch.setattr(Path, "mkdir", read_only)
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"nitrogen-finetune: error: {run_dir / 'checkpoints'}: checkpoint step_000004: Read-only file system; the "

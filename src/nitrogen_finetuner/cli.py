@@ -169,6 +169,7 @@ def _evaluate_demo(run_dir: Path, config) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .data.config import as_written  # noqa: PLC0415
     from .training.config import (dump_config, parse_override, resolve_config, run_config_file,  # noqa: PLC0415
                                   with_absolute_paths)
     from .training.stop_signals import StopRequest, TrainingStopped, interrupted
@@ -184,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, flag)
     config_file = args.config
     if args.resume:
-        output = overrides.get("output")  # --output, or --set output=...
+        output = as_written(overrides.get("output"))  # --output, or --set output=...
         if output is not None and Path(str(output)).resolve() != Path(args.resume).resolve():
             raise DataError(f"--resume continues the run in {args.resume}, not in --output {output}",
                             hint="leave out --output (or copy the run folder first)")
@@ -361,7 +362,6 @@ def _stick_range(text: str):
         return text
     import yaml  # noqa: PLC0415
 
-    from .data.config import as_written  # noqa: PLC0415
     from .training.config import ConfigYamlLoader, yaml_problem  # noqa: PLC0415
 
     try:
@@ -370,7 +370,7 @@ def _stick_range(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid YAML mapping ({yaml_problem(err)})") from None
     if not isinstance(ranges, dict) or not all(isinstance(v, str) for v in ranges.values()):
         raise argparse.ArgumentTypeError(f"expected a range or a mapping {{COLUMN: RANGE, ...}}, got {text!r}")
-    return {str(k): v for k, v in as_written(ranges).items()}
+    return ranges  # its keys are column names as written; YAML's words (on, null) are refused as the config's
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:

@@ -100,16 +100,16 @@ class DataConfig(BaseModel):
         checked_profile(value)
         return value
 
-    @field_validator("mapping", mode="before")
+    @field_validator("mapping", "stick_range", mode="before")
     @classmethod
-    def _yaml_words(cls, value):
+    def _yaml_words(cls, value, info: ValidationInfo):
         """YAML reads the words on, off, yes, no, true, false and null as true, false and null: said
         here, instead of a complaint about column "1" or "None"."""
         for column, slot in value.items() if isinstance(value, dict) else ():
             if column is None or isinstance(column, bool):
                 word = "null" if column is None else str(column).lower()
-                raise ValueError(f"a column name reads as YAML's {word}: quote it, e.g. {{'on': SOUTH}}")
-            if isinstance(slot, bool):
+                raise ValueError(f"a column name reads as YAML's {word}: quote it, e.g. {{'on': ...}}")
+            if isinstance(slot, bool) and info.field_name == "mapping":
                 raise ValueError(f"{column}: {str(slot).lower()} is no action slot: give one (SOUTH, LEFT_X, ...), "
                                  "or null to leave the column out")
         return value

@@ -197,18 +197,19 @@ def _check_time_order(rows: np.ndarray, times: np.ndarray, source: str, column: 
 
 
 def _check_episodes_together(groups: list[tuple[object, np.ndarray]], placed: np.ndarray, source: str,
-                             column: str) -> None:
+                             column: str, clock: Optional[str]) -> None:
     """Rows read in file order (no frame_index) make an episode only where its rows lie together
     (rows left out aside): a shuffled table would otherwise train on its frames in shuffled order."""
     place = np.cumsum(placed) - 1  # each row's place among the rows kept
     for key, rows in groups:
         apart = np.flatnonzero(np.diff(place[rows]) > 1)
         if apart.size:
+            order = f"set data.frame_column: {clock} (--frame-column {clock}) to read each episode in its order" \
+                if clock else "give each row its frame_index (a dataset shuffled before saving has lost the order)"
             raise DataError(f"the rows of episode {key} are not together: it goes on here after rows of another "
                             "episode, and rows are read in file order where there is no frame_index", file=source,
                             row=int(rows[apart[0] + 1]), column=column,
-                            hint="give each row its frame_index (a dataset shuffled before it was saved has lost "
-                                 "the order), or set data.frame_column: none (--frame-column none) if each episode's "
+                            hint=f"{order}, or set data.frame_column: none (--frame-column none) if each episode's "
                                  "rows are in time order in the file")
 
 
@@ -311,7 +312,7 @@ def build_index(
         groups = _split_episodes(data[episode_col], np.flatnonzero(placed)) if episode_col else \
             [(None, np.flatnonzero(placed))]
         if episode_col and frame_col is None and frame_column is None:
-            _check_episodes_together(groups, placed, source.name, episode_col)
+            _check_episodes_together(groups, placed, source.name, episode_col, clock)
         for key, rows in groups:
             if not len(rows) and len(placed):  # every row left out
                 continue

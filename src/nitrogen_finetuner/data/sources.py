@@ -178,21 +178,14 @@ class ArrowFileSource(TableSource):
 
 
 def _read_table(path: Path) -> pa.Table:
-    short_or_long = []  # a CSV row with another number of values than the header has names
-
-    def stop_at(row):
-        short_or_long.append(row)
-        return "error"
-
     try:
-        if path.suffix.lower() == ".csv":  # one thread: the parser then counts the rows
-            return pyarrow.csv.read_csv(path, read_options=pyarrow.csv.ReadOptions(use_threads=False),
-                                        parse_options=pyarrow.csv.ParseOptions(invalid_row_handler=stop_at))
+        if path.suffix.lower() == ".csv":
+            return pyarrow.csv.read_csv(path)
         return pyarrow.json.read_json(path)
     except pa.ArrowInvalid as err:
         header = path.open(encoding="utf-8", errors="replace").readline() if path.suffix.lower() == ".csv" else ""
-        if short_or_long and short_or_long[0].number is not None:
-            row = short_or_long[0]
+        row = _short_or_long_row(path) if header else None
+        if row is not None:
             values, names = (f"{n} {word}{'' if n == 1 else 's'}" for n, word in
                              ((row.actual_columns, "value"), (row.expected_columns, "column")))
             raise DataError(f"the row holds {values}, and the header names {names}", file=str(path),
@@ -202,6 +195,23 @@ def _read_table(path: Path) -> pa.Table:
                 from None
         raise DataError(f"cannot parse the actions table ({str(err).splitlines()[0][:150]})", file=str(path),
                         hint=other_separator_hint(header)) from None
+
+
+def _short_or_long_row(path: Path):
+    """The first CSV row with another number of values than the header has names, read again on
+    one thread, where the parser counts the rows (pyarrow's ``InvalidRow``), or None."""
+    found = []
+
+    def stop_at(row):
+        found.append(row)
+        return "error"
+
+    try:
+        pyarrow.csv.read_csv(path, read_options=pyarrow.csv.ReadOptions(use_threads=False),
+                             parse_options=pyarrow.csv.ParseOptions(invalid_row_handler=stop_at))
+    except pa.ArrowInvalid:
+        pass
+    return found[0] if found and found[0].number is not None else None
 
 
 def other_separator_hint(header: str) -> Optional[str]:

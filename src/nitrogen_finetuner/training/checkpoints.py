@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..data.errors import DataError, user_message
-from ..files import apply_umask, no_space_left, tensor_bytes
+from ..files import apply_umask, no_space_left, tensor_bytes, write_text_atomic
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -92,6 +92,7 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def run_folder_deleted(run_dir: Path) -> DataError:
+    """The run folder vanished under a training run (a user's rm -rf): nothing of it is left to resume."""
     return DataError("the run folder was deleted while the run trained", file=str(run_dir),
                      hint="start the run again")
 
@@ -116,13 +117,13 @@ class CheckpointWriter:
     ) -> Path:
         final = checkpoint_dir(self.root.parent, progress.step)
         tmp = final.with_name(f".{final.name}.tmp")
-        if self.rank == 0:
-            if not self.root.parent.is_dir():  # not made anew with this one checkpoint in it
-                raise run_folder_deleted(self.root.parent)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.barrier()
+        if self.rank == 0 and not self.root.parent.is_dir():  # not made anew with this one checkpoint in it
+            raise run_folder_deleted(self.root.parent)
         try:
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            self.barrier()
             save_file(_contiguous(rng_state()), str(tmp / f"rng_rank{self.rank}.safetensors"))
             if self.rank == 0:
                 save_file(_contiguous(weights), str(tmp / "weights.safetensors"))
@@ -163,11 +164,12 @@ class CheckpointWriter:
         if self.rank != 0:
             return
         folder = checkpoint_dir(self.root.parent, progress.step)
-        tmp = folder / ".progress.json.tmp"
-        tmp.write_text(json.dumps(asdict(progress)))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / "progress.json")
+        try:
+            write_text_atomic(folder / "progress.json", json.dumps(asdict(progress)))
+        except OSError as err:
+            raise DataError(f"checkpoint {folder.name}: its record of the best step cannot be written "
+                            f"({err.strerror or err}); the checkpoint itself is complete", file=str(self.root),
+                            hint=f"free some space, then finish the run with --resume {self.root.parent}") from err
         self._rotate(progress)
 
     def _rotate(self, progress: Progress) -> None:

@@ -184,6 +184,9 @@ class TrainConfig(_Section):
                              "set micro_batch_size to null, or cuda_graphs to false")
 
 
+NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
 class ConfigYamlLoader(yaml.SafeLoader):
     """YAML without its date type (`output: 2024-01-05` is a folder name, not a date), with numbers
     that keep their text (`output: 2024.10` is a folder name too, see ``text_as_written``) and
@@ -204,6 +207,8 @@ class ConfigYamlLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, whose keys the mapping may override
                 continue
+            if key_node.tag in NUMBER_TAGS:  # a column named 0x1F is not the column 31
+                key_node.tag = "tag:yaml.org,2002:str"
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, collections.abc.Hashable):
                 break  # the mapping's own construction says "found unhashable key", with its place
@@ -291,7 +296,7 @@ def run_config_file(run_dir: str | Path) -> Path:
                         hint=f"give the run folder, {Path(run_dir).parent.parent}: --resume goes on from its newest "
                              f"checkpoint, and export --checkpoint {Path(run_dir).name} takes this one")
     path = Path(run_dir) / "config.yaml"
-    copies = [c / "config.yaml" for c in checkpoint_dirs(Path(run_dir)) if (c / "config.yaml").is_file()]
+    copies = _checkpoint_configs(Path(run_dir))
     if path.is_file():
         try:
             resolve_config(path)
@@ -307,6 +312,17 @@ def run_config_file(run_dir: str | Path) -> Path:
         raise DataError("not a run folder: it holds no config.yaml", file=str(run_dir),
                         hint="give the --output folder of a training run")
     return copies[-1]
+
+
+def trained_config_file(run_dir: Path) -> Path:
+    """The config the newest checkpoint trained with: its own copy, which an edit of the run's
+    config.yaml leaves alone (the run's config file where the checkpoint has none)."""
+    copies = _checkpoint_configs(run_dir)
+    return copies[-1] if copies and copies[-1].parent == checkpoint_dirs(run_dir)[-1] else run_config_file(run_dir)
+
+
+def _checkpoint_configs(run_dir: Path) -> list[Path]:
+    return [c / "config.yaml" for c in checkpoint_dirs(run_dir) if (c / "config.yaml").is_file()]
 
 
 # What a resumed run keeps, and why: what it trains, and which windows it trains and holds out, in

@@ -54,7 +54,7 @@ from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint
                           load_training_state, run_folder_deleted, set_rng_state)
 from .compiling import compile_layers, eager
 from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_settings, dump_config, resolve_config,
-                     run_config_file, with_absolute_paths)
+                     trained_config_file, with_absolute_paths)
 from .run_lock import RunFolderLock, check_shared
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, local_tensor, shard_like,
                        shard_model, shard_optimizer_state)
@@ -267,9 +267,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                         hint="choose another --output")
     resume_changes = []
     if resume:  # every process: they all stop alike
-        # What the newest checkpoint trained with: its own copy, which an edit of config.yaml leaves alone.
-        copies = [c / "config.yaml" for c in checkpoint_dirs(run_dir)[-1:] if (c / "config.yaml").is_file()]
-        saved = resolve_config(copies[0] if copies else run_config_file(run_dir))
+        saved = resolve_config(trained_config_file(run_dir))
         changed = changed_kept_setting(saved, config)
         if changed:
             key, before, now, decides = changed
@@ -850,8 +848,11 @@ class RunLogger:
         saved = checkpoint_dirs(self.run_dir)
         kept = f"the steps since its newest checkpoint, {saved[-1].name}, are lost" if saved else \
             "it has no checkpoint yet"
-        fix = "free some space" if err.errno == errno.ENOSPC else "make the run folder writable"
-        return DataError(f"the run's log cannot be written ({err.strerror or err}): {kept}", file=str(self.run_dir / "metrics.jsonl"),
+        fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            "make the run folder writable" if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else \
+            "fix what keeps the run folder from being written"
+        failed = os.fsdecode(err.filename) if err.filename else str(self.run_dir / "metrics.jsonl")  # TensorBoard's
+        return DataError(f"the run's log cannot be written ({err.strerror or err}): {kept}", file=failed,
                          hint=f"{fix}, then continue with  {resume_command(self.run_dir, self.processes)}" if saved
                          else f"{fix}, then start the run again")
 
