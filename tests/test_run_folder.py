@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -670,7 +671,9 @@ def test_a_log_that_cannot_be_written_mid_run_says_what_is_kept_and_how_to_go_on
     real_open = open  # the run's metrics.jsonl opened on a full disk: its writes fail as the disk's would
     monkeypatch.setattr(trainer_module, "open", lambda path, mode="r": real_open(
         "/dev/full" if Path(path).name == "metrics.jsonl" else path, mode), raising=False)
+    hook = threading.excepthook
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4", *FAST]) == 2
+    assert threading.excepthook is hook  # TensorBoard's thread is quiet only while the run trains
     assert one_error_line(capsys) == (
         f"nitrogen-finetune: error: {run_dir / 'metrics.jsonl'}: the run's log cannot be written (No space left "
         f"on device): the steps since its newest checkpoint, step_000002, are lost (free some space, then continue "
