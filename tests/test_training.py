@@ -90,6 +90,17 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(recordings, tm
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
+def test_the_same_seed_trains_the_same_adapters_from_a_checkpoint_file(recordings, tmp_path):
+    """A base from a file is not built from the seed as a preset is: LoRA's initial adapters and
+    dropout still follow it (torch itself starts from a random seed)."""
+    assert main(["init", str(tmp_path / "ng.pt"), "--preset", "tiny"]) == 0
+    runs = [train(config(recordings, tmp_path / name, base=str(tmp_path / "ng.pt"), max_steps=3, dropout=0.2))
+            for name in ("first", "second")]
+    assert runs[0].losses == runs[1].losses
+    a, b = final_weights(tmp_path / "first"), final_weights(tmp_path / "second")
+    assert {k for k in a if not torch.equal(a[k], b[k])} == set()
+
+
 @pytest.mark.parametrize("shard", ["windows", "blocks"])
 def test_a_resume_at_a_step_that_two_workers_do_not_divide_is_exact(recordings, tmp_path, shard, monkeypatch):
     """The loader's workers take turns; a resume after 3 batches must not swap the next two."""

@@ -69,8 +69,10 @@ def load_base(spec: str, run_dir: Path, seed: int, new_run: bool) -> BaseCheckpo
     # A new run never inherits a base.pt left in its folder; a resume naming another base loads
     # that one, and the fingerprint below decides whether it is the same model.
     own_base = not new_run and saved.exists() and (trained_from is None or trained_from["base"] == spec)
+    # Everything random after this (a preset's weights, LoRA's initial adapters, dropout) follows the
+    # run's seed, alike in every process: torch itself starts from a random seed.
+    torch.manual_seed(seed)
     if not own_base and spec in PRESETS:
-        torch.manual_seed(seed)
         model, raw = build_preset(spec)
         base = _assemble(model, raw, {}, spec)
     else:
