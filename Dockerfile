@@ -10,7 +10,7 @@ FROM ${BASE_IMAGE}
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir ".[video]"
 
 VOLUME ["/config", "/data", "/runs"]
 ENTRYPOINT ["nitrogen-finetune"]
