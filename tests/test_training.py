@@ -370,6 +370,8 @@ def test_a_cpu_run_leaves_a_core_to_each_data_worker_and_gives_the_caller_its_se
     torch.set_num_threads(1)
     train(config(recordings, tmp_path / "run", max_steps=1, num_workers=1))
     assert "note        3 compute thread(s) on the CPU, leaving 1 core(s) to the data workers" in capsys.readouterr().out
+    train(config(recordings, tmp_path / "crowded", max_steps=1, num_workers=4))
+    assert "note        1 compute thread(s) on the CPU and 4 data workers share its 4 core(s)" in capsys.readouterr().out
     assert torch.get_num_threads() == 1 and not torch.are_deterministic_algorithms_enabled()
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's count stands
     assert cpu_threads(num_workers=1) is None

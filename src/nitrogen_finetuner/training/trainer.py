@@ -425,8 +425,10 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if config.compile:
         logger.note("compile: the first step compiles each kind of transformer layer (a minute or so)")
     if threads and config.num_workers:
-        logger.note(f"{threads} compute thread(s) on the CPU, leaving {config.num_workers} core(s) to the data "
-                    "workers (OMP_NUM_THREADS sets the count)")
+        cores = cpu_threads(0)  # a core for each worker, but one compute thread at least
+        workers = f", leaving {config.num_workers} core(s) to the data workers" if threads + config.num_workers \
+            == cores else f" and {config.num_workers} data workers share its {cores} core(s)"
+        logger.note(f"{threads} compute thread(s) on the CPU{workers} (OMP_NUM_THREADS sets the count)")
     if config.fsdp and world == 1:
         logger.note("fsdp in one process shards nothing and trains slower than without it (one H100: "
                     "0.84x eager, 0.54x compiled); it is for several GPUs")
