@@ -691,3 +691,14 @@ def test_a_log_that_cannot_be_written_mid_run_says_what_is_kept_and_how_to_go_on
     assert main(["train", "--data", str(recordings), "--output", str(deleted), "--max-steps", "4", *FAST]) == 2
     assert one_error_line(capsys).endswith(f"{deleted}: the run folder was deleted while the run trained (start "
                                            "the run again)")
+
+
+def test_a_resume_on_another_number_of_processes_says_so(recordings, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(recordings), "--output", str(run_dir), "--max-steps", "2", *FAST]) == 0
+    progress = checkpoint_dirs(run_dir)[-1] / "progress.json"  # as if two processes had trained it
+    progress.write_text(json.dumps({**json.loads(progress.read_text()), "processes": 2}))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4", *FAST]) == 0
+    assert "resumed from checkpoints/step_000002 (step 2) with max_steps 4 (was 2), 1 process(es) (was 2)" \
+        in capsys.readouterr().out

@@ -374,6 +374,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                             "data.shard blocks the order it reads the data in depends on them", file=str(run_dir),
                             hint=f"resume with {progress.processes} process(es)")
         progress.train_windows = train_set.num_windows  # counted from now on in a run older than the count
+        if progress.processes not in (None, world):
+            resume_changes.append(f"{world} process(es) (was {progress.processes})")
         progress.processes = world
         # A run that trained all its steps but did not finish (its final validation met a bad frame,
         # say) resumes to finish: validation, weights and model.
