@@ -528,6 +528,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lost_another_process(err: RuntimeError) -> bool:
+    """A collective that failed because another process of the run ended: that process prints its
+    own error line, this one a line saying so, not a traceback."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    return isinstance(err, dist.DistBackendError) or any(
+        sign in str(err) for sign in ("Connection closed by peer", "Connection reset by peer"))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -545,6 +556,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("nitrogen-finetune: error: out of GPU memory (lower micro_batch_size, and gradient accumulation "
               "keeps batch_size; or set activation_checkpointing: true, or fsdp: true for full fine-tuning on "
               "several GPUs)", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        if not _lost_another_process(err):
+            raise
+        print("nitrogen-finetune: error: another process of the run stopped, and this one lost it (the other's "
+              "error says why)", file=sys.stderr)
         return 1
     except OSError as err:
         if err.errno not in PATH_ERROR_HINTS:
