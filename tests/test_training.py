@@ -1000,6 +1000,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(recordings,
     checkpoint = checkpoint_dirs(run_dir)[-1]
     step = load_training_state(checkpoint).progress.step
     assert {p.name for p in checkpoint.glob("rng_rank*")} == {"rng_rank0.safetensors", "rng_rank1.safetensors"}
+    streams = [load_file(str(checkpoint / f"rng_rank{rank}.safetensors"))["torch"] for rank in (0, 1)]
+    assert not torch.equal(*streams)  # the same adapters, but dropout masks of each process's own
     assert len(checkpoint_dirs(run_dir)) == 1 and step >= 3
     assert (f"stopped by SIGTERM after step {step}; its checkpoint is saved: continue with  torchrun --nproc_per_node "
             f"2 -m nitrogen_finetuner.cli train --resume {run_dir}  (or accelerate launch with the same processes)") in err

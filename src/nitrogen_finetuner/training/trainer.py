@@ -324,6 +324,8 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     # master: the float32 weights that the optimizer updates, EMA follows and checkpoints save;
     # module: what runs forward and backward (the master itself, or its bf16 copy).
     master = prepare_trainable(base.model, config.method, config.lora, config.tune)
+    if rank:  # every process built the same adapters from the seed; each draws dropout masks of its own
+        torch.manual_seed(config.seed + rank)
     bf16_weights = Bf16Weights(master.to(device)) if config.bf16_weights else None
     module = bf16_weights.module if bf16_weights else master
     if config.activation_checkpointing:
