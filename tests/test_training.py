@@ -371,7 +371,8 @@ def test_a_cpu_run_leaves_a_core_to_each_data_worker_and_gives_the_caller_its_se
     train(config(recordings, tmp_path / "run", max_steps=1, num_workers=1))
     assert "note        3 compute thread(s) on the CPU, leaving 1 core(s) to the data workers" in capsys.readouterr().out
     train(config(recordings, tmp_path / "crowded", max_steps=1, num_workers=4))
-    assert "note        1 compute thread(s) on the CPU and 4 data workers share its 4 core(s)" in capsys.readouterr().out
+    assert "note        1 compute thread(s) on the CPU and 4 data workers share its 4 core(s)" \
+        in capsys.readouterr().out
     assert torch.get_num_threads() == 1 and not torch.are_deterministic_algorithms_enabled()
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's count stands
     assert cpu_threads(num_workers=1) is None
@@ -570,6 +571,18 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_partial_checkpoin
         f"nitrogen-finetune: error: {run_dir / 'checkpoints'}: checkpoint step_000004: Read-only file system; the "
         f"newest complete checkpoint, step_000002, is kept (make the run folder writable, then continue with --resume "
         f"{run_dir})")
+
+    def disk_full(folder, *args, **kwargs):  # a new run's first checkpoint: its checkpoints/ cannot be made
+        if folder.name == "checkpoints":
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+        return real_mkdir(folder, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", disk_full)
+    monkeypatch.setattr(files_module.shutil, "disk_usage", lambda path: shutil_usage(total=10**9, used=10**9, free=0))
+    assert main(["train", "--data", str(recordings), "--output", str(tmp_path / "new"), "--max-steps", "2"]) == 2
+    assert re.search(r"checkpoint step_000002: no space left \(about [\d.]+ MiB needed, 0.0 MiB free\); no checkpoint "
+                     r"yet \(free some space, then start the run again\)$",
+                     capsys.readouterr().err.splitlines()[-1])
 
 
 def test_keep_best_spares_the_lowest_validation_loss_checkpoint_across_a_resume(recordings, tmp_path, capsys,

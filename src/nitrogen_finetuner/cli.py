@@ -11,6 +11,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -529,14 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _lost_another_process(err: RuntimeError) -> bool:
-    """A collective that failed because another process of the run ended: that process prints its
-    own error line, this one a line saying so, not a traceback."""
+    """A collective that failed because another process of the run ended (gloo's words for it):
+    that process prints its own error line, this one a line saying so, not a traceback. Other
+    backend errors keep theirs."""
     import torch.distributed as dist  # noqa: PLC0415
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return False
-    return isinstance(err, dist.DistBackendError) or any(
-        sign in str(err) for sign in ("Connection closed by peer", "Connection reset by peer"))
+    return any(sign in str(err) for sign in ("Connection closed by peer", "Connection reset by peer"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -560,8 +561,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RuntimeError as err:
         if not _lost_another_process(err):
             raise
-        print("nitrogen-finetune: error: another process of the run stopped, and this one lost it (the other's "
-              "error says why)", file=sys.stderr)
+        reason = re.sub(r"^\[[^\]]*\] ", "", str(err).splitlines()[0]).split(". ")[0]  # gloo's, without its source line
+        print(f"nitrogen-finetune: error: another process of the run stopped, and this one lost it ({reason}; the "
+              "other's error says why)", file=sys.stderr)
         return 1
     except OSError as err:
         if err.errno not in PATH_ERROR_HINTS:

@@ -103,6 +103,15 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
+def write_fix(err: OSError) -> str:
+    """What to do about a write into the run folder that failed with ``err``."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space"
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "make the run folder writable"
+    return "fix what keeps the run folder from being written"
+
+
 def tensor_bytes(*states) -> int:
     """The bytes of every tensor in (nested) state dicts and lists: about what they take on disk."""
     def walk(value) -> int:
@@ -117,7 +126,9 @@ def tensor_bytes(*states) -> int:
 
 
 def no_space_left(folder: str | os.PathLike, needed: int) -> Optional[str]:
-    """After a failed write of ``needed`` bytes into ``folder``: why, if the disk is full."""
+    """After a failed write of ``needed`` bytes into ``folder``: why, if the disk is full (the
+    folder itself may be what could not be made)."""
+    folder = next(p for p in (Path(folder), *Path(folder).absolute().parents) if p.exists())
     free = shutil.disk_usage(folder).free
     if free >= needed:
         return None

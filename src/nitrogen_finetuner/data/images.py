@@ -23,7 +23,9 @@ from .errors import DataError
 class ImageDecodeError(ValueError):
     """The stored value is not an image we can read; the caller adds file, row and column."""
 
-    not_an_image_type = False
+    def __init__(self, message: str, not_an_image_type: bool = False):
+        super().__init__(message)
+        self.not_an_image_type = not_an_image_type  # a list or a number: no row of such a column holds a frame
 
 
 COMMAND_HINT = "fix or remove the row, or pass --skip-bad-rows"  # data inspect, eval
@@ -62,9 +64,8 @@ def decode_image(value: Any, base_dir: Optional[Path] = None) -> Image.Image:
                 raise ImageDecodeError(f"image file {_frame_path(value, base_dir)} does not exist{windows}")
             image = Image.open(path)
         else:
-            err = ImageDecodeError(f"expected image bytes, a path or an Image struct, got {type(value).__name__}")
-            err.not_an_image_type = True
-            raise err
+            raise ImageDecodeError(f"expected image bytes, a path or an Image struct, got {type(value).__name__}",
+                                   not_an_image_type=True)
         image.load()
     except ImageDecodeError:
         raise

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..data.errors import DataError, user_message
-from ..files import apply_umask, no_space_left, tensor_bytes, write_text_atomic
+from ..files import apply_umask, no_space_left, tensor_bytes, write_fix, write_text_atomic
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -140,8 +140,8 @@ class CheckpointWriter:
             newest = checkpoint_dirs(self.root.parent)
             kept = f"the newest complete checkpoint, {newest[-1].name}, is kept" if newest else "no checkpoint yet"
             # Rotation deletes old checkpoints after the new one is written: keep_last frees nothing now.
-            fix = "free some space (an older checkpoint folder frees its size)" if full else \
-                "make the run folder writable"
+            fix = write_fix(err) if not full else \
+                "free some space (an older checkpoint folder frees its size)" if newest else "free some space"
             raise DataError(f"checkpoint {final.name}: {full or err.strerror or err}; {kept}", file=str(self.root),
                             hint=f"{fix}, then continue with --resume {self.root.parent}" if newest else
                             f"{fix}, then start the run again") from err
@@ -169,7 +169,7 @@ class CheckpointWriter:
         except OSError as err:
             raise DataError(f"checkpoint {folder.name}: its record of the best step cannot be written "
                             f"({err.strerror or err}); the checkpoint itself is complete", file=str(self.root),
-                            hint=f"free some space, then finish the run with --resume {self.root.parent}") from err
+                            hint=f"{write_fix(err)}, then finish the run with --resume {self.root.parent}") from err
         self._rotate(progress)
 
     def _rotate(self, progress: Progress) -> None:

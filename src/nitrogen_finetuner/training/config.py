@@ -317,11 +317,12 @@ def run_config_file(run_dir: str | Path) -> Path:
 def trained_config_file(run_dir: Path) -> Path:
     """The config the newest checkpoint trained with: its own copy, which an edit of the run's
     config.yaml leaves alone (the run's config file where the checkpoint has none)."""
-    copies = _checkpoint_configs(run_dir)
-    return copies[-1] if copies and copies[-1].parent == checkpoint_dirs(run_dir)[-1] else run_config_file(run_dir)
+    own = [c / "config.yaml" for c in checkpoint_dirs(run_dir)[-1:] if (c / "config.yaml").is_file()]
+    return own[0] if own else run_config_file(run_dir)
 
 
 def _checkpoint_configs(run_dir: Path) -> list[Path]:
+    """The config copies the run's checkpoints hold, oldest first."""
     return [c / "config.yaml" for c in checkpoint_dirs(run_dir) if (c / "config.yaml").is_file()]
 
 

@@ -13,7 +13,6 @@ optional EMA, validation on held-out episodes, atomic checkpoints and exact resu
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib.util
 import json
 import math
@@ -41,7 +40,7 @@ from ..data.errors import DamagedFileError, DataError, user_message
 from ..data.episodes import HELD_OUT_FILE, recording_key, split_episodes
 from ..data.pipeline import prepare_data
 from ..evaluation.open_loop import predict_chunks, score_chunks
-from ..files import apply_umask, no_space_left, tensor_bytes, write_text_atomic
+from ..files import apply_umask, no_space_left, tensor_bytes, write_fix, write_text_atomic
 from ..model.checkpoint import CheckpointError
 from ..model.presets import PRESETS
 from ..policy import NitroGenPolicy
@@ -854,9 +853,7 @@ class RunLogger:
         saved = checkpoint_dirs(self.run_dir)
         kept = f"the steps since its newest checkpoint, {saved[-1].name}, are lost" if saved else \
             "it has no checkpoint yet"
-        fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else \
-            "make the run folder writable" if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else \
-            "fix what keeps the run folder from being written"
+        fix = write_fix(err)
         failed = os.fsdecode(err.filename) if err.filename else str(self.run_dir / "metrics.jsonl")  # TensorBoard's
         return DataError(f"the run's log cannot be written ({err.strerror or err}): {kept}", file=failed,
                          hint=f"{fix}, then continue with  {resume_command(self.run_dir, self.processes)}" if saved
