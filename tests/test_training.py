@@ -738,6 +738,11 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
     assert main(["export", str(run_dir), str(tmp_path / "ema.pt"), "--checkpoint", "step_000002", "--weights",
                  "ema"]) == 2  # saved before the resume turned EMA on
     assert "this checkpoint has no EMA weights (ema_decay was off when it was saved)" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "5", "--base", str(tmp_path / "copy.pt"),
+                 "--set", "num_workers=0", "--set", "lora.targets=[vl_mixer, dit_feedforward, dit_attention]"]) == 0
+    printed = capsys.readouterr().out  # the same layers adapt in any order: not a change
+    assert "resumed from checkpoints/step_000004 (step 4) with max_steps 5 (was 4)" in printed
+    assert "lora.targets" not in printed
 
 
 def test_a_resume_under_block_sharding_keeps_its_workers_and_processes(recordings, tmp_path, capsys):

@@ -346,7 +346,7 @@ def changed_kept_setting(saved: TrainConfig, config: TrainConfig) -> Optional[tu
     for key, decides in KEPT_ON_RESUME.items():
         if isinstance(old[key], dict):
             for sub in old[key]:
-                if f"{key}.{sub}" not in MOVABLE_ON_RESUME and old[key][sub] != new[key].get(sub):
+                if f"{key}.{sub}" not in MOVABLE_ON_RESUME and not _same(old[key][sub], new[key].get(sub)):
                     return f"{key}.{sub}", old[key][sub], new[key][sub], decides
         elif old[key] != new[key]:
             return key, old[key], new[key], decides
@@ -361,7 +361,14 @@ def changed_settings(saved: TrainConfig, config: TrainConfig) -> list[str]:
     and base may move)."""
     old, new = _dotted(saved.model_dump(mode="json")), _dotted(config.model_dump(mode="json"))
     return [f"{key} {json.dumps(value)} (was {json.dumps(old.get(key))})" for key, value in new.items()
-            if key not in ("base", "output", "data.dataset_name") and value != old.get(key)]
+            if key not in ("base", "output", "data.dataset_name") and not _same(value, old.get(key))]
+
+
+def _same(before: Any, now: Any) -> bool:
+    """Equal settings; a list's order aside (``lora.targets``: the same layers adapt in any order)."""
+    if isinstance(before, list) and isinstance(now, list):
+        return sorted(map(json.dumps, before)) == sorted(map(json.dumps, now))
+    return before == now
 
 
 def _dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
