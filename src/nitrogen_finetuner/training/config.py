@@ -296,7 +296,7 @@ def run_config_file(run_dir: str | Path) -> Path:
                         hint=f"give the run folder, {Path(run_dir).parent.parent}: --resume goes on from its newest "
                              f"checkpoint, and export --checkpoint {Path(run_dir).name} takes this one")
     path = Path(run_dir) / "config.yaml"
-    copies = _checkpoint_configs(Path(run_dir))
+    copies = _config_copies(checkpoint_dirs(Path(run_dir)))
     if path.is_file():
         try:
             resolve_config(path)
@@ -317,13 +317,13 @@ def run_config_file(run_dir: str | Path) -> Path:
 def trained_config_file(run_dir: Path) -> Path:
     """The config the newest checkpoint trained with: its own copy, which an edit of the run's
     config.yaml leaves alone (the run's config file where the checkpoint has none)."""
-    own = [c / "config.yaml" for c in checkpoint_dirs(run_dir)[-1:] if (c / "config.yaml").is_file()]
+    own = _config_copies(checkpoint_dirs(run_dir)[-1:])
     return own[0] if own else run_config_file(run_dir)
 
 
-def _checkpoint_configs(run_dir: Path) -> list[Path]:
-    """The config copies the run's checkpoints hold, oldest first."""
-    return [c / "config.yaml" for c in checkpoint_dirs(run_dir) if (c / "config.yaml").is_file()]
+def _config_copies(checkpoints: list[Path]) -> list[Path]:
+    """The config copies these checkpoint folders hold, in their order."""
+    return [c / "config.yaml" for c in checkpoints if (c / "config.yaml").is_file()]
 
 
 # What a resumed run keeps, and why: what it trains, and which windows it trains and holds out, in
