@@ -329,6 +329,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also GPU kernel time per step, by kind of kernel, and the slowest kernels")
     parser.add_argument("--official-src", help="a checkout of github.com/MineDojo/NitroGen: also time its full "
                         "fine-tune and its lora_attention LoRA set-up, batch 64")
+    parser.add_argument("--official-runs", default="full,lora_attention",
+                        help="which official set-ups --official-src times: full, lora_attention or both")
     parser.add_argument("--output")
     args = parser.parse_args()
     if args.warmup < 1:
@@ -351,7 +353,7 @@ def main() -> None:
                 rows.append({"method": method, "batch": int(batch), "error": f"{type(err).__name__}: {str(err)[:200]}"})
             reset_memory(device)  # the run's model and optimizer went out of scope with it
             print(json.dumps(rows[-1]), flush=True)
-    for method in ("full", "lora_attention") if args.official_src else ():
+    for method in filter(None, args.official_runs.split(",")) if args.official_src else ():
         rows.append(bench_official(Path(args.official_src), args.preset, method, 64, args.lora_dropout, args.steps,
                                    args.warmup, device))
         print(json.dumps(rows[-1]), flush=True)
