@@ -1060,7 +1060,6 @@ def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_
     settings = {"method": method, "max_steps": 1, "dropout": 0.0, "lora.dropout": 0.0, "val_every": 1,
                 "val_chunks": 2, "activation_checkpointing": recompute}
     train(config(recordings, tmp_path / "eager", **settings))
-    torch._dynamo.reset()  # as in a new process: count this run's graphs
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     compiled = train(config(recordings, tmp_path / "compiled", compile=True, export_at_end=True, **settings))
     layers = len(build_preset("tiny")[0].transformer_layers())
@@ -1075,6 +1074,22 @@ def test_a_compiled_run_saves_and_exports_under_the_model_names(recordings, tmp_
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4  # fused kernels round differently
     assert load_policy(compiled.exported).model.config.action_dim > 0
+
+
+@pytest.mark.slow
+def test_a_compiled_run_compiles_every_layer_after_other_models_were_compiled_in_the_process(recordings, tmp_path):
+    """Dynamo keeps a function's graphs up to ``recompile_limit``, for every model whose layers share
+    its code; a layer past the limit runs eager. Here other blocks compiled before (with dynamo's
+    eager backend, which is quick) take all of the transformer block's places: the run compiles
+    its 5 graphs all the same (see the test above)."""
+    block = build_preset("tiny")[0].vl_self_attention_model.transformer_blocks[0]
+    compiled_before = torch.compile(block, backend="eager", dynamic=False)
+    for length in range(2, 2 + torch._dynamo.config.recompile_limit):
+        compiled_before(torch.randn(1, length, block.norm3.normalized_shape[0]))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    train(config(recordings, tmp_path / "run", method="lora", max_steps=1, dropout=0.0, compile=True,
+                 **{"lora.dropout": 0.0}))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 5
 
 
 @pytest.mark.slow

@@ -21,7 +21,14 @@ from ..model.modeling import NitroGenModel
 
 def compile_layers(model: NitroGenModel, mode: str | None = None) -> None:
     """Compile each of ``model.transformer_layers()`` in place, so parameter names do not change
-    (checkpoints, export, LoRA and FSDP see the same model). ``mode`` is torch.compile's."""
+    (checkpoints, export, LoRA and FSDP see the same model). ``mode`` is torch.compile's.
+
+    It first clears what torch.compile keeps in this process. Dynamo keeps the graphs of a
+    function for every model whose layers share its code, up to ``recompile_limit`` (8). Past
+    that limit a layer runs eager without a word, and a second run in one process (a sweep, a
+    notebook, the benchmark's set-ups) got there: its LoRA run ended 2.8e-4 away from the same
+    run alone. Anything else compiled in the process compiles again when next called."""
+    torch._dynamo.reset()
     for layer in model.transformer_layers():
         layer.compile(mode=mode, dynamic=False)
 
