@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections import Counter
 
@@ -22,6 +23,8 @@ from nitrogen_finetuner.data.loader import make_loader
 from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
 from nitrogen_finetuner.data.sources import _datasets_sources
 from nitrogen_finetuner.model.vision import fit_square
+from nitrogen_finetuner.training import batches as training_batches
+from nitrogen_finetuner.training.checkpoints import Progress
 from recordings import frame, frame_index, image_structs, nitrogen_rows, png_bytes, write_frames_folder, write_nitrogen_parquet
 
 LAYOUT = ActionLayout.resolve(25, old_layout=False)
@@ -452,6 +455,37 @@ def test_workers_and_ranks_split_the_global_batches(tmp_path):
     assert batches(make_loader(resumed, num_workers=2)) == single[2:]
     batch = next(iter(make_loader(data.dataset(batch_size=6))))
     assert batch["image"].dtype == torch.uint8 and batch["actions"].shape == (6, 4, 25)
+
+
+def test_the_next_epochs_workers_start_before_the_epoch_ends_and_change_no_batch(tmp_path, monkeypatch):
+    for name, start in (("a", 0), ("b", 50)):
+        write_nitrogen_parquet(tmp_path / "data" / f"{name}.parquet", n=20, start=start, row_group_size=4)
+    data = prepared(tmp_path / "data")
+    made = []  # the epoch of each loader, as it is made
+
+    def make_loader_and_note_its_epoch(dataset, num_workers=0):
+        made.append(dataset.epoch)
+        return make_loader(dataset, num_workers)
+
+    monkeypatch.setattr(training_batches, "make_loader", make_loader_and_note_its_epoch)
+
+    def steps(num_workers, progress, count):
+        made.clear()
+        stream = training_batches.micro_batches(data.dataset(batch_size=6, seed=3), progress, num_workers)
+        taken = []
+        for epoch, consumed, batch in itertools.islice(stream, count):
+            taken.append((epoch, consumed, sorted(int(x) for x in batch["image"][:, 16, 16, 0]), list(made)))
+        return taken
+
+    single = steps(0, Progress(), 18)  # 3 epochs of 6 batches
+    assert [(epoch, consumed) for epoch, consumed, _, _ in single[5:7]] == [(0, 6), (1, 1)]
+    assert single[5][3] == [0] and single[6][3] == [0, 1]  # without workers, each epoch's loader at its start
+    with_workers = steps(2, Progress(), 18)
+    assert with_workers[5][3] == [0, 1]  # the last batch of epoch 0 comes when epoch 1's workers have started
+    assert [taken[:3] for taken in with_workers] == [taken[:3] for taken in single]
+    # a resume in the middle of epoch 1 goes on with the same batches
+    resumed = steps(2, Progress(epoch=1, batches_in_epoch=2), 10)
+    assert [taken[:3] for taken in resumed] == [taken[:3] for taken in single[8:]]
 
 
 def test_block_sharding_partitions_the_windows(tmp_path):

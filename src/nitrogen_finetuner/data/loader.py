@@ -204,6 +204,9 @@ class WindowDataset(IterableDataset):
         }
 
 
+PREFETCH_BATCHES = 4  # batches each worker decodes ahead
+
+
 def make_loader(dataset: WindowDataset, num_workers: int = 0) -> torch.utils.data.DataLoader:
     """A DataLoader over the dataset's batches; workers decode and resize frames on uint8.
 
@@ -216,7 +219,7 @@ def make_loader(dataset: WindowDataset, num_workers: int = 0) -> torch.utils.dat
         batch_size=None,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if num_workers else None,
+        prefetch_factor=PREFETCH_BATCHES if num_workers else None,
         generator=torch.Generator().manual_seed(dataset.seed),
         worker_init_fn=_leave_ctrl_c_to_the_main_process,
     )

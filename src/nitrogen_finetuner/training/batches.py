@@ -12,24 +12,37 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ..data.errors import DataError
-from ..data.loader import WindowDataset, make_loader
+from ..data.loader import PREFETCH_BATCHES, WindowDataset, make_loader
 from .checkpoints import Progress
 
 _TRAIN, _VALIDATION = 1, 2
 
 
 def micro_batches(dataset: WindowDataset, progress: Progress, num_workers: int) -> Iterator[tuple[int, int, dict]]:
-    """Endless (epoch, batches consumed in that epoch, batch), starting at the saved position."""
+    """Endless (epoch, batches consumed in that epoch, batch), starting at the saved position.
+
+    With workers, the next epoch's loader starts as soon as this epoch's last batches are asked
+    of its workers (the last ``num_workers x PREFETCH_BATCHES``), so that its workers start and
+    decode their first batches while this epoch's last ones train. Started at the epoch's end,
+    they held its first steps up: about half a second on an H100 with 8 workers, batch 64."""
     epoch, skip = progress.epoch, progress.batches_in_epoch
+    dataset.set_epoch(epoch, skip)
+    loader = iter(make_loader(dataset, num_workers))
     while True:
-        dataset.set_epoch(epoch, skip)
-        loader: DataLoader = make_loader(dataset, num_workers)
+        upcoming = None
+        start_next_at = dataset.batches_per_epoch() - num_workers * PREFETCH_BATCHES
         for consumed, batch in enumerate(loader, start=skip + 1):
+            if num_workers and upcoming is None and consumed >= start_next_at:
+                dataset.set_epoch(epoch + 1)  # this epoch's workers hold their own copies
+                upcoming = iter(make_loader(dataset, num_workers))
             yield epoch, consumed, batch
         epoch, skip = epoch + 1, 0
+        if upcoming is None:
+            dataset.set_epoch(epoch)
+            upcoming = iter(make_loader(dataset, num_workers))
+        loader = upcoming
 
 
 def continue_data_position(progress: Progress, windows_per_batch: int, run_dir: Path) -> None:
