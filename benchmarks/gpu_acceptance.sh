@@ -30,7 +30,7 @@
 #   pip install --no-deps --target OFFICIAL_SITE "transformers<5" "huggingface_hub<1" "tokenizers<0.23" \
 #       "diffusers<0.37" einops requests urllib3 idna charset-normalizer certifi
 # (--no-deps: the rest, numpy included, stays the project's). The tests need the [test] extra.
-# The stage limits add up to 570 s; the script exits 1 when any stage failed or ran out of time.
+# The stage limits add up to 580 s; the script exits 1 when any stage failed or ran out of time.
 set -u
 if [ $# -lt 1 ]; then
     echo "usage: $0 RESULTS_DIR [OFFICIAL_SRC [OFFICIAL_SITE]]" >&2
@@ -57,7 +57,7 @@ stage() {  # NAME SECONDS COMMAND...: runs COMMAND under a time limit into NAME.
 "$python" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
 if [ -n "$official_src" ]; then
     for method in full lora_attention; do
-        stage "official_${method%_attention}" 55 env PYTHONPATH="${official_site:+$official_site:}${PYTHONPATH:-}" \
+        stage "official_${method%_attention}" 60 env PYTHONPATH="${official_site:+$official_site:}${PYTHONPATH:-}" \
             "$python" $bench --runs "" --official-src "$official_src" --official-runs $method
     done
 fi
