@@ -16,9 +16,10 @@
 #   3. frames.log    2,048 PNG frames for the stages below
 #   4. tests.log     the CUDA-only tests (CUDA graphs through a resume, the GPU samplers), with
 #                    their failures' tracebacks and no captured logs
-#   5. fp16.log, fp16_resume.log
-#                    fp16 mixed precision, 2 steps and then a --resume to 4, as the CLI runs them
-#                    (tiny preset)
+#   5. fp16_test.log fp16's loss scale through a resume: a straight run's against a resumed one's
+#      fp16.log, fp16_resume.log
+#                    the same runs as the CLI prints them, 2 steps and then a --resume to 4 (tiny
+#                    preset): where the test stops or hangs, these show how
 #   6. trainer.log   nitrogen-finetune train itself on those frames, lora_attention with
 #                    bf16_weights, compile and cuda_graphs: samples/s as its log lines report them
 #                    (steps 41 to 50 hold the second epoch boundary)
@@ -30,7 +31,8 @@
 #   pip install --no-deps --target OFFICIAL_SITE "transformers<5" "huggingface_hub<1" "tokenizers<0.23" \
 #       "diffusers<0.37" einops requests urllib3 idna charset-normalizer certifi
 # (--no-deps: the rest, numpy included, stays the project's). The tests need the [test] extra.
-# The stage limits add up to 580 s; the script exits 1 when any stage failed or ran out of time.
+# The stage limits add up to 585 s (each stage may take 5 s more to be killed); the script exits 1
+# when any stage failed or ran out of time.
 set -u
 if [ $# -lt 1 ]; then
     echo "usage: $0 RESULTS_DIR [OFFICIAL_SRC [OFFICIAL_SITE]]" >&2
@@ -49,7 +51,7 @@ stage() {  # NAME SECONDS COMMAND...: runs COMMAND under a time limit into NAME.
     shift 2
     timeout --kill-after=5 "$limit" "$@" > "$results/$name.log" 2>&1
     status=$?
-    echo "== $name: exit $status after $((SECONDS - start)) s$([ $status = 124 ] && echo ' (out of time)')"
+    echo "== $name: exit $status after $((SECONDS - start)) s$( { [ $status = 124 ] || [ $status = 137 ]; } && echo ' (out of time)')"
     tail -n 20 "$results/$name.log"
     [ $status = 0 ] || failed=1
 }
@@ -61,19 +63,21 @@ if [ -n "$official_src" ]; then
             "$python" $bench --runs "" --official-src "$official_src" --official-runs $method
     done
 fi
-stage ours 140 "$python" $bench --runs lora_attention+bf16_weights:64,full+bf16_weights:64 \
+stage ours 135 "$python" $bench --runs lora_attention+bf16_weights:64,full+bf16_weights:64 \
     --compile-only --compile-mode reduce-overhead
 data=$(mktemp -d)/frames
 stage frames 30 "$python" benchmarks/loader_throughput.py --frames 2048 --keep "$data" --workers ""
 stage tests 100 "$python" -m pytest -q -rfEs --tb=short -p no:logging tests/test_cuda.py
+stage fp16_test 40 "$python" -m pytest -q -rfEs --tb=short -p no:logging \
+    tests/test_run_folder.py::test_fp16_loss_scale_state_is_checkpointed_and_resumed
 fp16=(--base tiny --data "$data" --set mixed_precision=fp16 --set batch_size=8 --set val_every=0
       --set checkpoint_every=2 --set export_at_end=false)
-stage fp16 40 "$python" -m nitrogen_finetuner.cli train "${fp16[@]}" --output "$(dirname "$data")/fp16" --max-steps 2
-stage fp16_resume 35 "$python" -m nitrogen_finetuner.cli train "${fp16[@]}" --resume "$(dirname "$data")/fp16" \
+stage fp16 30 "$python" -m nitrogen_finetuner.cli train "${fp16[@]}" --output "$(dirname "$data")/fp16" --max-steps 2
+stage fp16_resume 30 "$python" -m nitrogen_finetuner.cli train "${fp16[@]}" --resume "$(dirname "$data")/fp16" \
     --max-steps 4
-stage trainer 115 "$python" -m nitrogen_finetuner.cli train --base released --data "$data" \
+stage trainer 100 "$python" -m nitrogen_finetuner.cli train --base released --data "$data" \
     --output "$(dirname "$data")/run" --method lora --max-steps 50 --set batch_size=64 \
     --set "lora.targets=$every_attention" --set bf16_weights=true --set compile=true --set cuda_graphs=true \
-    --set num_workers=8 --set val_every=0 --set checkpoint_every=0 --set log_every=10
+    --set num_workers=8 --set val_every=0 --set checkpoint_every=0 --set log_every=10 --set export_at_end=false
 grep -h '"train/samples_per_s"' "$(dirname "$data")"/run/metrics.jsonl 2>/dev/null | tail -n 6
 exit $failed

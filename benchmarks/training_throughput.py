@@ -344,6 +344,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.warmup < 1:
         parser.error("--warmup must be at least 1")
+    official_runs = [name for name in args.official_runs.split(",") if name]
+    if set(official_runs) - {"full", "lora_attention"}:
+        parser.error(f"--official-runs takes full and lora_attention, not {args.official_runs!r}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this benchmark measures GPU training (the CPU path is exercised by the tests)")
@@ -362,7 +365,7 @@ def main() -> None:
                 rows.append({"method": method, "batch": int(batch), "error": f"{type(err).__name__}: {str(err)[:200]}"})
             reset_memory(device)  # the run's model and optimizer went out of scope with it
             print(json.dumps(rows[-1]), flush=True)
-    for method in filter(None, args.official_runs.split(",")) if args.official_src else ():
+    for method in official_runs if args.official_src else ():
         rows.append(bench_official(Path(args.official_src), args.preset, method, 64, args.lora_dropout, args.steps,
                                    args.warmup, device))
         print(json.dumps(rows[-1]), flush=True)

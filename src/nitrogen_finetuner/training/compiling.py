@@ -25,9 +25,10 @@ def compile_layers(model: NitroGenModel, mode: str | None = None) -> None:
 
     It first clears what torch.compile keeps in this process. Dynamo keeps the graphs of a
     function for every model whose layers share its code, up to ``recompile_limit`` (8). Past
-    that limit a layer runs eager without a word, and a second run in one process (a sweep, a
-    notebook, the benchmark's set-ups) got there: its LoRA run ended 2.8e-4 away from the same
-    run alone. Anything else compiled in the process compiles again when next called."""
+    that limit a layer runs eager, with one warning line in the log, and a second run in one
+    process (a sweep, a notebook, the benchmark's set-ups) got there: its LoRA run ended 2.8e-4
+    away from the same run alone. Anything else compiled in the process compiles again when next
+    called."""
     torch._dynamo.reset()
     for layer in model.transformer_layers():
         layer.compile(mode=mode, dynamic=False)
