@@ -262,9 +262,12 @@ def test_predict_reads_an_animated_gif_frame_by_frame_and_names_a_file_with_no_v
     from nitrogen_finetuner.evaluation.predict import _gif_frames
     from nitrogen_finetuner.games.rollout import save_gif
 
-    steps = [0, 0, 1, 1, 2, 2, 3, 4, 4, 5, 5]  # most frames held: stored 60, 60, 60, 30, 60, 60 ms
-    save_gif([np.full((4, 4, 3), 40 * s, np.uint8) for s in steps], tmp_path / "held.gif")
-    assert [int(pixels[0, 0, 0]) // 40 for _, _, pixels in _gif_frames(tmp_path / "held.gif")] == steps
+    # Pillow merges held frames into longer ones; each counts back as its steps, however long, and
+    # also when no frame lasts a single step (the comment states the step time)
+    for holds in ([2, 2, 1, 2, 2, 1], [1] * 10 + [4, 9, 20, 156, 1], [2, 2, 2]):
+        steps = [s for s, hold in enumerate(holds) for _ in range(hold)]
+        save_gif([np.full((4, 4, 3), 5 * (s % 50), np.uint8) for s in steps], tmp_path / "held.gif")
+        assert [int(pixels[0, 0, 0]) // 5 for _, _, pixels in _gif_frames(tmp_path / "held.gif")] == steps
     distinct = [Image.new("RGB", (8, 8), (30 * k, 0, 0)) for k in range(6)]
     distinct[0].save(tmp_path / "fast.gif", save_all=True, append_images=distinct[1:], duration=[20, 30] * 3)  # 40 fps
     assert len(list(_gif_frames(tmp_path / "fast.gif"))) == 6

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zlib
 from contextlib import contextmanager, nullcontext
 from fractions import Fraction
@@ -83,14 +84,17 @@ def _video_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
 
 
 def _gif_frames(path: Path) -> Iterator[tuple[int, float, np.ndarray]]:
-    """A GIF's frames, each as many times as it lasts frame times (the shortest duration): a GIF
-    writer (Pillow, for ``rollout``) merges a frame that repeats the one before into a longer one,
-    and the frame numbers stay those of the game's steps. A frame up to 1.75 frame times long
-    counts once: GIF keeps time in 10 ms, so 40 fps alternates 20 and 30 ms."""
+    """A GIF's frames, each as many times as it lasts frame times: a GIF writer (Pillow, for
+    ``rollout``) merges a frame that repeats the one before into a longer one, and the frame
+    numbers stay those of the game's steps. The frame time is the one the GIF's comment states
+    (``rollout`` writes "30 ms per step"), else the shortest duration. A frame up to 1.75 frame
+    times long counts once: GIF keeps time in 10 ms, so 40 fps alternates 20 and 30 ms."""
     try:  # a first pass reads every frame's duration: a damaged file stops before any work
         with Image.open(path) as gif:
+            stated = re.fullmatch(rb"(\d+) ms per step", gif.info.get("comment", b""))
             durations = [frame.info.get("duration", 0) for frame in ImageSequence.Iterator(gif)]
-            tick = min((duration for duration in durations if duration > 0), default=None)
+            shortest = min((duration for duration in durations if duration > 0), default=None)
+            tick = int(stated[1]) if stated else shortest
             time_s, i = 0.0, 0
             for frame, duration in zip(ImageSequence.Iterator(gif), durations):
                 pixels = np.asarray(frame.convert("RGB"))

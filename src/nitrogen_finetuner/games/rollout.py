@@ -93,10 +93,16 @@ def rollout(game_name: str, make_player: Callable[[int], Player], seeds: Sequenc
     return RolloutResult(game_name, len(seeds), float(np.mean(successes)), float(np.mean(returns)), returns)
 
 
+GIF_STEP_MS = 30
+
+
 def save_gif(frames: list[np.ndarray], path: Path, scale: int = 4) -> Path:
-    """The frames as a looping GIF at about the games' 30 frames/s (GIF counts in 10 ms), written
-    whole or not at all."""
+    """The frames as a looping GIF, written whole or not at all. A step lasts 30 ms (GIF counts in
+    10 ms: a little faster than the games' 30 frames/s), and the GIF's comment says so. Pillow
+    merges a frame that repeats the one before into one longer frame; with the step time stated
+    and a whole number of 10 ms, ``predict`` counts such a frame back as its steps."""
     images = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in frames]
     with replaced_when_done(path) as partial:
-        images[0].save(partial, format="GIF", save_all=True, append_images=images[1:], duration=33, loop=0)
+        images[0].save(partial, format="GIF", save_all=True, append_images=images[1:], duration=GIF_STEP_MS, loop=0,
+                       comment=f"{GIF_STEP_MS} ms per step".encode())
     return path
