@@ -29,22 +29,21 @@ def micro_batches(dataset: WindowDataset, progress: Progress, num_workers: int) 
     they held its first steps up: about half a second on an H100 with 8 workers, batch 64. An
     epoch shorter than that starts the next one's loader at its first batch, so two sets of
     workers run throughout."""
+    def started(epoch: int, skip: int = 0) -> Iterator[dict]:  # workers, if any, start and copy the dataset
+        dataset.set_epoch(epoch, skip)
+        return iter(make_loader(dataset, num_workers))
+
     epoch, skip = progress.epoch, progress.batches_in_epoch
-    dataset.set_epoch(epoch, skip)
-    loader = iter(make_loader(dataset, num_workers))
+    loader = started(epoch, skip)
     while True:
         upcoming = None
         start_next_at = dataset.batches_per_epoch() - num_workers * PREFETCH_BATCHES
         for consumed, batch in enumerate(loader, start=skip + 1):
             if num_workers and upcoming is None and consumed >= start_next_at:
-                dataset.set_epoch(epoch + 1)  # this epoch's workers hold their own copies
-                upcoming = iter(make_loader(dataset, num_workers))
+                upcoming = started(epoch + 1)  # this epoch's workers hold their own copies
             yield epoch, consumed, batch
         epoch, skip = epoch + 1, 0
-        if upcoming is None:
-            dataset.set_epoch(epoch)
-            upcoming = iter(make_loader(dataset, num_workers))
-        loader = upcoming
+        loader = started(epoch) if upcoming is None else upcoming
 
 
 def continue_data_position(progress: Progress, windows_per_batch: int, run_dir: Path) -> None:
