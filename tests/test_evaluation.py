@@ -399,7 +399,8 @@ def test_predict_replaces_an_existing_output_or_overlay_only_with_force(tiny_che
     assert main([*argv, "--force"]) == 0
     assert json.loads(out.read_text().splitlines()[0])["frame"] == 0 and overlay.read_bytes() != b"earlier work"
     capsys.readouterr()
-    for flags, message in [(["--output", ""], "the output file name is empty"),
+    for flags, message in [(["--output", ""], "the output file name is empty (give the file to write, e.g. actions.jsonl)"),
+                           (["--overlay", ""], "e.g. overlay.mp4"),
                            (["--output", f"{tmp_path}/new/"], "the name ends in a slash"),
                            (["--overlay", str(tmp_path)], f"{tmp_path}: Is a directory")]:
         assert main(["predict", "--checkpoint", str(tiny_checkpoint), str(video), *flags]) == 2

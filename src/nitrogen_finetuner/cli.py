@@ -343,8 +343,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .evaluation.predict import check_inputs, check_outputs, predict_files  # noqa: PLC0415
 
-    output = None if args.output == "-" else output_file(args.output)
-    overlay = None if args.overlay is None else output_file(args.overlay)
+    output = None if args.output == "-" else output_file(args.output, example="actions.jsonl")
+    overlay = None if args.overlay is None else output_file(args.overlay, example="overlay.mp4")
     check_inputs(args.inputs, overlay)
     check_outputs(args.inputs, args.checkpoint, output, overlay, args.force)
     policy = _load(args, args.checkpoint)

@@ -29,13 +29,14 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
 
 
-def output_file(name: str | os.PathLike) -> Path:
-    """The file a command is asked to write: a name, and not a folder's ("new_folder/" is one)."""
+def output_file(name: str | os.PathLike, example: str = "model.pt") -> Path:
+    """The file a command is asked to write: a name, and not a folder's ("new_folder/" is one).
+    ``example`` is a name of the kind the command writes, for the hint."""
     if not str(name).strip():
-        raise DataError("the output file name is empty", hint="give the file to write, e.g. model.pt")
+        raise DataError("the output file name is empty", hint=f"give the file to write, e.g. {example}")
     if str(name).endswith(("/", os.sep)):
         raise DataError("the name ends in a slash, so it names a folder, not a file", file=str(name),
-                        hint="give the file to write, e.g. model.pt")
+                        hint=f"give the file to write, e.g. {example}")
     if Path(name).is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(name))
     return Path(name)
