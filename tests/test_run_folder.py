@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.data.episodes import split_episodes
 from nitrogen_finetuner.files import FILE_MODE
-from nitrogen_finetuner.model.checkpoint import read_record, save_checkpoint
+from nitrogen_finetuner.model.checkpoint import load_checkpoint, read_record, save_checkpoint
 from nitrogen_finetuner.model.presets import build_preset
 from nitrogen_finetuner.training import trainer as trainer_module
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
@@ -400,6 +400,33 @@ def test_a_run_that_cannot_start_leaves_no_folder_and_no_base_behind(recordings,
     assert main(["train", "--data", str(recordings), "--output", str(tmp_path / "frozen"), *FAST, *frozen]) == 2
     assert "LoRA target 'dit_attention' is frozen" in capsys.readouterr().err
     assert not (tmp_path / "frozen").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_base_saved_in_half_precision_trains_float32_weights(recordings, tmp_path, dtype):
+    ckpt = torch.load(write_base(tmp_path / "base.pt", seed=3), weights_only=True)
+    exact = {k: v.clone() for k, v in ckpt["model"].items()}
+    ckpt["model"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, tmp_path / "half.pt")
+    model = load_checkpoint(tmp_path / "half.pt").model
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    weights = model.state_dict()
+    assert all(torch.equal(weights[k], v.to(dtype).float()) for k, v in exact.items() if v.is_floating_point())
+    train(config(recordings, tmp_path / "run", base=str(tmp_path / "half.pt"), method="full", max_steps=2))
+    assert {t.dtype for t in final_weights(tmp_path / "run").values()} == {torch.float32}
+
+
+def test_a_base_whose_weights_are_not_numbers_is_refused_before_the_run_starts(recordings, tmp_path, capsys):
+    ckpt = torch.load(write_base(tmp_path / "base.pt", seed=3), weights_only=True)
+    ckpt["model"]["position_embedding.weight"][0, 0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pt")
+    run_dir = tmp_path / "run"
+    assert main(["train", "--base", str(tmp_path / "nan.pt"), "--data", str(recordings), "--output", str(run_dir),
+                 *FAST]) == 2
+    assert one_error_line(capsys).endswith(f"{tmp_path / 'nan.pt'}: its weights hold NaN or infinity "
+                                           "(position_embedding.weight): a base must be a working "
+                                           "model; download or export it again")
+    assert not run_dir.exists()
 
 
 def test_a_resume_that_turns_ema_off_exports_the_trained_weights(recordings, tmp_path):

@@ -175,6 +175,11 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Load
                   if k in expected and expected[k].is_floating_point() and not v.is_floating_point()), None)
     if wrong is not None:
         raise CheckpointError(f"{path}: weight {wrong} holds {state_dict[wrong].dtype} numbers, not floating point")
+    # The format holds float32; a copy saved in half precision is read as the official loader reads
+    # it, into float32 weights (assign would keep its dtype, and training would then update fp16 or
+    # bf16 weights with no float32 master).
+    state_dict = {k: v.to(expected[k].dtype) if k in expected and v.is_floating_point() else v
+                  for k, v in state_dict.items()}
     result = model.load_state_dict(state_dict, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(

@@ -18,7 +18,7 @@ from ..actions.layout import ActionLayout
 from ..data.errors import DataError
 from ..data.pipeline import ModelInputs
 from ..files import write_text_atomic
-from ..model.checkpoint import CheckpointError, load_checkpoint, parse_config, save_checkpoint
+from ..model.checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors, parse_config, save_checkpoint
 from ..model.configuration import CheckpointConfig
 from ..model.modeling import NitroGenModel
 from ..model.presets import PRESETS, build_preset
@@ -88,6 +88,11 @@ def load_base(spec: str, run_dir: Path, seed: int, new_run: bool) -> BaseCheckpo
                 raise
             raise CheckpointError(f"{err}; delete it: the run rebuilds its {spec} base from its seed and checks "
                                   f"the weights against {record}") from None
+        broken = nonfinite_tensors(loaded.model.state_dict())
+        if broken:  # found now, not as a NaN loss at step 1 that blames the learning rate
+            raise CheckpointError(f"{path}: its weights hold NaN or infinity ({', '.join(broken[:3])}"
+                                  f"{', ...' if len(broken) > 3 else ''}): a base must be a working model; "
+                                  "download or export it again")
         base = _assemble(loaded.model, loaded.raw_config, loaded.extra, str(path))
     base.fingerprint = fingerprint(base.model)
     if trained_from is not None:
