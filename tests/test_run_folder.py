@@ -675,7 +675,8 @@ def test_a_resume_after_the_data_moved_asks_for_its_new_path(recordings, tmp_pat
     data, run_dir = tmp_path / "data", tmp_path / "run"
     shutil.copytree(recordings, data)
     assert main(["train", "--data", str(data), "--output", str(run_dir), "--max-steps", "2", *FAST]) == 0
-    data.rename(tmp_path / "moved")
+    (tmp_path / "moved").mkdir()
+    data.rename(tmp_path / "moved" / "v1")  # into a folder of its own: its recordings keep their names' endings
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4"]) == 2
     assert one_error_line(capsys) == (f"nitrogen-finetune: error: {data}: the data the run trained on is no longer "
                                       "there (if it moved, give its new path with --data)")

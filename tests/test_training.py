@@ -696,10 +696,12 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
     train(config(recordings, run_dir, base=str(tmp_path / "ng.pt"), max_steps=2))
     files_before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*")
                     if p.is_file() and "tensorboard" not in p.parts and p.name != "metrics.jsonl"}
-    fewer, short = tmp_path / "fewer", tmp_path / "short"
+    fewer, short, other = tmp_path / "fewer", tmp_path / "short", tmp_path / "other"
     for i in range(2):
         write_nitrogen_parquet(fewer / f"episode_{i}.parquet", n=24, start=10 * i)
         write_nitrogen_parquet(short / f"episode_{i}.parquet", n=6, start=10 * i)
+    for i in range(3):  # as many windows as the run's data, in other recordings
+        write_nitrogen_parquet(other / f"take_{i}.parquet", n=24, start=50 + 10 * i)
     for flags, message in [
         (["--method", "full"], 'method is "full" now, but the run trained with "lora" (a run resumes with what it '
                                "trains; start a new run to change it)"),
@@ -711,6 +713,7 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
         (["--set", "data.image_fit=stretch"], 'data.image_fit is "stretch" now, but the run trained with "pad"'),
         (["--data", str(fewer)], "the data makes 21 training windows now, but the run trained on 42"),
         (["--data", str(short)], "the data makes 3 training windows now, but the run trained on 42"),  # < a batch
+        (["--data", str(other)], "for validation, and this data holds out 'take_"),
         (["--base", "tiny"], "tiny: not the base this run was trained from"),
         (["--data", str(tmp_path / "elsewhere")], "no such file or folder"),
     ]:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..data.config import DataConfig
 from ..data.errors import DamagedFileError, DataError, user_message
-from ..data.episodes import HELD_OUT_FILE, recording_key, split_episodes
+from ..data.episodes import HELD_OUT_FILE, read_held_out, recording_key, split_episodes
 from ..data.pipeline import prepare_data
 from ..evaluation.open_loop import predict_chunks, score_chunks
 from ..files import apply_umask, no_space_left, tensor_bytes, write_fix, write_text_atomic
@@ -98,13 +98,26 @@ def follow_schedule(optimizer, scheduler, config: TrainConfig, step: int) -> Non
         group["lr"] = config.learning_rate * lr_schedule(config)(step)
 
 
-def require_same_windows(saved: Progress, windows: int, data: DataConfig) -> None:
-    """A resume reads the data its run trained on: the same number of training windows."""
+def require_same_data(saved: Progress, windows: int, recorded: Optional[list[str]], held_out: list[str],
+                      data: DataConfig) -> None:
+    """A resume reads the data its run trained on: the same number of training windows, and the
+    same recordings held out (``recorded``, None for a run from before the record), by their names
+    within the data, which stay when the data moves (also into a folder of its own)."""
+    hint = "resume on the data the run trained on (it may have moved: --data gives its path); start a new run " \
+           "for other data"
     if saved.train_windows not in (None, windows):  # None: a checkpoint from before the count
         raise DataError(f"the data makes {windows} training windows now, but the run trained on "
-                        f"{saved.train_windows}", file=data.dataset_name,
-                        hint="resume on the data the run trained on (it may have moved: --data gives its path); "
-                             "start a new run for other data")
+                        f"{saved.train_windows}", file=data.dataset_name, hint=hint)
+
+    def found(name: str) -> bool:
+        return any(name == key or key.endswith("/" + name) or name.endswith("/" + key) for key in held_out)
+
+    if recorded is not None and (len(recorded) != len(held_out) or not all(map(found, recorded))):
+        def shown(names: list[str]) -> str:
+            return ", ".join(repr(n) for n in names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else "") \
+                if names else "none"
+        raise DataError(f"the run held out {shown(recorded)} for validation, and this data holds out "
+                        f"{shown(held_out)}: it is not the data the run trained on", file=data.dataset_name, hint=hint)
 
 
 def _mixed_precision(choice: str, on_gpu: bool) -> str:
@@ -307,8 +320,11 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                         file=config.data.dataset_name,
                         hint="record longer episodes" + (", or set val_fraction lower" if val_episodes else "")
                         + (" (data.frame_column: none reads the rows in file order)" if gaps else ""))
+    # What eval --episodes val scores, even once recordings are added to the data.
+    held_out = sorted({recording_key(data.index.episodes[e].recording, config.data.dataset_name) for e in val_episodes})
     if resume and checkpoint_dirs(run_dir):  # other data is named as such, not as too little data for the batch
-        require_same_windows(load_progress(checkpoint_dirs(run_dir)[-1]), train_set.num_windows, config.data)
+        require_same_data(load_progress(checkpoint_dirs(run_dir)[-1]), train_set.num_windows, read_held_out(run_dir),
+                          held_out, config.data)
     if train_set.num_windows < config.batch_size or train_set.batches_per_epoch() < 1:
         raise DataError(f"the training episodes hold {train_set.num_windows} windows, fewer than one batch of "
                         f"{config.batch_size}", file=config.data.dataset_name, hint="lower batch_size")
@@ -388,11 +404,7 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                                  "writes its model")
     if accelerator.is_main_process:  # only now: a resume that fails to start leaves the run's config as it was
         write_text_atomic(run_dir / "config.yaml", dump_config(config))
-        if not resume or not (run_dir / HELD_OUT_FILE).exists():
-            # What eval --episodes val scores, even once recordings are added to the data (a resume has
-            # checked that the data is the run's, so a run from before this record gets it too).
-            held_out = sorted({recording_key(data.index.episodes[e].recording, config.data.dataset_name)
-                               for e in val_episodes})
+        if not resume or not (run_dir / HELD_OUT_FILE).exists():  # a resume has checked the data is the run's
             write_text_atomic(run_dir / HELD_OUT_FILE, json.dumps({"recordings": held_out}, indent=2))
 
     writer = CheckpointWriter(run_dir, config.keep_last, rank, accelerator.wait_for_everyone)
