@@ -216,10 +216,10 @@ def test_press_rates_count_only_the_files_that_can_press(tmp_path, capsys):
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["button_press_rate"]["SOUTH"] == 0.5  # not 8 presses over 16 rows, half of which cannot press
     assert report["frame_size"] == [40, 30] and report["frame_sizes"] == [[40, 30, 16]]
-    assert "frames       40x30 (16); image_fit crop makes the 16 not square square" in result.stdout
+    assert "frames       40x30 (16); image_fit crop makes the 16 non-square frames square" in result.stdout
     pq.write_table(pa.table({"image": image_structs(8, size=(64, 64)), **no_south}), tmp_path / "b.parquet")
     result = inspect(tmp_path, tmp_path, "--profile", "nitrogen", capsys=capsys)  # every frame counts, not the first
-    assert "frames       40x30 (8), 64x64 (8); image_fit pad makes the 8 not square square" in result.stdout
+    assert "frames       40x30 (8), 64x64 (8); image_fit pad makes the 8 non-square frames square" in result.stdout
 
 
 def test_a_value_that_is_no_number_is_a_bad_row(tmp_path, capsys):
@@ -339,3 +339,24 @@ def test_a_table_written_with_semicolons_or_windows_paths_says_so(tmp_path, caps
     (folder / "actions.csv").write_text("\n".join(lines) + "\n")
     assert_one_line_error(inspect(folder, tmp_path, capsys=capsys), "actions.csv, row 5: the row holds ",
                           "values, and the header names ", "(give the row one value per column: an empty one between")
+
+
+def test_a_column_that_files_of_two_consoles_read_differently_is_pointed_out(tmp_path, capsys):
+    sticks = {"left_x": [0.1 * (t % 3) for t in range(8)], "left_y": [0.1 * (t % 3) for t in range(8)]}
+    buttons = [float(t % 2) for t in range(8)]
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"image": image_structs(8), "south": buttons, "east": buttons, **sticks}),
+                   data / "a.parquet")  # the universal names: generic, +y down
+    pq.write_table(pa.table({"image": image_structs(8), "A": buttons, "LB": buttons, **sticks}),
+                   data / "b.parquet")  # an Xbox pad's names: left_y is +y up
+    result = inspect(data, tmp_path, "--no-image-check", capsys=capsys)
+    assert result.returncode == 0, result.stderr
+    note = (f"column 'left_y' drives -LEFT_Y in {data / 'b.parquet'} (profile xbox) and LEFT_Y in "
+            f"{data / 'a.parquet'} (profile generic): if one recorder wrote every file, name its profile with "
+            "data.profile")
+    assert f"note         {note}" in result.stdout
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["differing_column"] == note
+    result = inspect(data, tmp_path, "--no-image-check", "--profile", "generic", "--map", "A=SOUTH",
+                     "--map", "LB=LEFT_SHOULDER", capsys=capsys)
+    assert result.returncode == 0 and "note " not in result.stdout, result.stdout

@@ -342,6 +342,10 @@ class ColumnBinding:
         self._neutral = np.zeros(layout.action_dim, np.float32)
         self._neutral[layout.stick_slice] = 0.5
 
+    def readings(self) -> dict[str, str]:
+        """What each bound column drives, as "SOUTH" or "-LEFT_Y" (a trigger read as analog or not alike)."""
+        return {column: replace(target, analog=False).label() for column, (target, _) in self._targets.items()}
+
     def describe(self) -> str:
         parts = []
         for column, (target, _) in self._targets.items():

@@ -84,6 +84,22 @@ class DatasetIndex:
         return "; ".join(sorted({f"{b.profile.name} ({slots_for} {int(b.slot_mask.sum())}/{b.layout.action_dim} slots)"
                                  for b in self.bindings}))
 
+    def differing_column_note(self) -> str:
+        """"" when a column drives the same slot in every file; else the first that does not, in words
+        `train` and `data inspect` print. Files detected as different consoles read one column
+        differently, on purpose (`A` is EAST on a NES, SOUTH on an Xbox pad), or by mistake (one
+        recorder's files, some of whose names fit another console: ``left_y`` is +y down under
+        ``generic``, +y up under ``xbox``)."""
+        first: dict[str, tuple[str, str, str]] = {}  # column -> (reading, file, profile) where first read
+        for binding, source in zip(self.bindings, self.sources):
+            for column, reading in binding.readings().items():
+                earlier, file, profile = first.setdefault(column, (reading, source.name, binding.profile.name))
+                if reading != earlier:
+                    return (f"column {column!r} drives {reading} in {source.name} (profile {binding.profile.name}) "
+                            f"and {earlier} in {file} (profile {profile}): if one recorder wrote every file, name "
+                            "its profile with data.profile")
+        return ""
+
     @property
     def all_unused_columns(self) -> list[str]:
         """The columns no profile entry or mapping reads, over all sources (most often: a wrong profile)."""

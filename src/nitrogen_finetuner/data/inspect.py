@@ -74,6 +74,7 @@ def summarize(data: PreparedData) -> dict:
         "frame_gaps": index.frame_gaps,
         "profiles": sorted({b.describe() for b in index.bindings}),
         "unused_columns": index.all_unused_columns,
+        "differing_column": index.differing_column_note() or None,
         "action_shift": spec.action_shift,
         "horizon": spec.horizon,
         "bad_action_rows": index.bad_action_rows,
@@ -105,7 +106,8 @@ def format_report(report: dict) -> str:
         shown = ", ".join(f"{w}x{h} ({n})" for w, h, n in sizes[:3]) + (f" and {len(sizes) - 3} more sizes"
                                                                          if len(sizes) > 3 else "")
         not_square = sum(n for w, h, n in sizes if w != h)
-        fitted = f"; image_fit {report['image_fit']} makes the {not_square} not square square" if not_square else ""
+        fitted = f"; image_fit {report['image_fit']} makes the {not_square} non-square frames square" \
+            if not_square else ""
         lines.append(f"frames       {shown}{fitted}, then resized to the vision tower's input")
     elif report["frame_size"]:
         width, height = report["frame_size"]
@@ -117,6 +119,8 @@ def format_report(report: dict) -> str:
     lines += [f"profile      {p.removeprefix('profile ')}" for p in report["profiles"]]
     if report["unused_columns"]:
         lines.append(f"unused       {', '.join(report['unused_columns'])} (no profile entry or mapping reads them)")
+    if report["differing_column"]:
+        lines.append(f"note         {report['differing_column']}")
     lines.append(
         f"windows      {report['windows']} (frame t -> action rows t+{report['action_shift']} .. "
         f"t+{report['action_shift'] + report['horizon'] - 1}); {report['padded']} run past their episode's end "

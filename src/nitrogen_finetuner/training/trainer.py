@@ -828,6 +828,8 @@ class RunLogger:
               + (f"; {index.bad_action_rows} bad rows left out (skip_bad_rows)" if index.bad_action_rows else "")
               + index.gaps_note())
         print(f"profile     {index.profiles_note()}")
+        if index.differing_column_note():
+            print(f"note        {index.differing_column_note()}")
         unused = index.all_unused_columns
         if unused:  # most often a wrong data.profile: say so before hours of training on a few slots
             print(f"unused      {', '.join(unused)}: no profile entry or mapping reads these columns "
