@@ -124,6 +124,7 @@ def test_shortened_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["train", "--resume", str(tmp_path / "demo"), "--max-steps", "3"]) == 0
     assert "has trained its 3 steps: evaluating its model.pt" in capsys.readouterr().out
     assert "runner success" in printed and "collector success" in printed and "button F1 (held-out)" in printed
+    assert "evaluate    closed loop: collector, 2 unseen seeds for each of trained, untrained, random" in printed
     results = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
     assert set(results["closed_loop_held_out_seeds"]) == {"runner", "collector"}
     assert set(results["closed_loop_held_out_seeds"]["runner"]) == {"trained", "untrained", "random"}
