@@ -14,9 +14,9 @@ from nitrogen_finetuner.actions.layout import ActionLayout
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.data.config import DataConfig
 from nitrogen_finetuner.data.pipeline import ModelInputs, prepare_data
-from nitrogen_finetuner.games import GAMES
+from nitrogen_finetuner.games import GAMES, GamepadAction
 from nitrogen_finetuner.games.demo import next_demo_folder
-from nitrogen_finetuner.games.base import BUTTONS, GamepadAction
+from nitrogen_finetuner.games.base import BUTTONS
 from nitrogen_finetuner.games.recorder import record_game
 from nitrogen_finetuner.games.rollout import policy_player, random_player, rollout
 
@@ -62,6 +62,10 @@ def test_the_games_follow_gymnasiums_rules(name):
     assert all(np.array_equal(game.step(GamepadAction(frozenset({"SOUTH"})))[0], f) for f in as_dict)
     with pytest.raises(TypeError, match="a step takes a GamepadAction or a dict with buttons, j_left and j_right"):
         game.step({"SOUTH": 1})
+    with pytest.raises(ValueError, match=r"j_left: \(x, y\) with each value in \[-1, 1\], got \(0.5, 2.0\)"):
+        game.step(GamepadAction(j_left=(0.5, 2.0)))
+    with pytest.raises(ValueError, match="j_right: "):
+        game.step({**south, "j_right": np.array([np.nan, 0.0])})
     done = False
     while not done:
         _, _, terminated, truncated, _ = game.step(GamepadAction())

@@ -23,9 +23,17 @@ BUTTONS = BUTTON_ORDERS[DEFAULT_BUTTON_ORDER]  # the universal button names, in 
 
 @dataclass
 class GamepadAction:
+    """One gamepad state: the pressed buttons' names, and each stick's (x, y) in [-1, 1], y > 0 down."""
+
     buttons: frozenset[str] = field(default_factory=frozenset)
     j_left: tuple[float, float] = (0.0, 0.0)
     j_right: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self):
+        for name in ("j_left", "j_right"):
+            stick = getattr(self, name)
+            if len(stick) != 2 or not all(-1.0 <= float(v) <= 1.0 for v in stick):  # NaN fails too
+                raise ValueError(f"{name}: (x, y) with each value in [-1, 1], got {stick!r}")
 
 
 class GamepadGame(gym.Env):
