@@ -204,7 +204,7 @@ def test_cli_info_and_init(tmp_path, capsys):
     assert "SOUTH, START, WEST, LEFT_X" in printed
 
 
-def test_cli_user_errors_are_one_line_with_status_2(tmp_path):
+def test_cli_user_errors_are_one_line_with_status_2(recordings, tmp_path, capsys):
     missing = tmp_path / "nope.pt"
     result = subprocess.run(
         [sys.executable, "-m", "nitrogen_finetuner.cli", "info", str(missing)], capture_output=True, text=True
@@ -212,6 +212,11 @@ def test_cli_user_errors_are_one_line_with_status_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"nitrogen-finetune: error: {missing}: no such checkpoint file"
     assert "Traceback" not in result.stderr
+    assert main(["train", "--base", str(tmp_path / "ng.pt"), "--data", str(recordings), "--output",
+                 str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'ng.pt'}: no such checkpoint file (NVIDIA's released "
+                                                    "checkpoint comes from the Hugging Face hub: hf download "
+                                                    "nvidia/NitroGen ng.pt)")
 
 
 def test_the_python_api_takes_what_a_notebook_passes(tmp_path, monkeypatch):

@@ -203,7 +203,7 @@ def test_bad_rows_are_skipped_and_counted_when_asked(tmp_path, capsys):
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["bad_action_rows"] == 1 and report["bad_images"] == 1
     assert "row 1" in report["first_bad_images"][0]
-    assert "bad rows     1 action rows, 1 images (the windows above count them: training leaves out each window " \
+    assert "bad rows     1 action row(s), 1 image(s) (the windows above count them: training leaves out each window " \
            "whose frame is bad" in result.stdout
 
 
@@ -230,7 +230,7 @@ def test_a_value_that_is_no_number_is_a_bad_row(tmp_path, capsys):
     assert_one_line_error(inspect(path, tmp_path, "--profile", "nitrogen", capsys=capsys), str(path), "row 2",
                           "column 'south'", "'no' is not a number", "a button holds 0/1")
     result = inspect(path, tmp_path, "--profile", "nitrogen", "--skip-bad-rows", capsys=capsys)
-    assert result.returncode == 0 and "bad rows     1 action rows" in result.stdout, result.stderr
+    assert result.returncode == 0 and "bad rows     1 action row(s)" in result.stdout, result.stderr
 
 
 def test_error_raised_in_a_dataloader_worker_stays_one_line(tmp_path):

@@ -453,11 +453,11 @@ BAD_CASES = [
     ("A", np.array([0, 1, 2, 1]), 2, "button value 2 is not 0/1"),
     ("LT", np.array([0, 300, 255, 0]), 1, "trigger value 300"),
     ("LT", np.array([0, 2.5, 255, 0]), 1, "trigger value 2.5"),
-    ("Left X", np.array([0.0, np.nan, 0.0, 0.0]), 1, "NaN, inf or null"),
+    ("Left X", np.array([0.0, np.nan, 0.0, 0.0]), 1, "is not a finite number"),
     ("Left X", np.array([0.0, 0.0, 0.0, -1.01]), 3, "-1.01 is outside the float_pm1"),
     ("j_right", objects([[0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]), 1, r"expected \[x, y\]"),
     ("j_right", objects([[0.0, 0.0], [0.0, 0.0], None, [0.0, 0.0]]), 2, "missing value"),
-    ("j_right", objects([[0.0, np.nan], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]), 0, "NaN, inf or null"),
+    ("j_right", objects([[0.0, np.nan], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]), 0, "is not a finite number"),
 ]
 
 

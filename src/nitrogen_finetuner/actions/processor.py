@@ -501,7 +501,7 @@ class ColumnBinding:
         unit = np.where(np.abs(unit) < self.analog_deadzone, 0.0, unit) * target.factor
         problems = [(missing, "missing value (null)", _HINT_NULL),
                     (wrong_shape, "expected [x, y], got {value}", _HINT_PAIR),
-                    (infinite, "stick value {value} holds NaN, inf or null", _HINT_NULL),
+                    (infinite, "stick value {value} is not a finite number", _HINT_NULL),
                     (outside, f"stick value {{value}} is outside {stick_range.describe()}", _HINT_RANGE)]
         unit[~valid | outside] = 0.0
         return _Decoded(unit, problems)

@@ -130,8 +130,8 @@ def format_report(report: dict) -> str:
         f"dropped      {report['dropped_at_end']} frames with no action row after them in their episode, "
         f"{report['dropped_bad_actions']} whose action rows are all bad"
     )
-    lines.append(f"bad rows     {report['bad_action_rows']} action rows" +
-                 (f", {report['bad_images']} images" if "bad_images" in report else "") +
+    lines.append(f"bad rows     {report['bad_action_rows']} action row(s)" +
+                 (f", {report['bad_images']} image(s)" if "bad_images" in report else "") +
                  (" (the windows above count them: training leaves out each window whose frame is bad, as it reads "
                   "it)" if report.get("bad_images") else ""))
     lines.append("buttons      press rate (- : the source cannot express it, masked out of the loss)")

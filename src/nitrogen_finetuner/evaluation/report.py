@@ -124,7 +124,9 @@ class Split:
         return chosen, present
 
     def describe(self, dataset: str, present: int = 0) -> str:
-        of = f" of run{'s' if len(self.runs) > 1 else ''} {', '.join(self.runs)}" if self.runs else ""
+        # A run is its folder, or the checkpoint file that recorded its split (an exported copy).
+        of = " of " + ", ".join(f"run {run}" if Path(run).is_dir() else f"the run that wrote {run}"
+                                for run in self.runs) if self.runs else ""
         other = [d for d in self.run_data if not _same_dataset(d, dataset)]
         trained_on = f" (the run trained on {', '.join(other)}, not on {dataset})" if other else ""
         if self.recordings is not None:
@@ -186,7 +188,7 @@ def held_out_split(checkpoints: Sequence[str], val_fraction: Optional[float] = N
             run_data[run] = record["data"]
     splits = set(found.values())
     if len(splits) > 1:
-        listing = "; ".join(f"{run}: val_fraction {vf:g}, seed {sd}" + (f", {len(r)} held-out recordings" if r else "")
+        listing = "; ".join(f"{run}: val_fraction {vf:g}, seed {sd}" + (f", {len(r)} held-out recording(s)" if r else "")
                             for run, (vf, sd, r) in found.items())
         raise DataError(f"--episodes val: the checkpoints come from runs that held out different episodes ({listing})",
                         hint="evaluate them one at a time, or pass --val-fraction and --seed to choose one split")

@@ -63,7 +63,9 @@ def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
                     f"{path.name}` writes it as a checkpoint file)")
         raise CheckpointError(f"{path}: a folder, not a checkpoint file{hint}")
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        released = " (NVIDIA's released checkpoint comes from the Hugging Face hub: hf download nvidia/NitroGen " \
+                   "ng.pt)" if path.name == "ng.pt" else ""
+        raise CheckpointError(f"{path}: no such checkpoint file{released}")
     with open(path, "rb") as f:
         head = f.read(9)
     # torch.save writes a zip archive (b"PK"); very old files are a bare pickle (b"\x80").
