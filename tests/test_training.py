@@ -909,6 +909,7 @@ def test_config_precedence_defaults_file_flags(recordings, tmp_path, capsys):
     (None, ["data.analog_deadzone=false"], "invalid setting data.analog_deadzone: false is not a number"),
     ("lora:\n  rank: yes\n", [], "run.yaml: invalid setting lora.rank: true is not a number"),  # YAML 1.1's yes
     ("max_stepz: 3\n", [], "run.yaml: unknown setting max_stepz (did you mean max_steps?)"),
+    ("null: 2\n", [], "run.yaml: the key None is not a name (write the setting's name, e.g. batch_size: 32;"),
     ("max_steps: 1e3\n", [], "run.yaml: invalid setting max_steps: '1e3' is not written as a whole number (write 1000)"),
     ("learning_rate: 1.0e-3\n", ["learning_rate=abc"], "nitrogen-finetune: error: invalid setting learning_rate"),
 ])
@@ -925,6 +926,12 @@ def test_config_mistakes_are_one_line(recordings, tmp_path, capsys, config_text,
     assert len(err) == 1 and expected in err[0]
     if "given twice" in expected:  # no hint about quoting: the text parsed
         assert err[0].endswith(expected)
+
+
+def test_a_folder_given_as_the_config_is_named_as_one(recordings, tmp_path, capsys):
+    assert main(["train", str(tmp_path), "--data", str(recordings), "--print-config"]) == 2
+    assert capsys.readouterr().err.strip() == (f"nitrogen-finetune: error: {tmp_path}: a folder, not a config file "
+                                               "(give a YAML config file)")
 
 
 def test_a_config_without_data_says_how_to_give_it(tmp_path):

@@ -11,7 +11,7 @@ import collections.abc
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -252,6 +252,8 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
     tree: dict = {}
     if file is not None:
         path = Path(file)
+        if path.is_dir():
+            raise DataError("a folder, not a config file", file=str(path), hint="give a YAML config file")
         if not path.is_file():
             raise DataError("no such config file", file=str(path))
         try:
@@ -262,6 +264,10 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
             raise DataError(f"not valid YAML ({yaml_problem(err)})", file=str(path)) from None
         if not isinstance(tree, dict):
             raise DataError("the config must be a mapping of keys to values", file=str(path))
+        unnamed = [key for key in _all_keys(tree) if not isinstance(key, str)]
+        if unnamed:
+            raise DataError(f"the key {unnamed[0]!r} is not a name", file=str(path),
+                            hint="write the setting's name, e.g. batch_size: 32; train --print-config lists them")
     for key, value in (overrides or {}).items():
         value = os.fspath(value) if isinstance(value, os.PathLike) else value  # a notebook's pathlib.Path
         _set_dotted(tree, key, value, Path(file) if file else None)
@@ -272,6 +278,14 @@ def resolve_config(file: Optional[str | Path] = None, overrides: Optional[dict[s
         from_command_line = key and any(f"{key}.".startswith(f"{given}.") for given in overrides or {})
         raise invalid_setting(err, file=str(file) if file and not from_command_line else None,
                               model=TrainConfig) from None
+
+
+def _all_keys(tree: dict) -> Iterator:
+    """Every key of a nested mapping (a YAML ``null:`` or ``1:`` key is not a string)."""
+    for key, value in tree.items():
+        yield key
+        if isinstance(value, dict):
+            yield from _all_keys(value)
 
 
 def with_absolute_paths(config: TrainConfig) -> TrainConfig:
