@@ -429,6 +429,15 @@ def test_a_base_whose_weights_are_not_numbers_is_refused_before_the_run_starts(r
     assert not run_dir.exists()
 
 
+def test_keep_best_on_one_recording_says_it_keeps_no_best_checkpoint(tmp_path, capsys):
+    data = write_nitrogen_parquet(tmp_path / "one.parquet", n=24)  # nothing to hold out for validation
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "run"), "--max-steps", "2", *FAST,
+                 "--set", "keep_best=true"]) == 0
+    assert "note        keep_best keeps no best checkpoint: no validation loss tells which step is best" \
+        in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["best_checkpoint"] is None
+
+
 def test_a_resume_that_turns_ema_off_exports_the_trained_weights(recordings, tmp_path):
     run_dir = tmp_path / "run"
     train(config(recordings, run_dir, max_steps=2, ema_decay=0.9, export_at_end=True))

@@ -434,6 +434,9 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
     if config.val_fraction and not val_episodes:
         logger.note("no validation: it holds out whole recordings, and the data is one recording "
                     f"({len(data.index.episodes)} episode(s))")
+    if config.keep_best and not val_episodes:
+        logger.note("keep_best keeps no best checkpoint: no validation loss tells which step is best "
+                    "(summary.json's best_checkpoint stays null, and export takes the last)")
     if resume:
         logger.note(f"resumed from {checkpoint_dirs(run_dir)[-1].relative_to(run_dir)} (step {progress.step})"
                     + (f" with {', '.join(resume_changes)}" if resume_changes else ""))
