@@ -339,6 +339,10 @@ def test_a_table_written_with_semicolons_or_windows_paths_says_so(tmp_path, caps
     (folder / "actions.csv").write_text("\n".join(lines) + "\n")
     assert_one_line_error(inspect(folder, tmp_path, capsys=capsys), "actions.csv, row 5: the row holds ",
                           "values, and the header names ", "(give the row one value per column: an empty one between")
+    folder = write_frames_folder(tmp_path / "utf16", 24)  # a spreadsheet's "Unicode text"
+    (folder / "actions.csv").write_bytes((folder / "actions.csv").read_text().encode("utf-16"))
+    assert_one_line_error(inspect(folder, tmp_path, capsys=capsys), "actions.csv: the table is UTF-16 text, and "
+                          "tables are read as UTF-8 (save it as UTF-8: CSV UTF-8 in a spreadsheet)")
 
 
 def test_a_column_that_files_of_two_consoles_read_differently_is_pointed_out(tmp_path, capsys):

@@ -177,7 +177,14 @@ class ArrowFileSource(TableSource):
         return self._table
 
 
+_UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # what spreadsheets' "Unicode text" exports start with
+
+
 def _read_table(path: Path) -> pa.Table:
+    with path.open("rb") as f:
+        if f.read(2) in _UTF16_MARKS:  # pyarrow would read it as UTF-8 and blame a row
+            raise DataError("the table is UTF-16 text, and tables are read as UTF-8", file=str(path),
+                            hint="save it as UTF-8: CSV UTF-8 in a spreadsheet")
     try:
         if path.suffix.lower() == ".csv":
             return pyarrow.csv.read_csv(path)
