@@ -222,6 +222,13 @@ def test_an_export_needs_only_the_weights_and_a_missing_file_is_named(recordings
             (newest / "progress.json").write_text(damage)
         assert main(["train", "--resume", str(run_dir), "--max-steps", "6", *FAST]) == 2
         assert f"checkpoint step_000004 {message}" in one_error_line(capsys)
+    (newest / "progress.json").write_text(progress)
+    (newest / "config.yaml").write_text("lora: [\n")  # the checkpoint's own copy of the config, cut short
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "6", *FAST]) == 2
+    assert one_error_line(capsys).endswith("config.yaml: not valid YAML (expected the node content, but found "
+                                           "'<stream end>' at line 2, column 1) (it is damaged: copy it again if it "
+                                           "came from elsewhere; else delete the folder, and --resume continues from "
+                                           "step_000002)")
 
 
 def test_a_resume_without_its_random_state_is_refused_unless_the_process_is_new(recordings, tmp_path, capsys):

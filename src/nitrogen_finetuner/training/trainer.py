@@ -49,7 +49,7 @@ from .adapters import base_model, load_trainable_state, prepare_trainable, train
 from .base import load_base, record_base, set_dropout
 from .batches import continue_data_position, micro_batches, one_pass, padding_window, window_noise
 from .bf16_weights import Bf16Weights
-from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, load_progress,
+from .checkpoints import (CheckpointWriter, Progress, checkpoint_dir, checkpoint_dirs, damaged_hint, load_progress,
                           load_training_state, run_folder_deleted, set_rng_state)
 from .compiling import compile_layers, eager
 from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_settings, dump_config, resolve_config,
@@ -279,7 +279,13 @@ def _train(config: TrainConfig, resume: bool, stop: Optional[StopRequest]) -> Tr
                         hint="choose another --output")
     resume_changes = []
     if resume:  # every process: they all stop alike
-        saved = resolve_config(trained_config_file(run_dir))
+        saved_file = trained_config_file(run_dir)
+        try:
+            saved = resolve_config(saved_file)
+        except DataError as err:  # a checkpoint's own copy, which nobody edits, is damaged
+            if saved_file.parent == run_dir:
+                raise
+            raise DataError(user_message(err), hint=f"it is damaged: {damaged_hint(saved_file.parent)}") from None
         changed = changed_kept_setting(saved, config)
         if changed:
             key, before, now, decides = changed
