@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +22,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from nitrogen_finetuner import load_policy
 from nitrogen_finetuner.cli import main
 from nitrogen_finetuner.data.episodes import split_episodes
 from nitrogen_finetuner.files import FILE_MODE
@@ -562,6 +564,14 @@ def test_export_never_replaces_the_runs_base_or_checkpoints_and_asks_before_repl
     assert "the run folder name is empty" in one_error_line(capsys)
     assert main(["export", str(run_dir), str(tmp_path / "game.safetensors")]) == 2
     assert "is a torch.save file" in one_error_line(capsys) and not (tmp_path / "game.safetensors").exists()
+
+
+def test_an_export_with_another_prediction_horizon_states_it_throughout_its_config(recordings, tmp_path):
+    run = train(config(recordings, tmp_path / "run", max_steps=1, export_at_end=True, **{"data.prediction_horizon": 6}))
+    exported = torch.load(run.exported, weights_only=True)["ckpt_config"]
+    assert exported["model_cfg"]["action_horizon"] == exported["tokenizer_cfg"]["action_horizon"] == 6
+    assert exported["modality_cfg"]["action_per_chunk"] == exported["modality_cfg"]["frame_spacing"] == 6
+    assert load_policy(run.exported, verbose=False).predict(np.zeros((32, 32, 3), np.uint8))["raw"].shape == (6, 25)
 
 
 def test_a_prediction_horizon_beyond_the_position_tables_is_one_line_and_leaves_nothing(recordings, tmp_path, capsys):

@@ -92,6 +92,10 @@ def export_run(
     if horizon and horizon != base.config.model_cfg.action_horizon:
         raw["model_cfg"]["action_horizon"] = horizon
         raw["tokenizer_cfg"]["action_horizon"] = horizon
+        modality = raw["modality_cfg"]  # the official inference reads neither; a reader of the file may
+        if modality.get("frame_spacing") is not None and modality["frame_spacing"] == modality.get("action_per_chunk"):
+            modality["frame_spacing"] = horizon  # it follows the chunk (it defaults to action_per_chunk)
+        modality["action_per_chunk"] = horizon
     if shift is not None and shift >= 1:  # the official config requires >= 1; 0 is kept in `extra`
         raw["modality_cfg"]["action_shift"] = shift
     extra = {
