@@ -28,6 +28,7 @@ from nitrogen_finetuner.data.episodes import split_episodes
 from nitrogen_finetuner.files import FILE_MODE
 from nitrogen_finetuner.model.checkpoint import load_checkpoint, read_record, save_checkpoint
 from nitrogen_finetuner.model.presets import build_preset
+from nitrogen_finetuner.training import checkpoints as checkpoints_module
 from nitrogen_finetuner.training import trainer as trainer_module
 from nitrogen_finetuner.training.checkpoints import checkpoint_dirs, load_training_state
 from nitrogen_finetuner.training.trainer import train
@@ -746,6 +747,17 @@ def test_a_log_that_cannot_be_written_mid_run_says_what_is_kept_and_how_to_go_on
     monkeypatch.setattr(trainer_module.CheckpointWriter, "save", save_then_delete_the_run)
     deleted = tmp_path / "deleted"
     assert main(["train", "--data", str(recordings), "--output", str(deleted), "--max-steps", "4", *FAST]) == 2
+    assert one_error_line(capsys).endswith(f"{deleted}: the run folder was deleted while the run trained (start "
+                                           "the run again)")
+    monkeypatch.undo()
+    real_save_file = checkpoints_module.save_file
+
+    def delete_the_run_then_write(tensors, path, *args, **kwargs):  # rm -rf while a checkpoint is written
+        shutil.rmtree(deleted)
+        real_save_file(tensors, path, *args, **kwargs)  # safetensors' own error: the file's folder is gone
+
+    monkeypatch.setattr(checkpoints_module, "save_file", delete_the_run_then_write)
+    assert main(["train", "--data", str(recordings), "--output", str(deleted), "--max-steps", "2", *FAST]) == 2
     assert one_error_line(capsys).endswith(f"{deleted}: the run folder was deleted while the run trained (start "
                                            "the run again)")
 

@@ -104,11 +104,13 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def write_fix(err: OSError) -> str:
-    """What to do about a write into the run folder that failed with ``err``."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+def write_fix(err: Exception) -> str:
+    """What to do about a write into the run folder that failed with ``err`` (an OSError, or a
+    writer's own error that holds no errno: safetensors')."""
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
         return "free some space"
-    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
         return "make the run folder writable"
     return "fix what keeps the run folder from being written"
 

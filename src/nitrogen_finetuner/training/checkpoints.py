@@ -134,15 +134,18 @@ class CheckpointWriter:
                 (tmp / "config.yaml").write_text(config_text)
         except Exception as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if self.rank == 0 and not self.root.parent.is_dir():  # deleted while this checkpoint was written
+                raise run_folder_deleted(self.root.parent) from err
             full = no_space_left(self.root, tensor_bytes(weights, ema, optimizer))
-            if full is None and not isinstance(err, OSError):
+            if full is None and not isinstance(err, (OSError, SafetensorError)):  # safetensors' own I/O errors
                 raise
             newest = checkpoint_dirs(self.root.parent)
             kept = f"the newest complete checkpoint, {newest[-1].name}, is kept" if newest else "no checkpoint yet"
             # Rotation deletes old checkpoints after the new one is written: keep_last frees nothing now.
             fix = write_fix(err) if not full else \
                 "free some space (an older checkpoint folder frees its size)" if newest else "free some space"
-            raise DataError(f"checkpoint {final.name}: {full or err.strerror or err}; {kept}", file=str(self.root),
+            raise DataError(f"checkpoint {final.name}: {full or getattr(err, 'strerror', None) or err}; {kept}",
+                            file=str(self.root),
                             hint=f"{fix}, then continue with --resume {self.root.parent}" if newest else
                             f"{fix}, then start the run again") from err
         self.barrier()
