@@ -630,6 +630,8 @@ def test_a_bad_frame_met_by_one_of_two_processes_names_the_checkpoint_left(tmp_p
     assert "nitrogen-finetune: error: another process of the run stopped, and this one lost it (Connection closed " \
            "by peer" in done.stderr  # lost it, and says so in one line
     newest = checkpoint_dirs(run_dir)[-1].name
+    assert (f"the other's error, if it printed one, says why); the newest checkpoint is {newest}: continue with  "
+            f"torchrun --nproc_per_node 2 -m nitrogen_finetuner.cli train --resume {run_dir}") in done.stderr
     assert (f"several processes stop without saving the steps since their last checkpoint: the newest checkpoint is "
             f"{newest}; with the frame fixed in place, or with --skip-bad-rows, continue with  torchrun "
             f"--nproc_per_node 2 -m nitrogen_finetuner.cli train --resume {run_dir}") in done.stderr

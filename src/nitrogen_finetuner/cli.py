@@ -11,7 +11,6 @@ import argparse
 import errno
 import json
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from .files import check_output_folder, output_file, refuse_existing, replaced_w
 from .model.checkpoint import CheckpointError, parse_config, save_checkpoint
 from .model.presets import PRESETS, build_preset
 from .policy import __version__, checkpoint_layout, load_policy
+from .training.stop_signals import AnotherProcessStopped
 
 USER_ERRORS = (CheckpointError, LayoutError, DataError)
 
@@ -529,17 +529,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _lost_another_process(err: RuntimeError) -> bool:
-    """A collective that failed because another process of the run ended (gloo's words for it):
-    that process prints its own error line, this one a line saying so, not a traceback. Other
-    backend errors keep theirs."""
-    import torch.distributed as dist  # noqa: PLC0415
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return False
-    return any(sign in str(err) for sign in ("Connection closed by peer", "Connection reset by peer"))
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -558,12 +547,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "keeps batch_size; or set activation_checkpointing: true, or fsdp: true for full fine-tuning on "
               "several GPUs)", file=sys.stderr)
         return 1
-    except RuntimeError as err:
-        if not _lost_another_process(err):
-            raise
-        reason = re.sub(r"^\[[^\]]*\] ", "", str(err).splitlines()[0]).split(". ")[0]  # gloo's, without its source line
-        print(f"nitrogen-finetune: error: another process of the run stopped, and this one lost it ({reason}; the "
-              "other's error says why)", file=sys.stderr)
+    except AnotherProcessStopped as err:
+        print(f"nitrogen-finetune: error: {err}", file=sys.stderr)
         return 1
     except OSError as err:
         if err.errno not in PATH_ERROR_HINTS:

@@ -35,6 +35,28 @@ class TrainingStopped(Exception):
                 f"its checkpoint is saved: continue with  {resume_command(self.run_dir, self.processes)}")
 
 
+class AnotherProcessStopped(RuntimeError):
+    """A collective failed because another process of the run ended (gloo's words for it: a
+    worker killed, or stopped by its own error, which it prints): one line saying so and where the
+    run goes on from, instead of a backend traceback."""
+
+    def __init__(self, run_dir: Path, reason: str, processes: int):
+        newest = checkpoint_dirs(run_dir)
+        go_on = (f"the newest checkpoint is {newest[-1].name}: continue with  {resume_command(run_dir, processes)}"
+                 if newest else "no checkpoint was saved: start the run again")
+        super().__init__(f"another process of the run stopped, and this one lost it ({reason}; the other's error, "
+                         f"if it printed one, says why); {go_on}")
+
+    @staticmethod
+    def caused(err: RuntimeError) -> bool:
+        """Whether ``err`` is a collective's failure because another process ended."""
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return False
+        return any(sign in str(err) for sign in ("Connection closed by peer", "Connection reset by peer"))
+
+
 def resume_command(run_dir: Path, processes: int, settings: str = "") -> str:
     """The command that resumes a run stopped with this many processes (any number may resume
     it; the same launch is the obvious one), with ``settings`` to change (``--set key=value``)."""

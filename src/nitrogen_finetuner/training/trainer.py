@@ -17,6 +17,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -57,7 +58,7 @@ from .config import (LoraConfig, TrainConfig, changed_kept_setting, changed_sett
 from .run_lock import RunFolderLock, check_shared
 from .sharding import (full_optimizer_state, full_tensor, full_tensors, gathered, local_tensor, shard_like,
                        shard_model, shard_optimizer_state)
-from .stop_signals import StopRequest, TrainingStopped, resume_command
+from .stop_signals import AnotherProcessStopped, StopRequest, TrainingStopped, resume_command
 from .throughput import flops_per_sample, peak_flops
 
 
@@ -205,6 +206,11 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
     try:
         with RunFolderLock(Path(config.output), int(os.environ.get("RANK", "0")) == 0), tensorboard_thread_quiet():
             return _train(config, resume, stop)
+    except RuntimeError as err:
+        if not AnotherProcessStopped.caused(err):
+            raise
+        reason = re.sub(r"^\[[^\]]*\] ", "", str(err).splitlines()[0]).split(". ")[0]  # gloo's, without its source line
+        raise AnotherProcessStopped(Path(config.output), reason, torch.distributed.get_world_size()) from err
     finally:  # the caller's process (a notebook) gets its settings back
         if torch.get_num_threads() != threads:  # resizing the pool once hung a torchrun process at exit
             torch.set_num_threads(threads)
