@@ -710,6 +710,8 @@ def test_a_resume_after_the_data_moved_asks_for_its_new_path(recordings, tmp_pat
     assert one_error_line(capsys) == (f"nitrogen-finetune: error: {data}: the data the run trained on is no longer "
                                       "there (if it moved, give its new path with --data)")
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--data", str(tmp_path / "moved")]) == 0
+    assert (f'resumed from checkpoints/step_000002 (step 2) with data.dataset_name "{tmp_path / "moved"}" (was '
+            f'"{data}"), max_steps 4 (was 2)') in capsys.readouterr().out
 
 
 def test_a_resume_that_exports_nothing_says_the_model_is_an_earlier_export(recordings, tmp_path, capsys):

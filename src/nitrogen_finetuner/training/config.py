@@ -371,11 +371,11 @@ def changed_kept_setting(saved: TrainConfig, config: TrainConfig) -> Optional[tu
 
 
 def changed_settings(saved: TrainConfig, config: TrainConfig) -> list[str]:
-    """The settings a resume changes, as "key value (was value)" (paths left out: the run's data
-    and base may move)."""
+    """The settings a resume changes, as "key value (was value)": a data or base that moved too
+    (the run folder is the one resumed)."""
     old, new = _dotted(saved.model_dump(mode="json")), _dotted(config.model_dump(mode="json"))
     return [f"{key} {json.dumps(value)} (was {json.dumps(old.get(key))})" for key, value in new.items()
-            if key not in ("base", "output", "data.dataset_name") and not _same(value, old.get(key))]
+            if key != "output" and not _same(value, old.get(key))]
 
 
 def _same(before: Any, now: Any) -> bool:
