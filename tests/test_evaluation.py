@@ -689,7 +689,7 @@ def test_eval_scores_the_recordings_the_run_held_out_after_the_data_grew(tmp_pat
     assert sorted(Path(name).name for name in report["episode_names"]) == held_out
     assert f"held-out recordings of run {tmp_path / 'run'}: the 2 it recorded" in capsys.readouterr().out
     copy = shutil.copy(tmp_path / "run" / "model.pt", tmp_path / "copy.pt")  # the export records the split
-    assert main([*argv[:3], str(copy), *argv[4:]]) == 0
+    assert main([*argv[:2], str(copy), *argv[3:]]) == 0
     assert f"held-out recordings of the run that wrote {copy}: the 2 it recorded" in capsys.readouterr().out
     assert main([*argv, "--seed", "5"]) == 0  # another start noise, the same recordings
     assert sorted(Path(n).name for n in json.loads((tmp_path / "eval" / "report.json").read_text())["episode_names"]) \

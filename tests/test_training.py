@@ -736,8 +736,8 @@ def test_a_resume_that_cannot_start_says_why_and_leaves_the_run_as_it_was(record
     assert main(["train", "--resume", str(run_dir), "--max-steps", "4", "--base", str(tmp_path / "copy.pt"),
                  "--set", "num_workers=0", "--set", "ema_decay=0.9"]) == 0
     assert load_training_state(checkpoint_dirs(run_dir)[-1]).progress.step == 4
-    assert "resumed from checkpoints/step_000002 (step 2) with max_steps 4 (was 2), ema_decay 0.9 (was null)" \
-        in capsys.readouterr().out
+    assert (f'resumed from checkpoints/step_000002 (step 2) with base "{tmp_path / "copy.pt"}" (was '
+            f'"{tmp_path / "ng.pt"}"), max_steps 4 (was 2), ema_decay 0.9 (was null)') in capsys.readouterr().out
     assert main(["export", str(run_dir), str(tmp_path / "ema.pt"), "--checkpoint", "step_000002", "--weights",
                  "ema"]) == 2  # saved before the resume turned EMA on
     assert "this checkpoint has no EMA weights (ema_decay was off when it was saved)" in capsys.readouterr().err
@@ -778,8 +778,9 @@ def test_a_resume_applies_a_new_learning_rate_and_weight_decay_from_its_step_on(
     resumed = config(moved, run_dir, max_steps=4, warmup_steps=0, min_learning_rate_ratio=1.0, learning_rate=5e-4,
                      weight_decay=0.1, **{"data.skip_bad_rows": True})  # a bad frame met mid-run: skip and go on
     train(resumed, resume=True)
-    assert ("resumed from checkpoints/step_000002 (step 2) with data.skip_bad_rows true (was false), max_steps 4 "
-            "(was 2), learning_rate 0.0005 (was 0.0001), weight_decay 0.1 (was 0.0)\n") in capsys.readouterr().out
+    assert (f'resumed from checkpoints/step_000002 (step 2) with data.dataset_name "{moved}" (was "{recordings}"), '
+            "data.skip_bad_rows true (was false), max_steps 4 (was 2), learning_rate 0.0005 (was 0.0001), "
+            "weight_decay 0.1 (was 0.0)\n") in capsys.readouterr().out
     assert logged(run_dir, "train/lr") == pytest.approx([1e-4, 1e-4, 5e-4, 5e-4])
     optimizer = torch.load(checkpoint_dirs(run_dir)[-1] / "optimizer.pt", weights_only=True)["optimizer"]
     assert [(g["lr"], g["weight_decay"]) for g in optimizer["param_groups"]] == [(5e-4, 0.1)]
