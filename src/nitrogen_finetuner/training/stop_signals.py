@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import threading
@@ -40,7 +41,8 @@ class AnotherProcessStopped(RuntimeError):
     worker killed, or stopped by its own error, which it prints): one line saying so and where the
     run goes on from, instead of a backend traceback."""
 
-    def __init__(self, run_dir: Path, reason: str, processes: int):
+    def __init__(self, run_dir: Path, err: RuntimeError, processes: int):
+        reason = re.sub(r"^\[[^\]]*\] ", "", str(err).splitlines()[0]).split(". ")[0]  # gloo's, without its source
         newest = checkpoint_dirs(run_dir)
         go_on = (f"the newest checkpoint is {newest[-1].name}: continue with  {resume_command(run_dir, processes)}"
                  if newest else "no checkpoint was saved: start the run again")

@@ -17,7 +17,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -209,8 +208,7 @@ def train(config: TrainConfig, resume: bool = False, stop: Optional[StopRequest]
     except RuntimeError as err:
         if not AnotherProcessStopped.caused(err):
             raise
-        reason = re.sub(r"^\[[^\]]*\] ", "", str(err).splitlines()[0]).split(". ")[0]  # gloo's, without its source line
-        raise AnotherProcessStopped(Path(config.output), reason, torch.distributed.get_world_size()) from err
+        raise AnotherProcessStopped(Path(config.output), err, torch.distributed.get_world_size()) from err
     finally:  # the caller's process (a notebook) gets its settings back
         if torch.get_num_threads() != threads:  # resizing the pool once hung a torchrun process at exit
             torch.set_num_threads(threads)
@@ -843,8 +841,9 @@ class RunLogger:
               + (f"; {index.bad_action_rows} bad rows left out (skip_bad_rows)" if index.bad_action_rows else "")
               + index.gaps_note())
         print(f"profile     {index.profiles_note()}")
-        if index.differing_column_note():
-            print(f"note        {index.differing_column_note()}")
+        differing = index.differing_column_note()
+        if differing:
+            print(f"note        {differing}")
         unused = index.all_unused_columns
         if unused:  # most often a wrong data.profile: say so before hours of training on a few slots
             print(f"unused      {', '.join(unused)}: no profile entry or mapping reads these columns "
